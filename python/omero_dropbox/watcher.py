@@ -1,0 +1,168 @@
+"""The lossless file watcher: a thin, documented front for the native core.
+
+Example::
+
+    from omero_dropbox import Watcher
+
+    with Watcher(["/OMERO/DropBox"], initial_scan=True) as watcher:
+        for batch in watcher:
+            for event in batch:
+                print(event.kind, event.path)
+
+Every iteration yields a non-empty list of :class:`Event`. A file is reported
+once it is complete: after close-after-write (inotify), or when its size and
+mtime have been stable for ``settle`` seconds (polling, FSEvents, Windows, and
+files found by a scan).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Literal
+
+from omero_dropbox._native import Event, NativeWatcher, network_filesystem, system_file_rules
+
+__all__ = [
+    "Event",
+    "EventType",
+    "PathMode",
+    "Watcher",
+    "WatcherError",
+    "network_filesystem",
+    "system_file_rules",
+]
+
+PathMode = Literal["flat", "recurse", "follow"]
+EventType = Literal["creation", "modification", "deletion", "all"]
+Backend = Literal["auto", "native", "poll"]
+
+StrPath = str | os.PathLike[str]
+
+
+class WatcherError(OSError):
+    """The watcher could not start (a root is missing, unreadable, or no backend can serve it)."""
+
+
+class Watcher:
+    """Watch directory trees and yield batches of READY file events.
+
+    Args:
+        roots: directories to watch (a single path or several).
+        mode: ``"flat"`` (the root only), ``"recurse"`` (subdirectories that exist at
+            start), ``"follow"`` (existing and new subdirectories) — upstream ``PathMode``.
+        event_types: any of ``"creation"``, ``"modification"``, ``"deletion"``, ``"all"``
+            (upstream ``WatchEventType``). ``"moved"`` events come with creation or deletion.
+        ignore_sys_files: skip dotfiles, backups, partial downloads, OS droppings
+            (see :func:`system_file_rules`).
+        ignore_dir_events: report files only.
+        whitelist: report only files with these suffixes (case-insensitive; ``.ome.tiff`` works).
+        blacklist: subtrees never watched nor reported (absolute, or relative to each root).
+        block_size: at most this many events per batch (0: no limit).
+        settle: seconds a file must be quiet before it is READY where no close event exists.
+        close_grace: seconds after close-after-write before READY (absorbs reopen-and-append writers).
+        write_timeout: seconds after the last event before a file held open is READY anyway,
+            provided its size and mtime did not change meanwhile.
+        backend: ``"auto"`` (native, polling for network filesystems or when the native
+            watch cannot serve), ``"native"`` or ``"poll"``.
+        poll_interval: seconds between polls of the polling backend.
+        initial_scan: report files that already exist when watching starts.
+        debounce: a batch is handed over after this many quiet seconds ...
+        max_latency: ... or once its oldest event waited this long.
+    """
+
+    def __init__(
+        self,
+        roots: StrPath | Sequence[StrPath],
+        *,
+        mode: PathMode = "follow",
+        event_types: Iterable[EventType] = ("all",),
+        ignore_sys_files: bool = True,
+        ignore_dir_events: bool = True,
+        whitelist: Iterable[str] = (),
+        blacklist: Iterable[StrPath] = (),
+        block_size: int = 0,
+        settle: float = 2.0,
+        close_grace: float = 0.1,
+        write_timeout: float = 60.0,
+        backend: Backend = "auto",
+        poll_interval: float = 1.0,
+        initial_scan: bool = False,
+        debounce: float = 0.05,
+        max_latency: float = 1.0,
+    ) -> None:
+        root_list = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+        if block_size < 0:
+            raise ValueError(f"block_size: must be 0 (no limit) or positive, got {block_size}")
+        try:
+            self._native = NativeWatcher(
+                [os.fspath(r) for r in root_list],
+                mode=mode,
+                event_types=list(event_types),
+                ignore_sys_files=ignore_sys_files,
+                ignore_dir_events=ignore_dir_events,
+                whitelist=list(whitelist),
+                blacklist=[os.fspath(b) for b in blacklist],
+                block_size=block_size,
+                settle=settle,
+                close_grace=close_grace,
+                write_timeout=write_timeout,
+                backend=backend,
+                poll_interval=poll_interval,
+                initial_scan=initial_scan,
+                debounce=debounce,
+                max_latency=max_latency,
+            )
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError):
+            raise
+        except OSError as exc:
+            raise WatcherError(str(exc)) from exc
+
+    def next_batch(self, timeout: float | None = None) -> list[Event] | None:
+        """The next batch; ``[]`` if ``timeout`` seconds passed quietly; None once closed."""
+        return self._native.next_batch(timeout)
+
+    def __iter__(self) -> Iterator[list[Event]]:
+        return self
+
+    def __next__(self) -> list[Event]:
+        batch = self._native.next_batch(None)
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def close(self) -> None:
+        """Stop the native thread and drop every watch (idempotent)."""
+        self._native.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    @property
+    def roots(self) -> list[str]:
+        return self._native.roots
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the native core (watches, overflows, rescans, pending, ...)."""
+        return self._native.stats()
+
+    def backends(self) -> list[tuple[str, str]]:
+        """(root, "native" | "poll") for each root."""
+        return self._native.backends()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Watcher {state} roots={self.roots!r}>"

@@ -1,0 +1,273 @@
+//! Which paths the watcher ignores: system files, the whitelist and the blacklist.
+//!
+//! The system-file rules are one data table (`SYSTEM_FILE_RULES`) so that the
+//! documentation and the Python side can list exactly what is filtered.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// How a rule matches a file or directory name (case-insensitive, ASCII).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// The name starts with the pattern.
+    Prefix,
+    /// The name ends with the pattern.
+    Suffix,
+    /// The name is exactly the pattern.
+    Exact,
+}
+
+impl Match {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Match::Prefix => "prefix",
+            Match::Suffix => "suffix",
+            Match::Exact => "exact",
+        }
+    }
+}
+
+/// One system-file rule: how it matches, the pattern, and why the file is ignored.
+pub struct Rule {
+    pub how: Match,
+    pub pattern: &'static str,
+    pub why: &'static str,
+}
+
+/// Names that are never image data: editor and OS droppings, partial downloads
+/// and transfers, placeholder folders. Applied to every path component below a
+/// root when `ignore_sys_files` is on.
+pub const SYSTEM_FILE_RULES: &[Rule] = &[
+    Rule {
+        how: Match::Prefix,
+        pattern: ".",
+        why: "hidden file (dotfile); Bio-Formats skips these too",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: "~",
+        why: "editor backup",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".part",
+        why: "partial download or transfer",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".partial",
+        why: "partial download or transfer",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".tmp",
+        why: "temporary file",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".temp",
+        why: "temporary file",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".crdownload",
+        why: "Chrome partial download",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".download",
+        why: "Safari partial download",
+    },
+    Rule {
+        how: Match::Suffix,
+        pattern: ".swp",
+        why: "vim swap file",
+    },
+    Rule {
+        how: Match::Prefix,
+        pattern: "~$",
+        why: "Microsoft Office lock file",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "thumbs.db",
+        why: "Windows thumbnail cache",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "desktop.ini",
+        why: "Windows folder settings",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "$recycle.bin",
+        why: "Windows recycle bin",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "system volume information",
+        why: "Windows system folder",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "untitled folder",
+        why: "placeholder folder about to be renamed (macOS)",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "new folder",
+        why: "placeholder folder about to be renamed (Windows)",
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "lost+found",
+        why: "filesystem recovery folder",
+    },
+];
+// `.DS_Store`, AppleDouble `._*`, `.nfs*` silly-renames and `.Trashes` are all covered
+// by the dotfile rule; they are listed in the documentation by name.
+
+fn lower(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_ascii_lowercase()
+}
+
+/// The rule that makes `name` a system file, if any.
+pub fn system_rule(name: &OsStr) -> Option<&'static Rule> {
+    let name = lower(name);
+    SYSTEM_FILE_RULES.iter().find(|rule| {
+        let pat = rule.pattern.as_bytes();
+        match rule.how {
+            Match::Prefix => name.starts_with(pat),
+            Match::Suffix => name.ends_with(pat) && name.len() > pat.len(),
+            Match::Exact => name == pat,
+        }
+    })
+}
+
+/// Path filter for one watcher.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub ignore_sys_files: bool,
+    /// Lower-case suffixes with a leading dot; empty means every file.
+    pub whitelist: Vec<Vec<u8>>,
+    /// Absolute subtrees that are never watched nor reported.
+    pub blacklist: Vec<PathBuf>,
+}
+
+impl Filter {
+    /// Normalise whitelist entries: `tif`, `.TIF` and `*.tif` all mean the suffix `.tif`.
+    pub fn normalise_suffix(entry: &str) -> Option<Vec<u8>> {
+        let trimmed = entry.trim().trim_start_matches('*');
+        if trimmed.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(trimmed.len() + 1);
+        if !trimmed.starts_with('.') {
+            out.push(b'.');
+        }
+        out.extend(trimmed.as_bytes().iter().map(u8::to_ascii_lowercase));
+        Some(out)
+    }
+
+    pub fn is_blacklisted(&self, path: &Path) -> bool {
+        self.blacklist.iter().any(|b| path.starts_with(b))
+    }
+
+    /// Whether a directory at `path` (below a root) should be watched at all.
+    pub fn dir_allowed(&self, root: &Path, path: &Path) -> bool {
+        if self.is_blacklisted(path) {
+            return false;
+        }
+        !self.ignore_sys_files || !self.has_system_component(root, path)
+    }
+
+    /// Whether a file at `path` (below `root`) is reported.
+    pub fn file_allowed(&self, root: &Path, path: &Path) -> bool {
+        if self.is_blacklisted(path) {
+            return false;
+        }
+        if self.ignore_sys_files && self.has_system_component(root, path) {
+            return false;
+        }
+        if self.whitelist.is_empty() {
+            return true;
+        }
+        let name = match path.file_name() {
+            Some(n) => lower(n),
+            None => return false,
+        };
+        self.whitelist.iter().any(|suffix| name.ends_with(suffix))
+    }
+
+    fn has_system_component(&self, root: &Path, path: &Path) -> bool {
+        match path.strip_prefix(root) {
+            Ok(rel) => rel.iter().any(|c| system_rule(c).is_some()),
+            Err(_) => path
+                .file_name()
+                .map(|n| system_rule(n).is_some())
+                .unwrap_or(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn system_rules_match_expected_names() {
+        for name in [
+            ".DS_Store",
+            "._image.tif",
+            ".nfs000123",
+            "a.tif~",
+            "x.PART",
+            "Thumbs.db",
+            "desktop.ini",
+            "data.crdownload",
+            "untitled folder",
+            "New Folder",
+            "~$report.docx",
+        ] {
+            assert!(system_rule(os(name)).is_some(), "{name} should be a system file");
+        }
+        for name in [
+            "image.tif",
+            "plate.ome.tiff",
+            "a~b.tif",
+            "partial_scan.tif",
+            "tmpdata.ics",
+        ] {
+            assert!(
+                system_rule(os(name)).is_none(),
+                "{name} should not be a system file"
+            );
+        }
+    }
+
+    #[test]
+    fn whitelist_is_case_insensitive_and_multi_part() {
+        let f = Filter {
+            ignore_sys_files: true,
+            whitelist: ["ome.tiff", ".ICS", "*.dv"]
+                .iter()
+                .filter_map(|s| Filter::normalise_suffix(s))
+                .collect(),
+            blacklist: vec![PathBuf::from("/r/skip")],
+        };
+        let root = Path::new("/r");
+        assert!(f.file_allowed(root, Path::new("/r/a/B.OME.TIFF")));
+        assert!(f.file_allowed(root, Path::new("/r/a/x.ics")));
+        assert!(f.file_allowed(root, Path::new("/r/a/x.dv")));
+        assert!(!f.file_allowed(root, Path::new("/r/a/x.tiff")));
+        assert!(!f.file_allowed(root, Path::new("/r/skip/x.ics")));
+        assert!(!f.file_allowed(root, Path::new("/r/.hidden/x.ics")));
+        assert!(!f.dir_allowed(root, Path::new("/r/untitled folder")));
+        assert!(f.dir_allowed(root, Path::new("/r/amy")));
+    }
+}
