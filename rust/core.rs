@@ -676,6 +676,10 @@ impl Core {
                     Seen::Scanned => {
                         if phase == Phase::Done && self.changed_on_disk(&path) {
                             Some(Phase::Settling)
+                        } else if phase == Phase::Writing {
+                            // A rescan means events were lost, the close among them perhaps:
+                            // fall back to size/mtime stability (a live writer flips it back).
+                            Some(Phase::Settling)
                         } else {
                             None
                         }

@@ -46,7 +46,7 @@ impl Event {
                 "Event({kind}, {}, src_path={}, is_dir={})",
                 path,
                 src.bind(py).repr()?,
-                self.is_dir
+                if self.is_dir { "True" } else { "False" }
             )),
             None => Ok(format!(
                 "Event({kind}, {}, is_dir={})",
@@ -117,7 +117,7 @@ fn parse_mode(mode: &str) -> PyResult<Mode> {
         "recurse" => Ok(Mode::Recurse),
         "follow" => Ok(Mode::Follow),
         _ => Err(PyValueError::new_err(format!(
-            "mode: unknown path mode {mode:?}; allowed: 'flat', 'recurse', 'follow'"
+            "mode: unknown path mode '{mode}'; allowed: 'flat', 'recurse', 'follow'"
         ))),
     }
 }
@@ -134,7 +134,7 @@ fn parse_types(types: &[String]) -> PyResult<EventTypes> {
             }
             _ => {
                 return Err(PyValueError::new_err(format!(
-                    "event_types: unknown event type {name:?}; allowed: 'creation', 'modification', 'deletion', 'all'"
+                    "event_types: unknown event type '{name}'; allowed: 'creation', 'modification', 'deletion', 'all'"
                 )))
             }
         }
@@ -153,7 +153,7 @@ fn parse_backend(backend: &str) -> PyResult<BackendChoice> {
         "native" => Ok(BackendChoice::Native),
         "poll" | "polling" => Ok(BackendChoice::Poll),
         _ => Err(PyValueError::new_err(format!(
-            "backend: unknown backend {backend:?}; allowed: 'auto', 'native', 'poll'"
+            "backend: unknown backend '{backend}'; allowed: 'auto', 'native', 'poll'"
         ))),
     }
 }
