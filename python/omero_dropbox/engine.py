@@ -1,0 +1,485 @@
+"""The DropBox engine: READY files -> users -> filesets -> journal -> import queue.
+
+One :class:`~omero_dropbox.watcher.Watcher` per configured import user feeds a single
+engine thread. The engine
+
+* maps each file to its OMERO user (``default`` mode: the first path component
+  below the watch dir) and skips, with a journal entry and a log line, what must
+  not be imported (files in the DropBox root, unknown users, symlinks and hard
+  links, unreadable files);
+* keeps every READY, not yet imported file in a per-user pool and regroups the
+  pool into filesets whenever it changes;
+* starts a fileset's import once its directory has been quiet for
+  ``dirImportWait`` seconds, or only ``completeWait`` seconds when every member the
+  format needs is present and no other format could still claim its files;
+* records everything in the :class:`~omero_dropbox.journal.Journal`, so that a
+  restart (even ``kill -9``) resumes, and a fileset whose content was imported
+  before (renamed, touched, chmod-ed, rescanned) is never imported again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
+from omero_dropbox.filesets import Fileset, FilesetGrouper
+from omero_dropbox.import_queue import ImportQueue
+from omero_dropbox.importers import ImportRequest, ImportResult
+from omero_dropbox.journal import (
+    FAILED,
+    IMPORTED,
+    IMPORTING,
+    QUEUED,
+    SKIPPED,
+    WAITING,
+    Journal,
+    display_path,
+    file_identity,
+    fileset_id,
+)
+from omero_dropbox.watcher import Event, Watcher
+
+__all__ = ["AnyUser", "DropBox", "UserDirectory", "UserList"]
+
+log = logging.getLogger("omero_dropbox.dropbox")
+
+# Suffixes a single file may have and still turn out to be a member of a multi-file
+# fileset whose key has not arrived yet (MetaMorph .nd, Leica .lei, OME companion,
+# .pattern, Analyze/ICS pairs); such files always get the full dirImportWait.
+_MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
+_BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^\.|^\s|\s$")
+_TICK = 0.25
+
+
+class UserDirectory:
+    """Which OMERO user names exist. The default accepts every well-formed name."""
+
+    def exists(self, name: str) -> bool:
+        return True
+
+
+class AnyUser(UserDirectory):
+    pass
+
+
+class UserList(UserDirectory):
+    """A fixed set of user names (``--users amy,zak`` or a file with one name per line)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(n.strip() for n in names if n.strip())
+
+    def exists(self, name: str) -> bool:
+        return name in self.names
+
+
+@dataclass
+class _Pool:
+    """READY files of one user that are not imported yet, and when each directory last changed."""
+
+    files: set[str] = field(default_factory=set)
+    activity: dict[str, float] = field(default_factory=dict)
+    dirty: bool = False
+    filesets: list[Fileset] = field(default_factory=list)
+    waiting_since: dict[str, float] = field(default_factory=dict)
+
+
+class DropBox:
+    """Watch the configured DropBox directories and import every fileset once.
+
+    Args:
+        config: the resolved configuration (:func:`omero_dropbox.config.load_config`).
+        importer: any callable taking an :class:`~omero_dropbox.importers.ImportRequest`
+            (a :class:`~omero_dropbox.importers.CommandImporter`, an OMERO importer, or your
+            own function returning True/False or an ``ImportResult``).
+        state_dir: where the journal lives.
+        users: which user names exist (default: any well-formed name).
+        dry_run: log what would be imported, as whom and when, and import nothing.
+    """
+
+    def __init__(
+        self,
+        config: DropBoxConfig,
+        importer: Callable[[ImportRequest], ImportResult | bool | None],
+        *,
+        state_dir: Path,
+        users: UserDirectory | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.config = config
+        self.users = users or AnyUser()
+        self.dry_run = dry_run
+        self.journal = Journal(state_dir)
+        self._importer = self._dry_run_importer if dry_run else importer
+        self._stop = threading.Event()
+        self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
+        self._watchers: list[Watcher] = []
+        self._threads: list[threading.Thread] = []
+        self._pools: dict[str, _Pool] = {}
+        self._groupers: dict[Path | None, FilesetGrouper] = {}
+        self._skip_logged: set[str] = set()
+        self.queue = ImportQueue(
+            self.journal,
+            self._importer,
+            max_concurrent=config.max_concurrent_imports,
+            throttle=min((u.throttle_import for u in config.users), default=0.0),
+            max_attempts=config.max_attempts,
+            backoff_initial=config.retry_backoff,
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Place the watches (with a start-up scan) and start importing."""
+        for user_cfg in self.config.users:
+            watch_dir = user_cfg.watch_dir
+            if user_cfg.import_user == "default" and not watch_dir.exists():
+                # As upstream: the default DropBox directory is created when missing.
+                watch_dir.mkdir(parents=True, exist_ok=True)
+                log.info("Created DropBox directory %s", watch_dir)
+            watcher = Watcher(
+                watch_dir,
+                mode=user_cfg.path_mode,  # type: ignore[arg-type]
+                event_types=("all",),
+                ignore_sys_files=user_cfg.ignore_sys_files,
+                ignore_dir_events=True,
+                whitelist=user_cfg.whitelist,
+                blacklist=user_cfg.blacklist,
+                block_size=user_cfg.block_size,
+                settle=self.config.settle,
+                backend=self.config.backend,  # type: ignore[arg-type]
+                poll_interval=self.config.poll_interval,
+                initial_scan=True,
+            )
+            self._watchers.append(watcher)
+            backends = ", ".join(f"{b}" for _, b in watcher.backends())
+            log.info(
+                "Monitor for user %s watching %s (mode=%s, backend=%s)",
+                user_cfg.import_user,
+                watch_dir,
+                user_cfg.path_mode,
+                backends,
+            )
+            t = threading.Thread(
+                target=self._pump, args=(user_cfg, watcher), name=f"watch-{user_cfg.import_user}", daemon=True
+            )
+            self._threads.append(t)
+        resumed = self.queue.start(resume=True)
+        for t in self._threads:
+            t.start()
+        log.info("Started OMERO.fs DropBox client%s", " (dry run: nothing is imported)" if self.dry_run else "")
+        if resumed:
+            log.info("Resumed %d queued fileset(s) from the journal", len(resumed))
+
+    def run(self) -> None:
+        """Start, then process events until :meth:`stop` is called; then drain and close."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.step(timeout=_TICK)
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def shutdown(self, drain_timeout: float | None = 300.0) -> None:
+        for w in self._watchers:
+            w.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        finished = self.queue.drain(timeout=drain_timeout)
+        if not finished:
+            log.warning("Imports still running at shutdown; they will run again after restart")
+        self.queue.stop()
+        self.journal.close()
+        log.info("Stopped OMERO.fs DropBox client")
+
+    def _pump(self, user_cfg: UserMonitorConfig, watcher: Watcher) -> None:
+        while not self._stop.is_set():
+            batch = watcher.next_batch(timeout=0.5)
+            if batch is None:
+                return
+            if batch:
+                self._events.put((user_cfg, batch))
+
+    # --------------------------------------------------------------- events
+
+    def step(self, timeout: float = _TICK) -> None:
+        """Handle whatever arrived within `timeout` seconds, then start due imports."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                user_cfg, batch = self._events.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                break
+            for event in batch:
+                self._on_event(user_cfg, event)
+            if remaining <= 0:
+                break
+        self._regroup_and_submit()
+
+    def _on_event(self, user_cfg: UserMonitorConfig, event: Event) -> None:
+        if event.is_dir:
+            return
+        path = event.path
+        if event.kind == "deleted":
+            self._forget(path)
+            return
+        if event.kind == "moved":
+            if event.src_path is not None:
+                self._forget(event.src_path)
+            if "creation" not in user_cfg.event_types:
+                return
+        elif event.kind == "created" and "creation" not in user_cfg.event_types:
+            return
+        elif event.kind == "modified" and "modification" not in user_cfg.event_types:
+            return
+        user = self._user_for(user_cfg, path)
+        if user is None:
+            return
+        if self._already_done(path):
+            return
+        if not self._acceptable(user_cfg, user, path):
+            return
+        pool = self._pools.setdefault(user, _Pool())
+        pool.files.add(path)
+        now = time.monotonic()
+        for d in self._scope_dirs(user_cfg, user, path):
+            pool.activity[d] = now
+        pool.dirty = True
+
+    def _already_done(self, path: str) -> bool:
+        """A file the journal saw imported (or failed) with the same inode and size: nothing to do.
+
+        This is what keeps restarts, rescans, ``touch`` and ``chmod`` from importing
+        twice without re-reading every file.
+        """
+        rec = self.journal.file_state(path)
+        if rec is None or rec.identity is None or rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        same = (st.st_ino, st.st_size) == (rec.identity.ino, rec.identity.size)
+        if same:
+            log.debug("%s is already %s; ignoring", display_path(path), rec.state)
+        return same
+
+    def _forget(self, path: str) -> None:
+        for pool in self._pools.values():
+            if path in pool.files:
+                pool.files.discard(path)
+                pool.activity[os.path.dirname(path)] = time.monotonic()
+                pool.dirty = True
+
+    def _user_root(self, user_cfg: UserMonitorConfig, user: str) -> str:
+        if user_cfg.import_user == "default":
+            return os.path.join(str(user_cfg.watch_dir), user)
+        return str(user_cfg.watch_dir)
+
+    def _scope_dirs(self, user_cfg: UserMonitorConfig, user: str, path: str) -> list[str]:
+        """The file's directory and its ancestors up to the user's root: any of them may hold the key."""
+        root = self._user_root(user_cfg, user)
+        dirs = []
+        d = os.path.dirname(path)
+        while True:
+            dirs.append(d)
+            if d == root or len(d) <= len(root):
+                break
+            d = os.path.dirname(d)
+        return dirs
+
+    def _user_for(self, user_cfg: UserMonitorConfig, path: str) -> str | None:
+        if user_cfg.import_user != "default":
+            return user_cfg.import_user
+        rel = os.path.relpath(path, user_cfg.watch_dir)
+        parts = rel.split(os.sep)
+        if len(parts) < 2 or parts[0] in ("", ".", ".."):
+            self._skip(path, None, "file added outside user directories (directly in the DropBox root)")
+            return None
+        name = parts[0]
+        if _BAD_USER_NAME.search(name):
+            self._skip(path, None, f"directory name {display_path(name)!r} is not a valid OMERO user name")
+            return None
+        if not self.users.exists(name):
+            self._skip(path, name, f"user unknown: no OMERO user named {display_path(name)!r}")
+            return None
+        return name
+
+    def _acceptable(self, user_cfg: UserMonitorConfig, user: str, path: str) -> bool:
+        """Security and sanity checks: never import through links or from another user's tree."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self._skip(path, user, f"cannot stat: {exc.strerror}")
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(path)
+            root = os.path.realpath(self._user_root(user_cfg, user))
+            where = "outside" if os.path.commonpath([target, root]) != root else "inside"
+            self._skip(
+                path,
+                user,
+                f"symbolic link to {display_path(target)} ({where} {user}'s DropBox); "
+                "links are never imported, copy the file instead",
+            )
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            self._skip(path, user, "not a regular file")
+            return False
+        if st.st_nlink > 1:
+            self._skip(
+                path,
+                user,
+                f"hard link ({st.st_nlink} links): other links may lie outside {user}'s DropBox; "
+                "copy the file instead",
+            )
+            return False
+        if not os.access(path, os.R_OK):
+            self._skip(path, user, "unreadable by the DropBox service (check permissions)")
+            return False
+        if self.config.require_owner:
+            owner_dir = self._user_root(user_cfg, user)
+            try:
+                dir_uid = os.stat(owner_dir).st_uid
+            except OSError:
+                dir_uid = -1
+            if st.st_uid != dir_uid:
+                self._skip(path, user, f"owner uid {st.st_uid} is not the owner of {owner_dir} (requireOwner)")
+                return False
+        return True
+
+    def _skip(self, path: str, user: str | None, reason: str) -> None:
+        if path in self._skip_logged:
+            return
+        self._skip_logged.add(path)
+        log.warning("Not importing %s: %s", display_path(path), reason)
+        try:
+            self.journal.skip_file(path, user, reason)
+        except Exception as exc:  # the journal reports its own problems; never lose the log line
+            log.error("Could not record the skip of %s: %s", display_path(path), exc)
+
+    # ------------------------------------------------------------- grouping
+
+    def _grouper(self, user_cfg: UserMonitorConfig | None) -> FilesetGrouper:
+        readers = user_cfg.readers if user_cfg is not None else None
+        grouper = self._groupers.get(readers)
+        if grouper is None:
+            grouper = self._groupers[readers] = FilesetGrouper(readers)
+        return grouper
+
+    def _config_for_user(self, user: str) -> UserMonitorConfig:
+        for u in self.config.users:
+            if u.import_user == user:
+                return u
+        for u in self.config.users:
+            if u.import_user == "default":
+                return u
+        return self.config.users[0]
+
+    def _regroup_and_submit(self) -> None:
+        now = time.monotonic()
+        for user, pool in self._pools.items():
+            if not pool.files:
+                continue
+            user_cfg = self._config_for_user(user)
+            if pool.dirty:
+                pool.dirty = False
+                existing = [p for p in pool.files if os.path.lexists(p)]
+                pool.files = set(existing)
+                result = self._grouper(user_cfg).group(existing)
+                pool.filesets = list(result.filesets)
+                for path, reason in result.unclaimed:
+                    if "waiting" in reason:
+                        pool.waiting_since.setdefault(path, now)
+                    else:
+                        pool.files.discard(path)
+                        self._skip(path, user, reason)
+            for fs in list(pool.filesets):
+                wait = self._wait_for(user_cfg, fs)
+                last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
+                if now - last < wait:
+                    continue
+                pool.filesets.remove(fs)
+                for f in fs.files:
+                    pool.files.discard(f)
+                    pool.waiting_since.pop(f, None)
+                self._submit(user, fs)
+            # Companions whose key never came: give up after the full wait, with a reason.
+            for path, since in list(pool.waiting_since.items()):
+                if path in pool.files and now - since >= user_cfg.dir_import_wait and not any(
+                    path in fs.files for fs in pool.filesets
+                ):
+                    pool.files.discard(path)
+                    del pool.waiting_since[path]
+                    self._skip(path, user, "companion file whose key file never arrived")
+
+    def _wait_for(self, user_cfg: UserMonitorConfig, fs: Fileset) -> float:
+        could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
+        if fs.complete and not could_grow:
+            return min(self.config.complete_wait, user_cfg.dir_import_wait)
+        return user_cfg.dir_import_wait
+
+    def _submit(self, user: str, fs: Fileset) -> None:
+        try:
+            identities = [file_identity(f) for f in fs.files]
+        except (OSError, ValueError) as exc:
+            log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
+            pool = self._pools[user]
+            pool.files.update(f for f in fs.files if os.path.lexists(f))
+            pool.dirty = True
+            return
+        fid = fileset_id(identities)
+        for f, ident in zip(fs.files, identities, strict=True):
+            self.journal.record_file(f, user, ident)
+        existing = self.journal.fileset_by_id(fid)
+        if existing is not None and existing.state not in (WAITING, QUEUED):
+            if existing.state == IMPORTED:
+                log.info(
+                    "Already imported: %s (fileset=%s, same content as before); not importing again",
+                    display_path(fs.key),
+                    fid,
+                )
+            elif existing.state != IMPORTING:
+                log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
+            return
+        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format)
+        if record.state in (WAITING, QUEUED):
+            log.info(
+                "Fileset %s (%d file(s), %s) for user %s is complete; queued (fileset=%s)",
+                display_path(fs.key),
+                len(fs.files),
+                fs.format,
+                user,
+                fid,
+            )
+            self.queue.submit(record)
+        elif record.state == SKIPPED:
+            log.info("Fileset %s was skipped before: %s", fid, record.last_error)
+
+    # ---------------------------------------------------------------- dry run
+
+    def _dry_run_importer(self, request: ImportRequest) -> bool:
+        log.info(
+            "Dry run: would import %s as %s now (fileset=%s, %d file(s), format %s)",
+            display_path(request.key),
+            request.user,
+            request.fileset_id,
+            len(request.files),
+            request.format,
+        )
+        return True
