@@ -577,6 +577,9 @@ def _build_user(
             )
         values["watch_dir"] = Path(glob["data_dir"]) / str(glob["default_dropbox_dir"])
         origins[f"omero.fs.watchDir[{user.name}]"] = "derived"
+    # Relative directories are taken from the current directory once, here, so that
+    # every later comparison with the watcher's absolute event paths is exact.
+    values["watch_dir"] = Path(os.path.abspath(values["watch_dir"]))
     return UserMonitorConfig(**values)
 
 

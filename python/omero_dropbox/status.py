@@ -17,7 +17,7 @@ def print_status(state_dir: Path, *, as_json: bool = False, limit: int = 20) -> 
             file=sys.stderr,
         )
         return 1
-    with Journal(state_dir) as journal:
+    with Journal(state_dir, readonly=True) as journal:
         filesets = journal.counts("filesets")
         files = journal.counts("files")
         recent = journal.recent(limit=limit)

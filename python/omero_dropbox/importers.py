@@ -1,0 +1,661 @@
+"""Importers: what actually imports one fileset.
+
+Three kinds, all called with an :class:`ImportRequest` and returning an
+:class:`ImportResult`:
+
+* :class:`CommandImporter` runs an argv template (``--importer-command``), never
+  through a shell;
+* :class:`OmeroImporter` runs the OMERO CLI as upstream did
+  (``omero -s HOST -p PORT -k SESSION import -- --agent=dropbox <importArgs> <key>``)
+  with a session created for the user, the session key kept out of every argv
+  *we* create and out of the logs;
+* :class:`CallableImporter` wraps any Python callable.
+
+Transient or permanent
+    A *transient* failure is retried by the import queue with back-off (up to its
+    ``max_attempts``); a *permanent* one fails the fileset at once.  For commands:
+
+    * exit status 0: imported;
+    * killed by a signal, or timed out (the whole process group is killed): transient;
+    * exit status in ``permanent_exit_codes`` (default: the ``sysexits.h`` codes
+      64-78 except 75 ``EX_TEMPFAIL``): permanent.  An importer that knows retrying
+      is useless (bad file, unknown user) should exit with one of these, e.g. 65
+      ``EX_DATAERR``;
+    * any other non-zero status (including 75 ``EX_TEMPFAIL``): transient; bounded
+      retries keep the "nothing lost" promise when the importer cannot tell (a
+      connection refused looks the same as a corrupt file to a generic ``exit 1``);
+    * the program cannot be started (missing, not executable): permanent, with a
+      reason naming the program.
+
+Option injection
+    Templates should put ``--`` before ``{files}``/``{key}`` when the program
+    understands it.  In addition every path passed to an importer must be absolute,
+    so it starts with ``/`` and can never be read as an option; a relative path is
+    refused with ``ValueError``.
+
+Log lines (logger ``omero_dropbox.importer``), as upstream, for operators to grep::
+
+    Importing <key> as <user> (fileset=<id>)
+    Import of <key> completed
+    Import of <key> failed=<rc>
+    ***** start of output from importer-cli to stderr *****
+    ...the importer's stderr...
+    ***** end of output from importer-cli *****
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_PERMANENT_EXIT_CODES",
+    "SESSION_KEY_ENV",
+    "CallableImporter",
+    "CommandImporter",
+    "ImportRequest",
+    "ImportResult",
+    "Importer",
+    "ImporterConfigError",
+    "OmeroImporter",
+    "PermanentImportError",
+    "SessionProvider",
+    "UnconfiguredSessionProvider",
+    "as_importer",
+]
+
+log = logging.getLogger("omero_dropbox.importer")
+
+#: ``sysexits.h`` 64 (EX_USAGE) .. 78 (EX_CONFIG), except 75 (EX_TEMPFAIL).
+DEFAULT_PERMANENT_EXIT_CODES: frozenset[int] = frozenset(range(64, 79)) - {75}
+#: How much of the importer's stderr becomes the failure reason.
+REASON_TAIL_BYTES = 4096
+#: How much of the importer's stderr is copied into the log on failure.
+LOG_TAIL_BYTES = 64 * 1024
+#: Environment variable through which :class:`OmeroImporter` hands the session key
+#: to its launcher (``python -m omero_dropbox.importers omero-cli ...``).
+SESSION_KEY_ENV = "OMERO_DROPBOX_SESSION_KEY"
+
+START_MARK = "***** start of output from importer-cli to stderr *****"
+END_MARK = "***** end of output from importer-cli *****"
+
+PLACEHOLDERS = frozenset({"user", "key", "files", "fileset"})
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# --- requests and results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """One fileset to import as ``user``; ``key`` is the file Bio-Formats opens."""
+
+    user: str
+    key: str
+    files: tuple[str, ...]
+    fileset_id: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """Outcome of one import attempt.
+
+    ``reason`` is the failure reason for the journal (empty on success),
+    ``output`` the tail of the importer's stdout, ``stderr`` the tail of its stderr
+    (logged between the upstream markers on failure).
+    """
+
+    ok: bool
+    returncode: int | None
+    reason: str
+    transient: bool
+    output: str
+    stderr: str = ""
+
+    @classmethod
+    def success(cls, output: str = "", returncode: int | None = 0) -> ImportResult:
+        return cls(True, returncode, "", False, output)
+
+    @classmethod
+    def failure(
+        cls,
+        reason: str,
+        *,
+        transient: bool,
+        returncode: int | None = None,
+        output: str = "",
+        stderr: str = "",
+    ) -> ImportResult:
+        return cls(False, returncode, reason, transient, output, stderr)
+
+
+class PermanentImportError(Exception):
+    """Raise from an importer callable when retrying cannot help."""
+
+
+class ImporterConfigError(ValueError):
+    """An importer template or setting that cannot work; the message names it."""
+
+
+@runtime_checkable
+class Importer(Protocol):
+    def __call__(self, request: ImportRequest) -> ImportResult: ...
+
+
+def display(path: str) -> str:
+    """Printable form of a (possibly surrogate-escaped) path or text."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_absolute(request: ImportRequest) -> None:
+    for p in (request.key, *request.files):
+        if not os.path.isabs(p):
+            raise ValueError(
+                f"importer paths must be absolute (so none can be taken for an option): "
+                f"{display(p)!r} in fileset {request.fileset_id}"
+            )
+
+
+# --- base: the log lines ----------------------------------------------------------------
+
+
+class BaseImporter:
+    """Logs the upstream-compatible lines around :meth:`run`."""
+
+    def __call__(self, request: ImportRequest) -> ImportResult:
+        key = display(request.key)
+        log.info("Importing %s as %s (fileset=%s)", key, display(request.user), request.fileset_id)
+        result = self.run(request)
+        if result.ok:
+            log.info("Import of %s completed", key)
+        else:
+            kind = "transient" if result.transient else "permanent"
+            rc = result.returncode if result.returncode is not None else "none"
+            log.error("Import of %s failed=%s (%s: %s)", key, rc, kind, _first_line(result.reason))
+            text = result.stderr or result.reason
+            log.error(START_MARK)
+            for line in text.splitlines():
+                log.error("%s", line)
+            log.error(END_MARK)
+        return result
+
+    def run(self, request: ImportRequest) -> ImportResult:
+        raise NotImplementedError
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --- callable -----------------------------------------------------------------------------
+
+
+class CallableImporter(BaseImporter):
+    """Wraps ``func(request) -> bool | ImportResult | None``.
+
+    ``None`` or ``True``: imported.  ``False``: transient failure (retried within the
+    queue's limit).  An ``ImportResult`` is used as is.  An exception is a transient
+    failure with the exception's text, or permanent for :class:`PermanentImportError`.
+    """
+
+    def __init__(self, func: Callable[[ImportRequest], ImportResult | bool | None]) -> None:
+        if not callable(func):
+            raise ImporterConfigError(f"importer {func!r} is not callable")
+        self.func = func
+
+    def run(self, request: ImportRequest) -> ImportResult:
+        try:
+            rv = self.func(request)
+        except PermanentImportError as e:
+            return ImportResult.failure(
+                _exc_text(e), transient=False, stderr=traceback.format_exc()
+            )
+        except Exception as e:
+            return ImportResult.failure(_exc_text(e), transient=True, stderr=traceback.format_exc())
+        if rv is None or rv is True:
+            return ImportResult.success(returncode=None)
+        if rv is False:
+            return ImportResult.failure("importer returned False", transient=True)
+        if isinstance(rv, ImportResult):
+            return rv
+        return ImportResult.failure(
+            f"importer returned {type(rv).__name__}, expected bool, None or ImportResult",
+            transient=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"CallableImporter({self.func!r})"
+
+
+def _exc_text(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def as_importer(obj: object) -> Importer:
+    """``obj`` if it is one of ours, else wrapped in :class:`CallableImporter`."""
+    if isinstance(obj, BaseImporter):
+        return obj
+    if not callable(obj):
+        raise ImporterConfigError(f"importer {obj!r} is not callable")
+    return CallableImporter(obj)
+
+
+# --- subprocess runner --------------------------------------------------------------------
+
+
+def _tail(f: IO[bytes], limit: int) -> str:
+    f.flush()
+    size = f.seek(0, os.SEEK_END)
+    start = max(0, size - limit)
+    f.seek(start)
+    data = f.read()
+    text = data.decode("utf-8", "backslashreplace")
+    if start:
+        nl = text.find("\n")
+        text = "[...]\n" + (text[nl + 1 :] if 0 <= nl < len(text) - 1 else text)
+    return text.rstrip("\n")
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the importer's process group, SIGKILL after ``grace`` seconds."""
+    pgid = proc.pid  # start_new_session=True: the importer leads its own group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    # Also catches children that ignored SIGTERM or outlived the leader.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+@dataclass
+class _ProcessRunner:
+    timeout: float | None
+    kill_grace: float
+    permanent_exit_codes: frozenset[int]
+
+    def run(
+        self,
+        argv: Sequence[bytes],
+        program: str,
+        env: Mapping[str, str] | None = None,
+        redact: Iterable[str] = (),
+    ) -> ImportResult:
+        secrets = [s for s in redact if s]
+
+        def clean(text: str) -> str:
+            for s in secrets:
+                text = text.replace(s, "<session>")
+            return text
+
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    shell=False,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=dict(env) if env is not None else None,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except FileNotFoundError:
+                return ImportResult.failure(
+                    f"cannot start importer {program!r}: program not found", transient=False
+                )
+            except PermissionError:
+                return ImportResult.failure(
+                    f"cannot start importer {program!r}: permission denied (not executable?)",
+                    transient=False,
+                )
+            except OSError as e:
+                return ImportResult.failure(
+                    f"cannot start importer {program!r}: {e.strerror or e}", transient=False
+                )
+            timed_out = False
+            try:
+                rc = proc.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc, self.kill_grace)
+                rc = proc.returncode
+            except BaseException:  # KeyboardInterrupt, SystemExit: leave nothing behind
+                _kill_group(proc, self.kill_grace)
+                raise
+            stdout = clean(_tail(out, REASON_TAIL_BYTES))
+            stderr = clean(_tail(err, LOG_TAIL_BYTES))
+        reason_tail = stderr[-REASON_TAIL_BYTES:]
+        if timed_out:
+            reason = f"importer {program!r} timed out after {self.timeout:g} s and was killed"
+            return ImportResult.failure(
+                _join(reason, reason_tail),
+                transient=True,
+                returncode=rc,
+                output=stdout,
+                stderr=stderr,
+            )
+        if rc == 0:
+            return ImportResult(True, 0, "", False, stdout, stderr)
+        if rc < 0:
+            reason = f"importer {program!r} was killed by {_signal_name(-rc)}"
+            transient = True
+        else:
+            transient = rc not in self.permanent_exit_codes
+            reason = f"importer {program!r} exited with status {rc}"
+        return ImportResult.failure(
+            _join(reason, reason_tail),
+            transient=transient,
+            returncode=rc,
+            output=stdout,
+            stderr=stderr,
+        )
+
+
+def _join(reason: str, tail: str) -> str:
+    return f"{reason}:\n{tail}" if tail.strip() else reason
+
+
+# --- command ------------------------------------------------------------------------------
+
+
+class CommandImporter(BaseImporter):
+    """Runs an argv template per fileset (``--importer-command``).
+
+    The template is split once with :func:`shlex.split`; it is never given to a
+    shell.  Placeholders, substituted inside arguments: ``{user}``, ``{key}``,
+    ``{fileset}``; ``{files}`` must be a whole argument and expands to one argument
+    per file.  Other ``{name}`` placeholders are an error; braces not of the form
+    ``{identifier}`` are kept literally.  Arguments reach the program as the exact
+    bytes of the paths (``os.fsencode``).  Example::
+
+        CommandImporter("my-import --user {user} --id {fileset} -- {files}")
+    """
+
+    def __init__(
+        self,
+        template: str | Sequence[str],
+        timeout: float | None = None,
+        *,
+        permanent_exit_codes: Iterable[int] = DEFAULT_PERMANENT_EXIT_CODES,
+        kill_grace: float = 10.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(template, str):
+            try:
+                argv = shlex.split(template)
+            except ValueError as e:
+                raise ImporterConfigError(
+                    f"importer command {template!r} cannot be parsed: {e}"
+                ) from e
+        else:
+            argv = [str(a) for a in template]
+        if not argv:
+            raise ImporterConfigError(f"importer command {template!r} is empty")
+        unknown = sorted({m for a in argv for m in _PLACEHOLDER.findall(a)} - PLACEHOLDERS)
+        if unknown:
+            raise ImporterConfigError(
+                f"importer command {template!r} uses unknown placeholder(s) "
+                f"{', '.join('{' + u + '}' for u in unknown)}; "
+                f"allowed: {{user}}, {{key}}, {{files}}, {{fileset}}"
+            )
+        for a in argv:
+            if "{files}" in a and a != "{files}":
+                raise ImporterConfigError(
+                    f"importer command {template!r}: {{files}} must be an argument of its own "
+                    f"(it expands to one argument per file), not part of {a!r}"
+                )
+        if "{" in argv[0] and _PLACEHOLDER.search(argv[0]):
+            raise ImporterConfigError(
+                f"importer command {template!r}: the program name cannot be a placeholder"
+            )
+        if timeout is not None and timeout <= 0:
+            raise ImporterConfigError(f"importer timeout must be > 0 seconds, not {timeout!r}")
+        self.template = tuple(argv)
+        self.timeout = timeout
+        self.env = dict(env) if env is not None else None
+        self._runner = _ProcessRunner(timeout, kill_grace, frozenset(permanent_exit_codes))
+
+    @property
+    def permanent_exit_codes(self) -> frozenset[int]:
+        return self._runner.permanent_exit_codes
+
+    def build_argv(self, request: ImportRequest) -> list[bytes]:
+        """The exact argv for ``request`` (``ValueError`` for a relative path)."""
+        _check_absolute(request)
+        values = {"user": request.user, "key": request.key, "fileset": request.fileset_id}
+
+        def sub(m: re.Match[str]) -> str:
+            return values[m.group(1)]
+
+        out: list[bytes] = []
+        for arg in self.template:
+            if arg == "{files}":
+                out.extend(os.fsencode(f) for f in request.files)
+            else:
+                out.append(os.fsencode(_PLACEHOLDER.sub(sub, arg)))
+        return out
+
+    def run(self, request: ImportRequest) -> ImportResult:
+        return self._runner.run(self.build_argv(request), self.template[0], self.env)
+
+    def __repr__(self) -> str:
+        return f"CommandImporter({shlex.join(self.template)!r}, timeout={self.timeout!r})"
+
+
+# --- OMERO --------------------------------------------------------------------------------
+
+
+class SessionProvider(Protocol):
+    """Creates and closes an OMERO session for a user (as upstream ``loginUser``).
+
+    ``open_session`` returns the session key (uuid).  It raises
+    :class:`PermanentImportError` when retrying cannot help (unknown user) and any
+    other exception for transient problems (server down).
+    """
+
+    def open_session(self, user: str) -> str: ...
+
+    def close_session(self, key: str) -> None: ...
+
+
+class UnconfiguredSessionProvider:
+    """Placeholder until the OMERO integration lands: every import fails permanently."""
+
+    def open_session(self, user: str) -> str:
+        raise NotImplementedError(
+            "OMERO session creation is not implemented yet (it arrives with the OMERO "
+            "integration); use --importer-command meanwhile"
+        )
+
+    def close_session(self, key: str) -> None:  # pragma: no cover - nothing opened
+        return None
+
+
+class OmeroImporter(BaseImporter):
+    """Imports with the OMERO CLI as the user, like upstream ``importFile``.
+
+    The logical invocation is upstream's::
+
+        omero -s HOST -p PORT -k SESSION import -- --agent=dropbox <importArgs...> <key>
+
+    Only the key file is passed; Bio-Formats re-detects the fileset from it.
+
+    Keeping the session key secret: omero-py's CLI reads no environment variable for
+    a session key (it reads ``OMERO_PASSWORD`` for password logins only), and any
+    ``-k KEY`` argument is world-readable in ``/proc/PID/cmdline``.  So the command
+    actually run is ``python -m omero_dropbox.importers omero-cli -s HOST -p PORT
+    import -- ...`` with the key in the environment variable ``SESSION_KEY_ENV``
+    (``/proc/PID/environ`` is readable only by the same user and root); that
+    launcher removes it from the environment and calls ``omero.cli.argv`` *in
+    process* with ``-k KEY`` inserted, exactly the argv above.  The key is also
+    redacted from the captured output, never logged, and the session is closed
+    after the import.
+
+    Known limit (omero-py, not ours): the Python CLI starts the Java importer with
+    ``-k KEY`` on its command line.  Mount ``/proc`` with ``hidepid=2`` (or
+    ``hidepid=invisible``) on multi-user hosts so other users cannot read it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sessions: SessionProvider | None = None,
+        import_args: str | Sequence[str] = "",
+        *,
+        timeout: float | None = None,
+        python: str = sys.executable,
+        permanent_exit_codes: Iterable[int] = DEFAULT_PERMANENT_EXIT_CODES,
+        kill_grace: float = 10.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if not host:
+            raise ImporterConfigError("omero.fs.host is empty; set it to the OMERO server name")
+        try:
+            port = int(port)
+        except (TypeError, ValueError) as e:
+            raise ImporterConfigError(f"omero.fs.port={port!r} is not a port number") from e
+        if isinstance(import_args, str):
+            try:
+                extra = shlex.split(import_args)
+            except ValueError as e:
+                raise ImporterConfigError(
+                    f"omero.fs.importArgs={import_args!r} cannot be parsed: {e}"
+                ) from e
+        else:
+            extra = [str(a) for a in import_args]
+        self.host = host
+        self.port = port
+        self.sessions: SessionProvider = sessions or UnconfiguredSessionProvider()
+        self.import_args = tuple(extra)
+        self.timeout = timeout
+        self.python = python
+        self.env = dict(env) if env is not None else None
+        self._runner = _ProcessRunner(timeout, kill_grace, frozenset(permanent_exit_codes))
+
+    def cli_args(self, request: ImportRequest) -> list[str]:
+        """Arguments of ``omero`` *without* the session: ``-s H -p P import -- ...``."""
+        _check_absolute(request)
+        return [
+            "-s",
+            self.host,
+            "-p",
+            str(self.port),
+            "import",
+            "--",
+            "--agent=dropbox",
+            *self.import_args,
+            request.key,
+        ]
+
+    def upstream_argv(self, request: ImportRequest, session_key: str) -> list[str]:
+        """The upstream-equivalent argv (contains the key: never log or exec it)."""
+        return omero_cli_argv(self.cli_args(request), session_key)
+
+    def build_invocation(
+        self, request: ImportRequest, session_key: str
+    ) -> tuple[list[bytes], dict[str, str]]:
+        """``(argv, env)`` of the launcher process; the key is only in ``env``."""
+        argv = [
+            os.fsencode(self.python),
+            b"-m",
+            b"omero_dropbox.importers",
+            b"omero-cli",
+            *(os.fsencode(a) for a in self.cli_args(request)),
+        ]
+        env = dict(self.env if self.env is not None else os.environ)
+        env[SESSION_KEY_ENV] = session_key
+        return argv, env
+
+    def run(self, request: ImportRequest) -> ImportResult:
+        _check_absolute(request)
+        try:
+            key = self.sessions.open_session(request.user)
+        except NotImplementedError as e:
+            return ImportResult.failure(str(e), transient=False)
+        except PermanentImportError as e:
+            return ImportResult.failure(
+                f"cannot log in as {display(request.user)}: {e}", transient=False
+            )
+        except Exception as e:
+            return ImportResult.failure(
+                f"cannot log in as {display(request.user)}: {_exc_text(e)}", transient=True
+            )
+        try:
+            argv, env = self.build_invocation(request, key)
+            return self._runner.run(argv, "omero", env, redact=[key])
+        finally:
+            try:
+                self.sessions.close_session(key)
+            except Exception as e:
+                log.warning(
+                    "Could not close the session of %s: %s", display(request.user), type(e).__name__
+                )
+
+    def __repr__(self) -> str:
+        return f"OmeroImporter(host={self.host!r}, port={self.port}, args={self.import_args!r})"
+
+
+def omero_cli_argv(cli_args: Sequence[str], session_key: str) -> list[str]:
+    """``omero -s H -p P -k KEY <rest>`` from launcher args ``-s H -p P <rest>``."""
+    args = list(cli_args)
+    if len(args) < 5 or args[0] != "-s" or args[2] != "-p":
+        raise ValueError("omero-cli launcher expects: -s HOST -p PORT <command...>")
+    return ["omero", *args[:4], "-k", session_key, *args[4:]]
+
+
+def _omero_cli_main(args: Sequence[str]) -> int:
+    """Launcher: run the omero CLI in this process with the key from the environment."""
+    key = os.environ.pop(SESSION_KEY_ENV, "")
+    if not key:
+        print(f"omero-cli launcher: {SESSION_KEY_ENV} is not set", file=sys.stderr)
+        return 64
+    try:
+        argv = omero_cli_argv(args, key)
+    except ValueError as e:
+        print(f"omero-cli launcher: {e}", file=sys.stderr)
+        return 64
+    try:
+        import omero.cli  # type: ignore[import-not-found]
+    except ImportError as e:
+        print(
+            f"omero-cli launcher: omero-py is not installed in {sys.executable} ({e}); "
+            "install omero-py to use the omero importer",
+            file=sys.stderr,
+        )
+        return 69  # EX_UNAVAILABLE: permanent
+    rv = omero.cli.argv(argv)
+    return int(rv or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised as a subprocess
+    if len(sys.argv) >= 2 and sys.argv[1] == "omero-cli":
+        sys.exit(_omero_cli_main([os.fsdecode(a) for a in sys.argv[2:]]))
+    print("usage: python -m omero_dropbox.importers omero-cli -s HOST -p PORT ...", file=sys.stderr)
+    sys.exit(64)

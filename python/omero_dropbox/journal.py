@@ -1,0 +1,1017 @@
+"""Durable SQLite journal of every file and fileset the drop box has seen.
+
+The journal is what makes the two reliability promises hold:
+
+* *nothing lost*: every READY file is recorded before anything else happens to it
+  and ends in a terminal state (``imported``, ``failed``, ``skipped``); after any
+  restart, ``pending()`` and ``claim_interrupted()`` say what is left to do;
+* *nothing twice*: files and filesets are identified by what they *are*, not by
+  their path or timestamps, so a rename, ``touch``, ``chmod``, restart or rescan
+  finds the existing record instead of creating a new import.
+
+File identity
+    ``(st_dev, st_ino, size, fingerprint)`` where the fingerprint is a BLAKE2b
+    digest of the size, the first 64 KiB and the last 64 KiB.  ``touch`` and
+    ``chmod`` change none of these; a rename keeps the inode and the content.
+    A file rewritten with different content gets a new fingerprint and so is a
+    new version.  When only ``st_dev`` differs for the same path, inode, size and
+    fingerprint (a network share re-mounted with a new device number), the file
+    is treated as the same file.
+
+Fileset identity
+    :func:`fileset_id` hashes the sorted identities of the members, so a renamed
+    fileset keeps its id and is imported once.
+
+Storage
+    One SQLite database ``journal.sqlite3`` in the state directory, WAL mode,
+    ``synchronous=FULL``; paths are stored as BLOBs of ``os.fsencode(path)`` so
+    non-UTF-8 names survive exactly.  Every state change is one transaction that
+    also appends to the ``history`` table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FILESET_STATES",
+    "FILE_STATES",
+    "SCHEMA_VERSION",
+    "FileIdentity",
+    "FileRecord",
+    "FilesetRecord",
+    "HistoryEntry",
+    "InvalidTransitionError",
+    "Journal",
+    "JournalError",
+    "JournalFullError",
+    "display_path",
+    "file_identity",
+    "fileset_id",
+]
+
+log = logging.getLogger("omero_dropbox.journal")
+
+DB_NAME = "journal.sqlite3"
+SCHEMA_VERSION = 1
+# PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
+APPLICATION_ID = 0x4F444258
+FINGERPRINT_CHUNK = 64 * 1024
+
+# --- states -----------------------------------------------------------------------------
+
+SEEN = "seen"
+WAITING = "waiting"
+QUEUED = "queued"
+IMPORTING = "importing"
+IMPORTED = "imported"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+FILE_STATES = (SEEN, WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
+FILESET_STATES = (WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
+TERMINAL_STATES = frozenset({IMPORTED, FAILED, SKIPPED})
+
+#: Allowed fileset transitions.  ``imported`` is final: nothing moves a fileset
+#: out of it, which is what guarantees "imported once".  ``failed``/``skipped`` may
+#: be re-queued by an operator.  Self-transitions are allowed for ``waiting`` (the
+#: debounce was revised) and ``queued`` (re-scheduled).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    WAITING: frozenset({WAITING, QUEUED, SKIPPED, FAILED}),
+    QUEUED: frozenset({QUEUED, WAITING, IMPORTING, SKIPPED, FAILED}),
+    IMPORTING: frozenset({IMPORTED, QUEUED, FAILED}),
+    IMPORTED: frozenset(),
+    FAILED: frozenset({QUEUED}),
+    SKIPPED: frozenset({QUEUED}),
+}
+
+INTERRUPTED_REASON = "interrupted by crash/restart; will run again"
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written; the message says what to do."""
+
+
+class JournalFullError(JournalError):
+    """The disk holding the state directory is full."""
+
+
+class InvalidTransitionError(JournalError, ValueError):
+    """A state change that the state machine does not allow."""
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a file *is*, independent of its name, mtime and permissions."""
+
+    dev: int
+    ino: int
+    size: int
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        """Stable text form, stored in the journal and hashed into fileset ids."""
+        return f"{self.dev}:{self.ino}:{self.size}:{self.fingerprint}"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: int
+    path: str
+    user: str | None
+    identity: FileIdentity | None
+    state: str
+    reason: str
+    fileset_id: str | None
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class FilesetRecord:
+    id: str
+    user: str
+    key: str
+    members: tuple[str, ...]
+    format: str
+    state: str
+    attempts: int
+    last_error: str
+    next_attempt_at: float | None
+    created: float
+    updated: float
+    started: float | None
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    at: float
+    kind: str  # "file" | "fileset"
+    subject: str  # fileset id, or the file's path
+    path: str | None
+    user: str | None
+    old_state: str | None
+    new_state: str
+    reason: str
+
+
+# --- identity ---------------------------------------------------------------------------
+
+
+def file_identity(path: str) -> FileIdentity:
+    """Stat and fingerprint ``path``.
+
+    Reads at most 128 KiB.  ``FileNotFoundError`` and ``PermissionError`` propagate
+    unchanged; a path that is not a regular file raises ``ValueError``.
+    """
+    # O_NONBLOCK so that a FIFO dropped into the tree cannot hang us in open().
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{display_path(path)} is not a regular file")
+        size = st.st_size
+        h = hashlib.blake2b(digest_size=16)
+        h.update(size.to_bytes(8, "little"))
+        h.update(_read_at(fd, 0, FINGERPRINT_CHUNK))
+        if size > FINGERPRINT_CHUNK:
+            tail_at = max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK)
+            h.update(_read_at(fd, tail_at, FINGERPRINT_CHUNK))
+        return FileIdentity(st.st_dev, st.st_ino, size, h.hexdigest())
+    finally:
+        os.close(fd)
+
+
+def _read_at(fd: int, offset: int, n: int) -> bytes:
+    """Up to ``n`` bytes at ``offset`` (lseek + read: portable, unlike ``os.pread``)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while n > 0:
+        b = os.read(fd, n)
+        if not b:
+            break
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def fileset_id(identities: Iterable[FileIdentity]) -> str:
+    """Stable fileset id: a hash of the members' identities, order-independent.
+
+    Only ``[0-9a-f]`` characters, so it is safe in command templates (``{fileset}``).
+    """
+    keys = sorted(i.key for i in identities)
+    if not keys:
+        raise ValueError("a fileset needs at least one member")
+    return hashlib.blake2b("\n".join(keys).encode("ascii"), digest_size=16).hexdigest()
+
+
+def display_path(path: str) -> str:
+    """``path`` printable in logs: undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _enc(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _txt(value: str | None) -> str | None:
+    """Text for a TEXT column: surrogate escapes (undecodable bytes) become ``\\xNN``."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return display_path(value)
+    return value
+
+
+def _dec(blob: bytes | None) -> str:
+    return os.fsdecode(bytes(blob)) if blob is not None else ""
+
+
+# --- schema -----------------------------------------------------------------------------
+
+_SCHEMA = f"""
+CREATE TABLE files (
+    id          INTEGER PRIMARY KEY,
+    path        BLOB NOT NULL,
+    user        TEXT,
+    dev         INTEGER,
+    ino         INTEGER,
+    size        INTEGER,
+    fingerprint TEXT,
+    identity    TEXT UNIQUE,
+    state       TEXT NOT NULL CHECK (state IN {FILE_STATES!r}),
+    reason      TEXT NOT NULL DEFAULT '',
+    fileset_id  TEXT,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL
+);
+CREATE INDEX files_path ON files(path);
+CREATE INDEX files_ino ON files(ino, size, fingerprint);
+CREATE INDEX files_fileset ON files(fileset_id);
+
+CREATE TABLE filesets (
+    id              TEXT PRIMARY KEY,
+    user            TEXT NOT NULL,
+    key             BLOB NOT NULL,
+    format          TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN {FILESET_STATES!r}),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT NOT NULL DEFAULT '',
+    next_attempt_at REAL,
+    created         REAL NOT NULL,
+    updated         REAL NOT NULL,
+    started         REAL,
+    finished        REAL
+);
+CREATE INDEX filesets_state ON filesets(state);
+
+CREATE TABLE fileset_members (
+    fileset_id TEXT NOT NULL REFERENCES filesets(id),
+    position   INTEGER NOT NULL,
+    path       BLOB NOT NULL,
+    PRIMARY KEY (fileset_id, position)
+);
+CREATE INDEX fileset_members_path ON fileset_members(path);
+
+CREATE TABLE history (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        REAL NOT NULL,
+    kind      TEXT NOT NULL CHECK (kind IN ('file', 'fileset')),
+    subject   TEXT NOT NULL,
+    path      BLOB,
+    user      TEXT,
+    old_state TEXT,
+    new_state TEXT NOT NULL,
+    reason    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX history_state ON history(new_state, id);
+"""
+
+
+# --- the journal ------------------------------------------------------------------------
+
+
+class Journal:
+    """The durable record of files and filesets; see the module docstring.
+
+    Thread-safety: one ``sqlite3`` connection (``check_same_thread=False``) guarded
+    by one lock.  SQLite serialises writers anyway, so per-thread connections would
+    only add ``SQLITE_BUSY`` handling between our own threads; every operation here
+    is a few row updates (microseconds) next to imports that take seconds, so the
+    lock is never contended in practice, and one connection makes every
+    read-modify-write (e.g. ``transition``) trivially atomic.
+    """
+
+    def __init__(
+        self, state_dir: Path | str, *, check: bool = True, readonly: bool = False
+    ) -> None:
+        """Open (creating if needed) the journal in ``state_dir``.
+
+        ``check`` runs ``PRAGMA quick_check`` (reads the whole file once);
+        ``readonly`` opens an existing journal for reading only (``status``), which
+        needs no write permission on the state directory.
+        """
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of _tx(): only the outermost one commits
+        if readonly:
+            if not self.path.is_file():
+                raise JournalError(
+                    f"no state file {self.path}: nothing recorded yet, or wrong --state-dir"
+                )
+            try:
+                self._conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    timeout=30.0,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot open state file {self.path}: {e}") from e
+        else:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise self._os_error(e, f"cannot create state directory {self.state_dir}") from e
+            if not os.access(self.state_dir, os.W_OK | os.X_OK):
+                raise JournalError(
+                    f"state directory {self.state_dir} is not writable by this user; "
+                    "fix its permissions or choose another --state-dir"
+                )
+            try:
+                self._conn = sqlite3.connect(
+                    str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error as e:
+                raise JournalError(f"cannot open state file {self.path}: {e}") from e
+        try:
+            self._setup(check)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _setup(self, check: bool) -> None:
+        c = self._conn
+        try:
+            app_id = c.execute("PRAGMA application_id").fetchone()[0]
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if check:
+                problems = [r[0] for r in c.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError("; ".join(problems))
+        except sqlite3.DatabaseError as e:
+            raise self._corrupt(e) from e
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
+            raise JournalError(
+                f"state file {self.path} is not an omero-dropbox journal; "
+                "move it aside or choose another --state-dir"
+            )
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"state file {self.path} has schema version {version}, written by a newer "
+                f"omero-dropbox (this one understands up to {SCHEMA_VERSION}); "
+                "upgrade omero-dropbox or move the file aside to start fresh"
+            )
+        if self.readonly:
+            if version == 0:
+                raise JournalError(f"state file {self.path} is empty: nothing recorded yet")
+            return
+        try:
+            # WAL: readers (``omero-dropbox status``) never block the writer, and a
+            # crash can at worst lose the transaction being written, never corrupt.
+            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("journal %s: WAL unavailable, using %s mode", self.path, mode)
+            # FULL, not NORMAL: in WAL mode NORMAL survives a process kill but may lose
+            # the last commits on power loss / kernel crash.  A lost "imported" means a
+            # duplicate import after reboot, which is what this journal exists to
+            # prevent.  FULL costs one fsync per transition; imports take seconds.
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA foreign_keys=ON")
+            if version == 0:
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    # Re-read under the write lock: another process may have won the race.
+                    if c.execute("PRAGMA user_version").fetchone()[0] == 0:
+                        for stmt in _SCHEMA.split(";"):
+                            if stmt.strip():
+                                c.execute(stmt)
+                        c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                        c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    c.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise self._translate(e, "cannot initialise") from e
+
+    def _corrupt(self, e: BaseException) -> JournalError:
+        return JournalError(
+            f"state file {self.path} is corrupt: {e}; move it aside to start fresh "
+            "(files already imported may then be imported again)"
+        )
+
+    def _os_error(self, e: OSError, what: str) -> JournalError:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return JournalFullError(f"{what}: the disk holding {self.state_dir} is full")
+        return JournalError(f"{what}: {e.strerror or e}")
+
+    def _disk_full(self) -> bool:
+        try:
+            return os.statvfs(self.state_dir).f_bavail == 0
+        except OSError:
+            return False
+
+    def _translate(self, e: sqlite3.Error, what: str) -> JournalError:
+        msg = str(e)
+        low = msg.lower()
+        name = str(getattr(e, "sqlite_errorname", ""))
+        if (
+            name.startswith("SQLITE_FULL")
+            or "full" in low
+            or ((name.startswith("SQLITE_IOERR") or "i/o error" in low) and self._disk_full())
+        ):
+            return JournalFullError(
+                f"{what} state file {self.path}: the disk holding {self.state_dir} is full "
+                f"({msg}); free some space; nothing already recorded was lost"
+            )
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+            "malformed" in low or "not a database" in low
+        ):
+            return self._corrupt(e)
+        if "readonly" in low or "read-only" in low or "unable to open" in low:
+            return JournalError(
+                f"{what} state file {self.path}: {msg}; check that {self.state_dir} "
+                "is writable by this user"
+            )
+        return JournalError(f"{what} state file {self.path}: {msg}")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; any SQLite error becomes a JournalError.
+
+        Re-entrant: a nested ``_tx()`` joins the outer transaction.
+        """
+        with self._lock:
+            c = self._conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield c
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                yield c
+                c.execute("COMMIT")
+            except BaseException as e:
+                if c.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._translate(e, "cannot write") from e
+                raise
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as e:
+                raise self._translate(e, "cannot read") from e
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- history ------------------------------------------------------------------------
+
+    @staticmethod
+    def _history(
+        c: sqlite3.Connection,
+        kind: str,
+        subject: str,
+        new_state: str,
+        *,
+        old_state: str | None = None,
+        path: str | None = None,
+        user: str | None = None,
+        reason: str = "",
+        at: float | None = None,
+    ) -> None:
+        c.execute(
+            "INSERT INTO history(at, kind, subject, path, user, old_state, new_state, reason)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (
+                time.time() if at is None else at,
+                kind,
+                _txt(subject),
+                _enc(path) if path is not None else None,
+                _txt(user),
+                old_state,
+                new_state,
+                _txt(reason),
+            ),
+        )
+
+    # -- files --------------------------------------------------------------------------
+
+    _FILE_COLS = (
+        "id, path, user, dev, ino, size, fingerprint, state, reason, fileset_id, created, updated"
+    )
+
+    @staticmethod
+    def _file(row: Any) -> FileRecord | None:
+        if row is None:
+            return None
+        (fid, path, user, dev, ino, size, fp, state, reason, fs, created, updated) = row
+        ident = FileIdentity(dev, ino, size, fp) if fp is not None else None
+        return FileRecord(
+            id=fid,
+            path=_dec(path),
+            user=user,
+            identity=ident,
+            state=state,
+            reason=reason,
+            fileset_id=fs,
+            created=created,
+            updated=updated,
+        )
+
+    def _find_identity(self, c: sqlite3.Connection, identity: FileIdentity) -> FileRecord | None:
+        row = c.execute(
+            f"SELECT {self._FILE_COLS} FROM files WHERE identity = ?", (identity.key,)
+        ).fetchone()
+        return self._file(row)
+
+    def _latest_for_path(self, c: sqlite3.Connection, path: str) -> FileRecord | None:
+        row = c.execute(
+            f"SELECT {self._FILE_COLS} FROM files WHERE path = ? ORDER BY id DESC LIMIT 1",
+            (_enc(path),),
+        ).fetchone()
+        return self._file(row)
+
+    def find_by_identity(self, identity: FileIdentity) -> FileRecord | None:
+        with self._read() as c:
+            return self._find_identity(c, identity)
+
+    def file_state(self, path: str) -> FileRecord | None:
+        """The newest record for ``path`` (older rows are earlier versions or renames)."""
+        with self._read() as c:
+            return self._latest_for_path(c, path)
+
+    def record_file(self, path: str, user: str, identity: FileIdentity) -> FileRecord:
+        """Record a READY file; idempotent.
+
+        * identity known under ``path``: returns the existing record unchanged;
+        * identity known under another path: a rename; the record (and the member
+          list of its fileset) follows the new path and keeps its state;
+        * same path, inode, size and fingerprint but another ``st_dev`` (a re-mounted
+          share): the same file; its device number is updated;
+        * otherwise a new record in state ``seen`` (if ``path`` had a record with
+          other content, this is a new version of that file).
+        """
+        now = time.time()
+        with self._tx() as c:
+            rec = self._find_identity(c, identity)
+            if rec is None:
+                old = self._latest_for_path(c, path)
+                if (
+                    old is not None
+                    and old.identity is not None
+                    and (old.identity.ino, old.identity.size, old.identity.fingerprint)
+                    == (identity.ino, identity.size, identity.fingerprint)
+                ):
+                    c.execute(
+                        "UPDATE files SET dev = ?, identity = ?, updated = ? WHERE id = ?",
+                        (identity.dev, identity.key, now, old.id),
+                    )
+                    rec = self._file(
+                        c.execute(
+                            f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)
+                        ).fetchone()
+                    )
+                    assert rec is not None
+                    return rec
+                c.execute(
+                    "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
+                    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        _enc(path),
+                        _txt(user),
+                        identity.dev,
+                        identity.ino,
+                        identity.size,
+                        identity.fingerprint,
+                        identity.key,
+                        SEEN,
+                        now,
+                        now,
+                    ),
+                )
+                reason = "new version (content changed)" if old and old.identity else ""
+                self._history(c, "file", path, SEEN, path=path, user=user, reason=reason, at=now)
+                rec = self._latest_for_path(c, path)
+                assert rec is not None
+                return rec
+            if rec.path != path:
+                self._rename(c, rec, path, now)
+                self._history(
+                    c,
+                    "file",
+                    path,
+                    rec.state,
+                    old_state=rec.state,
+                    path=path,
+                    user=rec.user,
+                    reason=f"renamed from {display_path(rec.path)}",
+                    at=now,
+                )
+                got = self._find_identity(c, identity)
+                assert got is not None
+                return got
+            return rec
+
+    def _rename(self, c: sqlite3.Connection, rec: FileRecord, new: str, now: float) -> None:
+        c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (_enc(new), now, rec.id))
+        if rec.fileset_id is not None:
+            c.execute(
+                "UPDATE fileset_members SET path = ? WHERE fileset_id = ? AND path = ?",
+                (_enc(new), rec.fileset_id, _enc(rec.path)),
+            )
+            c.execute(
+                "UPDATE filesets SET key = ?, updated = ? WHERE id = ? AND key = ?",
+                (_enc(new), now, rec.fileset_id, _enc(rec.path)),
+            )
+
+    def skip_file(self, path: str, user: str | None, reason: str) -> None:
+        """Mark ``path`` skipped (unknown user, DropBox root, unreadable, outside tree...).
+
+        Works for files never recorded (they may be unreadable, so have no identity).
+        A later :meth:`record_file` with a readable identity starts a fresh record.
+        """
+        now = time.time()
+        with self._tx() as c:
+            old = self._latest_for_path(c, path)
+            if old is None or old.state in (IMPORTED, IMPORTING):
+                # Never rewrite an imported/importing file's record: add a new row.
+                c.execute(
+                    "INSERT INTO files(path, user, state, reason, created, updated)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (_enc(path), _txt(user), SKIPPED, _txt(reason), now, now),
+                )
+                old_state = None
+            else:
+                c.execute(
+                    "UPDATE files SET state = ?, reason = ?, user = COALESCE(?, user),"
+                    " updated = ? WHERE id = ?",
+                    (SKIPPED, _txt(reason), _txt(user), now, old.id),
+                )
+                old_state = old.state
+            self._history(
+                c,
+                "file",
+                path,
+                SKIPPED,
+                old_state=old_state,
+                path=path,
+                user=user,
+                reason=reason,
+                at=now,
+            )
+
+    # -- filesets -----------------------------------------------------------------------
+
+    _FS_COLS = (
+        "id, user, key, format, state, attempts, last_error, next_attempt_at,"
+        " created, updated, started, finished"
+    )
+
+    def _fileset(self, c: sqlite3.Connection, fid: str) -> FilesetRecord | None:
+        row = c.execute(f"SELECT {self._FS_COLS} FROM filesets WHERE id = ?", (fid,)).fetchone()
+        if row is None:
+            return None
+        members = tuple(
+            _dec(r[0])
+            for r in c.execute(
+                "SELECT path FROM fileset_members WHERE fileset_id = ? ORDER BY position", (fid,)
+            )
+        )
+        return FilesetRecord(
+            id=row[0],
+            user=row[1],
+            key=_dec(row[2]),
+            members=members,
+            format=row[3],
+            state=row[4],
+            attempts=int(row[5]),
+            last_error=row[6],
+            next_attempt_at=row[7],
+            created=row[8],
+            updated=row[9],
+            started=row[10],
+            finished=row[11],
+        )
+
+    def _filesets(
+        self, c: sqlite3.Connection, where: str, args: Sequence[object]
+    ) -> list[FilesetRecord]:
+        ids = [r[0] for r in c.execute(f"SELECT id FROM filesets WHERE {where}", args)]
+        out = []
+        for fid in ids:
+            rec = self._fileset(c, fid)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def fileset_by_id(self, fileset_id: str) -> FilesetRecord | None:
+        with self._read() as c:
+            return self._fileset(c, fileset_id)
+
+    def was_imported(self, fileset_id: str) -> bool:
+        with self._read() as c:
+            row = c.execute("SELECT state FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            return row is not None and row[0] == IMPORTED
+
+    def upsert_fileset(
+        self, fileset_id: str, user: str, key: str, members: Sequence[str], fmt: str
+    ) -> FilesetRecord:
+        """Create the fileset in state ``waiting``, or revise it.
+
+        A fileset not yet started (``waiting``/``queued``) takes the new key, members
+        and format.  One already started or finished is returned unchanged: its
+        identity says it is the same data, so it is not imported again.
+        Member files recorded with :meth:`record_file` are linked to the fileset and
+        take its state.
+        """
+        if not members:
+            raise ValueError(f"fileset {fileset_id} has no members")
+        if key not in members:
+            members = [key, *members]
+        now = time.time()
+        with self._tx() as c:
+            old = self._fileset(c, fileset_id)
+            if old is not None and old.state not in (WAITING, QUEUED):
+                return old
+            if old is None:
+                c.execute(
+                    f"INSERT INTO filesets({self._FS_COLS})"
+                    " VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
+                    (fileset_id, _txt(user), _enc(key), _txt(fmt), WAITING, now, now),
+                )
+                state = WAITING
+                self._history(
+                    c,
+                    "fileset",
+                    fileset_id,
+                    WAITING,
+                    path=key,
+                    user=user,
+                    reason=f"new fileset, {len(members)} file(s), format {fmt}",
+                    at=now,
+                )
+            else:
+                state = old.state
+                c.execute(
+                    "UPDATE filesets SET user = ?, key = ?, format = ?, updated = ? WHERE id = ?",
+                    (_txt(user), _enc(key), _txt(fmt), now, fileset_id),
+                )
+                if (old.key, old.members, old.format) != (key, tuple(members), fmt):
+                    self._history(
+                        c,
+                        "fileset",
+                        fileset_id,
+                        state,
+                        old_state=state,
+                        path=key,
+                        user=user,
+                        reason=f"revised, {len(members)} file(s), format {fmt}",
+                        at=now,
+                    )
+            c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fileset_id,))
+            c.executemany(
+                "INSERT INTO fileset_members(fileset_id, position, path) VALUES (?,?,?)",
+                [(fileset_id, i, _enc(m)) for i, m in enumerate(members)],
+            )
+            self._link_members(c, fileset_id, members, state, "", now)
+            rec = self._fileset(c, fileset_id)
+            assert rec is not None
+            return rec
+
+    def _link_members(
+        self,
+        c: sqlite3.Connection,
+        fid: str,
+        members: Iterable[str],
+        state: str,
+        reason: str,
+        now: float,
+    ) -> None:
+        for m in members:
+            rec = self._latest_for_path(c, m)
+            if rec is None or rec.identity is None:
+                continue
+            if rec.fileset_id not in (None, fid) and rec.state in (IMPORTED, IMPORTING):
+                continue  # belongs to another fileset that already used it
+            c.execute(
+                "UPDATE files SET fileset_id = ?, state = ?, reason = ?, updated = ? WHERE id = ?",
+                (fid, state, _txt(reason), now, rec.id),
+            )
+
+    def transition(
+        self,
+        fileset_id: str,
+        new_state: str,
+        *,
+        reason: str = "",
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Move a fileset to ``new_state`` (see ``TRANSITIONS``), in one transaction.
+
+        Entering ``importing`` bumps ``attempts`` and sets ``started``; entering a
+        terminal state sets ``finished``; ``failed``, ``skipped`` and a re-queue after
+        ``importing`` store ``reason`` as ``last_error``.  The fileset's member files
+        take the new state; every change is appended to the history.
+        """
+        if new_state not in FILESET_STATES:
+            raise InvalidTransitionError(
+                f"unknown fileset state {new_state!r}; allowed: {', '.join(FILESET_STATES)}"
+            )
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"unknown fileset {fileset_id}")
+            old_state, user, key = row
+            if new_state not in TRANSITIONS[old_state]:
+                raise InvalidTransitionError(
+                    f"fileset {fileset_id}: cannot go from {old_state} to {new_state}"
+                )
+            sets = ["state = ?", "updated = ?", "next_attempt_at = ?"]
+            args: list[object] = [new_state, now, next_attempt_at]
+            if new_state == IMPORTING:
+                sets += ["attempts = attempts + 1", "started = ?", "finished = NULL"]
+                args.append(now)
+            if new_state in TERMINAL_STATES:
+                sets.append("finished = ?")
+                args.append(now)
+            if reason and (
+                new_state in (FAILED, SKIPPED) or (old_state == IMPORTING and new_state == QUEUED)
+            ):
+                sets.append("last_error = ?")
+                args.append(_txt(reason))
+            args.append(fileset_id)
+            c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
+            self._propagate(c, fileset_id, new_state, reason, now)
+            self._history(
+                c,
+                "fileset",
+                fileset_id,
+                new_state,
+                old_state=old_state,
+                path=_dec(key),
+                user=user,
+                reason=reason,
+                at=now,
+            )
+
+    def _propagate(
+        self, c: sqlite3.Connection, fid: str, state: str, reason: str, now: float
+    ) -> None:
+        file_reason = reason if state in (FAILED, SKIPPED) else ""
+        c.execute(
+            "UPDATE files SET state = ?, reason = ?, updated = ? WHERE fileset_id = ?",
+            (state, _txt(file_reason), now, fid),
+        )
+
+    def requeue(self, fileset_id: str, reason: str = "re-queued by operator") -> None:
+        """Operator retry of a failed or skipped fileset (resets ``attempts``)."""
+        with self._tx() as c:
+            self.transition(fileset_id, QUEUED, reason=reason)
+            c.execute("UPDATE filesets SET attempts = 0 WHERE id = ?", (fileset_id,))
+
+    def claim_interrupted(self) -> list[FilesetRecord]:
+        """At start-up: filesets left ``importing`` by a crash go back to ``queued``.
+
+        This is the only case in which an import may run twice, and the history says
+        so.  Their ``attempts`` keep counting, so an import that crashes the service
+        every time ends up ``failed`` instead of looping.
+        """
+        with self._tx() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM filesets WHERE state = ?", (IMPORTING,))]
+            for fid in ids:
+                self.transition(fid, QUEUED, reason=INTERRUPTED_REASON)
+            return [r for r in (self._fileset(c, fid) for fid in ids) if r is not None]
+
+    def pending(self) -> list[FilesetRecord]:
+        """``waiting`` and ``queued`` filesets, oldest first, to resume after a restart."""
+        with self._read() as c:
+            return self._filesets(c, "state IN (?, ?) ORDER BY created, id", (WAITING, QUEUED))
+
+    def filesets(self, state: str | None = None, limit: int | None = None) -> list[FilesetRecord]:
+        """Filesets (optionally in one state), most recently updated first."""
+        where = "1=1" if state is None else "state = ?"
+        args: list[object] = [] if state is None else [state]
+        sql = f"{where} ORDER BY updated DESC, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._read() as c:
+            return self._filesets(c, sql, args)
+
+    def counts(self, kind: str = "filesets") -> dict[str, dict[str, int]]:
+        """``{user: {state: n}}`` for ``"filesets"`` (default) or ``"files"``."""
+        table = {"filesets": "filesets", "files": "files"}.get(kind)
+        if table is None:
+            raise ValueError(f"counts(kind={kind!r}): kind must be 'filesets' or 'files'")
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as c:
+            for user, state, n in c.execute(
+                f"SELECT COALESCE(user, ''), state, COUNT(*) FROM {table}"
+                " GROUP BY 1, 2 ORDER BY 1, 2"
+            ):
+                out.setdefault(user, {})[state] = int(n)
+        return out
+
+    def recent(self, limit: int = 50, state: str | None = None) -> list[HistoryEntry]:
+        """The newest history entries first, optionally only those entering ``state``."""
+        sql = "SELECT id, at, kind, subject, path, user, old_state, new_state, reason FROM history"
+        args: list[object] = []
+        if state is not None:
+            sql += " WHERE new_state = ?"
+            args.append(state)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(int(limit))
+        with self._read() as c:
+            return [
+                HistoryEntry(
+                    id=r[0],
+                    at=r[1],
+                    kind=r[2],
+                    subject=r[3],
+                    path=_dec(r[4]) if r[4] is not None else None,
+                    user=r[5],
+                    old_state=r[6],
+                    new_state=r[7],
+                    reason=r[8],
+                )
+                for r in c.execute(sql, args)
+            ]
+
+    def history_of(self, subject: str) -> list[HistoryEntry]:
+        """Every history entry of one fileset id (or file path), oldest first."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT id, at, kind, subject, path, user, old_state, new_state, reason"
+                " FROM history WHERE subject = ? ORDER BY id",
+                (_txt(subject),),
+            ).fetchall()
+        return [
+            HistoryEntry(r[0], r[1], r[2], r[3], _dec(r[4]) if r[4] is not None else None, *r[5:])
+            for r in rows
+        ]
