@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from omero_dropbox.config import (
     ConfigError,
     DropBoxConfig,
@@ -212,9 +213,7 @@ def test_templates_file_with_only_the_block(tmp_path: Path) -> None:
     assert user.dir_import_wait == 15 and user.path_mode == "flat"
 
 
-def test_templates_unknown_fs_property_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_templates_unknown_fs_property_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "t.xml", block(dirImportWiat="15"))
     with caplog.at_level(logging.WARNING):
         config = load_config(templates=path)
@@ -334,14 +333,10 @@ def test_toml_user_table_not_in_import_users(tmp_path: Path) -> None:
         load_config(toml_file=write(tmp_path / "c.toml", text))
 
 
-def test_toml_user_table_overridden_by_d_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_toml_user_table_overridden_by_d_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     text = '[users.amy]\nwatch_dir = "/a"\n'
     with caplog.at_level(logging.WARNING):
-        config = load_config(
-            toml_file=write(tmp_path / "c.toml", text), overrides=d(importUsers="default")
-        )
+        config = load_config(toml_file=write(tmp_path / "c.toml", text), overrides=d(importUsers="default"))
     assert config.import_users == ("default",)
     assert "[users.amy] ignored" in caplog.text
 
@@ -518,9 +513,7 @@ def test_named_user_needs_watch_dir() -> None:
 
 
 def test_same_watch_dir_twice() -> None:
-    with pytest.raises(
-        ConfigError, match=r"watched for both user 'amy' \(entry 1\) and user 'zak'"
-    ):
+    with pytest.raises(ConfigError, match=r"watched for both user 'amy' \(entry 1\) and user 'zak'"):
         load_config(overrides=d(importUsers="amy;zak", watchDir="/x;/x/"))
 
 
@@ -601,9 +594,7 @@ def test_boolean_errors(text: str) -> None:
 
 def test_unknown_event_type_message() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(
-            overrides=d(importUsers="default;amy", watchDir=";/a", eventTypes="Creation;Creatoin")
-        )
+        load_config(overrides=d(importUsers="default;amy", watchDir=";/a", eventTypes="Creation;Creatoin"))
     assert str(info.value).startswith(
         "omero.fs.eventTypes: unknown event type 'Creatoin' for user 'amy' (entry 2); "
         "allowed: Creation, Modification, Deletion, All"
@@ -631,9 +622,7 @@ def test_unknown_path_mode_message() -> None:
     assert "allowed: Flat, Recurse, Follow" in message
 
 
-@pytest.mark.parametrize(
-    ("text", "mode"), [("Flat", "flat"), ("recurse", "recurse"), ("FOLLOW", "follow")]
-)
+@pytest.mark.parametrize(("text", "mode"), [("Flat", "flat"), ("recurse", "recurse"), ("FOLLOW", "follow")])
 def test_path_modes(text: str, mode: str) -> None:
     assert load_config(overrides=d(pathMode=text)).users[0].path_mode == mode
 
@@ -668,9 +657,7 @@ def test_global_number_error_has_no_user() -> None:
 
 
 def test_fractional_waits_accepted() -> None:
-    config = load_config(
-        overrides=d(dirImportWait="0.5", throttleImport=" 1.25 ", retryInterval=".5")
-    )
+    config = load_config(overrides=d(dirImportWait="0.5", throttleImport=" 1.25 ", retryInterval=".5"))
     assert config.users[0].dir_import_wait == 0.5 and config.users[0].throttle_import == 1.25
     assert config.retry_interval == 0.5
 
@@ -701,9 +688,7 @@ def test_unknown_override_suggests(name: str, suggestion: str) -> None:
 
 
 def test_unknown_override_without_suggestion() -> None:
-    with pytest.raises(
-        ConfigError, match=r"^omero.fs.zzzzzzzzzzzz: unknown property \(source: -D\)$"
-    ):
+    with pytest.raises(ConfigError, match=r"^omero.fs.zzzzzzzzzzzz: unknown property \(source: -D\)$"):
         load_config(overrides=["omero.fs.zzzzzzzzzzzz=1"])
 
 
@@ -721,9 +706,7 @@ def test_parse_override(text: str, expected: tuple[str, str]) -> None:
 
 @pytest.mark.parametrize("text", ["omero.fs.host", "=x", "", "omero fs.host=x"])
 def test_parse_override_malformed(text: str) -> None:
-    with pytest.raises(
-        ConfigError, match=r"expected NAME=VALUE, e.g. -D omero.fs.dirImportWait=30"
-    ):
+    with pytest.raises(ConfigError, match=r"expected NAME=VALUE, e.g. -D omero.fs.dirImportWait=30"):
         parse_override(text)
 
 
@@ -900,8 +883,7 @@ def test_property_reference_markdown() -> None:
     for prop in PROPERTIES:
         assert f"`{prop.name}`" in text and f"`{prop.key}`" in text
     assert (
-        "| `omero.fs.throttleImport` | `throttle_import` | per-user | seconds | `10` | `5` / `10` |"
-        in text
+        "| `omero.fs.throttleImport` | `throttle_import` | per-user | seconds | `10` | `5` / `10` |" in text
     )
     assert "Notes (differences from upstream and why):" in text
     assert "- `omero.fs.ng.completeWait`:" in text

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from omero_dropbox.config import ConfigError, DropBoxConfig, load_config
 from omero_dropbox.properties import EVENT_TYPES, PROPERTIES, Property, Scope
 
@@ -42,12 +43,8 @@ def load_or_config_error(**kwargs: object) -> DropBoxConfig | None:
 
 
 @FUZZ
-@given(
-    settings_=st.lists(st.tuples(prop_names, value), min_size=1, max_size=3), users=st.booleans()
-)
-def test_random_overrides_only_raise_config_error(
-    settings_: list[tuple[str, str]], users: bool
-) -> None:
+@given(settings_=st.lists(st.tuples(prop_names, value), min_size=1, max_size=3), users=st.booleans())
+def test_random_overrides_only_raise_config_error(settings_: list[tuple[str, str]], users: bool) -> None:
     overrides = (USERS_SETUP if users else []) + [f"{name}={text}" for name, text in settings_]
     config = load_or_config_error(overrides=overrides)
     if config is not None:
@@ -62,9 +59,7 @@ def test_random_override_names_only_raise_config_error(name: str, text: str) -> 
 
 def xml_safe(text: str) -> str:
     # XML 1.0 cannot carry most control characters or lone surrogates at all.
-    return "".join(
-        c for c in text if c in "\t\n\r" or (" " <= c <= "\ud7ff") or ("\ue000" <= c <= "\ufffd")
-    )
+    return "".join(c for c in text if c in "\t\n\r" or (" " <= c <= "\ud7ff") or ("\ue000" <= c <= "\ufffd"))
 
 
 def write_templates(directory: Path, props: Sequence[tuple[str, str]]) -> Path:
@@ -108,16 +103,10 @@ def toml_literal(item: object) -> str:
 @FUZZ
 @given(
     table=st.sampled_from(["dropbox", "users.amy", "users.default"]),
-    entries=st.lists(
-        st.tuples(st.sampled_from([p.key for p in PROPERTIES]), toml_value), max_size=4
-    ),
+    entries=st.lists(st.tuples(st.sampled_from([p.key for p in PROPERTIES]), toml_value), max_size=4),
 )
-def test_random_toml_only_raises_config_error(
-    table: str, entries: list[tuple[str, object]]
-) -> None:
-    lines = [f"[{table}]"] + [
-        f"{key} = {toml_literal(item)}" for key, item in dict(entries).items()
-    ]
+def test_random_toml_only_raises_config_error(table: str, entries: list[tuple[str, object]]) -> None:
+    lines = [f"[{table}]"] + [f"{key} = {toml_literal(item)}" for key, item in dict(entries).items()]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.toml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -126,9 +115,7 @@ def test_random_toml_only_raises_config_error(
 
 # --------------------------------------------------------------------------- round trips
 
-user_name = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(
-    lambda n: n != "default"
-)
+user_name = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(lambda n: n != "default")
 pad = st.sampled_from(["", " ", "  ", "\t"])
 event_subset = st.sets(st.sampled_from(EVENT_TYPES), min_size=1)
 extension = st.from_regex(r"\.[a-z0-9]{1,5}", fullmatch=True)
@@ -164,9 +151,7 @@ def test_valid_lists_round_trip(data: dict[str, object], draw: st.DataObject) ->
         ("omero.fs.dirImportWait", ";".join("" if w is None else str(w) for w in waits)),
         (
             "omero.fs.eventTypes",
-            ";".join(
-                "" if e is None else padded(d, [x.capitalize() for x in e], ",") for e in events
-            ),
+            ";".join("" if e is None else padded(d, [x.capitalize() for x in e], ",") for e in events),
         ),
         ("omero.fs.whitelist", ";".join(padded(d, items, ",") for items in whitelists)),
     ]
@@ -174,9 +159,7 @@ def test_valid_lists_round_trip(data: dict[str, object], draw: st.DataObject) ->
 
     assert config.import_users == tuple(users)
     for i, user in enumerate(config.users):
-        expected_dir = (
-            Path("/OMERO/DropBox") if user.import_user == "default" else Path(f"/w/{users[i]}")
-        )
+        expected_dir = Path("/OMERO/DropBox") if user.import_user == "default" else Path(f"/w/{users[i]}")
         assert user.watch_dir == expected_dir
         wait = waits[i] if i < len(waits) else None
         assert user.dir_import_wait == (60 if wait is None else wait)

@@ -186,7 +186,9 @@ def test_cli_imports_every_fileset_once_as_the_right_user_with_recording_importe
         for t in threads:
             t.join()
         subprocess.run(["cp", str(staging / "in-the-root.tif"), str(dropbox)], check=True)
-        expected_here = {tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()}
+        expected_here = {
+            tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()
+        }
         assert wait_for(lambda: len(read_records(record)) >= len(expected_here), 240, 0.5), service.tail()
         time.sleep(4)  # longer than dirImportWait: anything imported twice would show up now
     finally:
@@ -216,7 +218,9 @@ def test_cli_kill_9_during_copy_then_restart_loses_nothing_with_recording_import
     staging = shm_dir / "staging"
     make_dataset(staging, random.Random(2), filesets_per_user=25)
     expected = expected_filesets(staging)
-    expected_here = {tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()}
+    expected_here = {
+        tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()
+    }
     service = Service(shm_dir, dropbox, record, state)
     service.start(import_delay=0.05)
     half = len(USERS) // 2
@@ -229,7 +233,11 @@ def test_cli_kill_9_during_copy_then_restart_loses_nothing_with_recording_import
         subprocess.run(["cp", "-r", str(staging / user), str(dropbox / user)], check=True)
     service.start(import_delay=0.05)
     try:
-        assert wait_for(lambda: len({tuple(sorted(r["files"])) for r in read_records(record)}) >= len(expected_here), 240, 0.5), service.tail()  # type: ignore[arg-type]  # noqa: E501
+        assert wait_for(
+            lambda: len({tuple(sorted(r["files"])) for r in read_records(record)}) >= len(expected_here),
+            240,
+            0.5,
+        ), service.tail()  # type: ignore[arg-type]
         time.sleep(4)
     finally:
         rc = service.stop()

@@ -84,9 +84,7 @@ def transient(reason: str = "server down") -> ImportResult:
     return ImportResult.failure(reason, transient=True, returncode=75)
 
 
-def run_queue(
-    j: Journal, importer: Callable[[ImportRequest], ImportResult], **kw: object
-) -> ImportQueue:
+def run_queue(j: Journal, importer: Callable[[ImportRequest], ImportResult], **kw: object) -> ImportQueue:
     return ImportQueue(j, importer, **{**FAST, **kw})  # type: ignore[arg-type]
 
 
@@ -241,9 +239,7 @@ def test_retry_limit_then_failed_with_reason(journal: Journal) -> None:
         PermanentImportError("corrupt file"),
     ],
 )
-def test_permanent_failure_fails_at_once(
-    journal: Journal, outcome: ImportResult | Exception
-) -> None:
+def test_permanent_failure_fails_at_once(journal: Journal, outcome: ImportResult | Exception) -> None:
     imp = Recorder({"f": [outcome]})
     q = run_queue(journal, imp, max_attempts=5)
     q.start()

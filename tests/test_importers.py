@@ -115,9 +115,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_names_arrive_as_exact_single_arguments(
-    tmp_path: Path, recorder: Path, record: Path
-) -> None:
+def test_hostile_names_arrive_as_exact_single_arguments(tmp_path: Path, recorder: Path, record: Path) -> None:
     d = os.fsencode(tmp_path / "drop")
     os.mkdir(d)
     paths = []
@@ -214,9 +212,7 @@ def test_permanent_exit_codes_are_configurable(
     assert 75 not in DEFAULT_PERMANENT_EXIT_CODES and 65 in DEFAULT_PERMANENT_EXIT_CODES
 
 
-def test_killed_by_signal_is_transient(
-    recorder: Path, record: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_killed_by_signal_is_transient(recorder: Path, record: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIGNAL", "9")
     result = CommandImporter([str(recorder)])(_req(["/a"]))
     assert not result.ok and result.transient and result.returncode == -9

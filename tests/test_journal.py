@@ -98,9 +98,7 @@ def test_fileset_id_is_order_independent_and_rename_proof(tmp_path: Path) -> Non
     os.rename(tmp_path, tmp_path.parent / (tmp_path.name + "-moved"))
     moved = tmp_path.parent / (tmp_path.name + "-moved")
     try:
-        after = fileset_id(
-            [file_identity(str(moved / "a.ids")), file_identity(str(moved / "a.ics"))]
-        )
+        after = fileset_id([file_identity(str(moved / "a.ids")), file_identity(str(moved / "a.ics"))])
     finally:
         os.rename(moved, tmp_path)
     assert after == before
@@ -133,9 +131,7 @@ def test_record_file_is_idempotent_and_follows_renames(journal: Journal, tmp_pat
     os.utime(new_key, (5, 5))
     os.chmod(new_key, 0o640)
     n = len(journal.recent(1000))
-    assert journal.record_file(new_key, "amy", file_identity(new_key)) == journal.file_state(
-        new_key
-    )
+    assert journal.record_file(new_key, "amy", file_identity(new_key)) == journal.file_state(new_key)
     assert len(journal.recent(1000)) == n
 
 

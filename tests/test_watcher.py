@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox import Event, Watcher, WatcherError
+from omero_dropbox import Event, Watcher
 from omero_dropbox.watcher import system_file_rules
 
 
-def collect(watcher: Watcher, until: int | None = None, timeout: float = 10.0, quiet: float = 0.0) -> list[Event]:
+def collect(
+    watcher: Watcher, until: int | None = None, timeout: float = 10.0, quiet: float = 0.0
+) -> list[Event]:
     """Events until `until` have arrived (or `timeout`), then `quiet` more seconds of observation."""
     events: list[Event] = []
     deadline = time.monotonic() + timeout
@@ -268,7 +270,16 @@ def test_event_types_limit_what_is_reported(shm_dir: Path) -> None:
 
 
 def test_system_files_are_ignored_and_the_rules_are_published(shm_dir: Path) -> None:
-    names = [".DS_Store", "._a.tif", "a.tif~", "b.part", "Thumbs.db", "desktop.ini", "c.crdownload", ".nfs0001"]
+    names = [
+        ".DS_Store",
+        "._a.tif",
+        "a.tif~",
+        "b.part",
+        "Thumbs.db",
+        "desktop.ini",
+        "c.crdownload",
+        ".nfs0001",
+    ]
     with Watcher(shm_dir) as w:
         for name in names:
             write(shm_dir / name)
@@ -394,7 +405,7 @@ def test_missing_root_raises_an_error_naming_it(shm_dir: Path) -> None:
 
 def test_root_that_is_a_file_raises_an_error_naming_it(shm_dir: Path) -> None:
     write(shm_dir / "plain.txt")
-    with pytest.raises(NotADirectoryError, match="plain.txt"):
+    with pytest.raises(NotADirectoryError, match=r"plain\.txt"):
         Watcher(shm_dir / "plain.txt")
 
 

@@ -50,7 +50,10 @@ examples:
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML configuration file")
     parser.add_argument(
-        "--templates", type=Path, metavar="templates.xml", help="OMERO IceGrid templates.xml (<properties id='DropBox'>)"
+        "--templates",
+        type=Path,
+        metavar="templates.xml",
+        help="OMERO IceGrid templates.xml (<properties id='DropBox'>)",
     )
     parser.add_argument(
         "-D",
@@ -85,15 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
     _state_arg(run)
     run.add_argument("--importer", choices=("auto", "omero", "command", "record"), default="auto")
-    run.add_argument("--importer-command", metavar="'ARGV TEMPLATE'", help="run this for each fileset (no shell)")
-    run.add_argument("--users", metavar="NAMES|@FILE", help="only these OMERO users exist (comma list or @file)")
+    run.add_argument(
+        "--importer-command", metavar="'ARGV TEMPLATE'", help="run this for each fileset (no shell)"
+    )
+    run.add_argument(
+        "--users", metavar="NAMES|@FILE", help="only these OMERO users exist (comma list or @file)"
+    )
     run.add_argument("--dry-run", action="store_true", help="log what would be imported, as whom and when")
-    run.add_argument("--log-dir", type=Path, help="write DropBox.log here (rotated 5 MB x 9, upstream format)")
+    run.add_argument(
+        "--log-dir", type=Path, help="write DropBox.log here (rotated 5 MB x 9, upstream format)"
+    )
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     fs = sub.add_parser("filesets", help="print the filesets found under PATH... as JSON lines")
     fs.add_argument("paths", nargs="+", metavar="PATH")
-    fs.add_argument("--readers", type=Path, help="a file of Bio-Formats reader class names (omero.fs.readers)")
+    fs.add_argument(
+        "--readers", type=Path, help="a file of Bio-Formats reader class names (omero.fs.readers)"
+    )
 
     st = sub.add_parser("status", help="counts per user and state, and recent journal entries")
     _state_arg(st)
@@ -119,7 +130,9 @@ def setup_logging(level: str, log_dir: Path | None) -> None:
     root.addHandler(stream)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9)
+        handler = logging.handlers.RotatingFileHandler(
+            log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9
+        )
         handler.setFormatter(formatter)
         root.addHandler(handler)
 

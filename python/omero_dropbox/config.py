@@ -290,18 +290,14 @@ def _read_templates(path: Path) -> dict[str, str]:
     blocks = [el for el in root.iter("properties") if el.get("id") == "DropBox"]
     for template in root.iter("server-template"):
         if template.get("id") == "DropBoxTemplate":
-            blocks += [
-                el for server in template.iter("server") for el in server.findall("properties")
-            ]
+            blocks += [el for server in template.iter("server") for el in server.findall("properties")]
     if not blocks:
         raise ConfigError(
             f'{path}: no <properties id="DropBox"> block; expected an IceGrid templates.xml '
             "(etc/grid/templates.xml) or a file holding just that block"
         )
     variables = {
-        str(var.get("name")): var.get("value", "")
-        for var in root.iter("variable")
-        if var.get("name")
+        str(var.get("name")): var.get("value", "") for var in root.iter("variable") if var.get("name")
     }
     props: dict[str, str] = {}
     for block in blocks:
@@ -359,9 +355,7 @@ def _read_toml(path: Path) -> _Toml:
     for key in data:
         if key not in ("dropbox", "users"):
             hint = _did_you_mean(key, ("dropbox", "users"))
-            raise ConfigError(
-                f"{path}: unknown table [{key}]; allowed: [dropbox], [users.NAME]{hint}"
-            )
+            raise ConfigError(f"{path}: unknown table [{key}]; allowed: [dropbox], [users.NAME]{hint}")
     toml = _Toml(path)
     toml.base = _table(path, data.get("dropbox", {}), "[dropbox]")
     toml.import_users = toml.base.pop("import_users", None)
@@ -383,9 +377,7 @@ def _table(path: Path, value: object, label: str, example: str = "") -> dict[str
     return dict(value)
 
 
-def _check_keys(
-    path: Path, label: str, table: Mapping[str, object], *, per_user_only: bool
-) -> None:
+def _check_keys(path: Path, label: str, table: Mapping[str, object], *, per_user_only: bool) -> None:
     for key in table:
         prop = property_by_key(key)
         if prop is None:
@@ -492,9 +484,7 @@ def _unique_users(users: list[_User], source: str) -> list[_User]:
     seen: dict[str, int] = {}
     for user in users:
         if user.name in seen:
-            problem = (
-                f"user '{user.name}' is listed twice (entries {seen[user.name]} and {user.entry})"
-            )
+            problem = f"user '{user.name}' is listed twice (entries {seen[user.name]} and {user.entry})"
             raise Where(_IMPORT_USERS, source).error(problem, "each user once")
         seen[user.name] = user.entry
     return users
@@ -593,9 +583,7 @@ def _check_distinct_dirs(monitors: Sequence[UserMonitorConfig], users: Sequence[
                 f"'{monitor.watch_dir}' is watched for both user '{first.name}' "
                 f"(entry {first.entry}) and user '{user.name}' (entry {user.entry})"
             )
-            raise ConfigError(
-                f"omero.fs.watchDir: {problem}; allowed: a different directory per import user"
-            )
+            raise ConfigError(f"omero.fs.watchDir: {problem}; allowed: a different directory per import user")
         seen[key] = user
 
 
@@ -637,9 +625,7 @@ def load_config(
 # --------------------------------------------------------------------------- display
 
 
-def _rows(
-    obj: object, scope: Scope, sources: Mapping[str, str], suffix: str
-) -> list[tuple[str, str, str]]:
+def _rows(obj: object, scope: Scope, sources: Mapping[str, str], suffix: str) -> list[tuple[str, str, str]]:
     rows = []
     for prop in PROPERTIES:
         if prop.scope is scope and not isinstance(prop.kind, Users):

@@ -175,7 +175,9 @@ class DropBox:
         resumed = self.queue.start(resume=True)
         for t in self._threads:
             t.start()
-        log.info("Started OMERO.fs DropBox client%s", " (dry run: nothing is imported)" if self.dry_run else "")
+        log.info(
+            "Started OMERO.fs DropBox client%s", " (dry run: nothing is imported)" if self.dry_run else ""
+        )
         if resumed:
             log.info("Resumed %d queued fileset(s) from the journal", len(resumed))
 
@@ -359,7 +361,9 @@ class DropBox:
             except OSError:
                 dir_uid = -1
             if st.st_uid != dir_uid:
-                self._skip(path, user, f"owner uid {st.st_uid} is not the owner of {owner_dir} (requireOwner)")
+                self._skip(
+                    path, user, f"owner uid {st.st_uid} is not the owner of {owner_dir} (requireOwner)"
+                )
                 return False
         return True
 
@@ -421,8 +425,10 @@ class DropBox:
                 self._submit(user, fs)
             # Companions whose key never came: give up after the full wait, with a reason.
             for path, since in list(pool.waiting_since.items()):
-                if path in pool.files and now - since >= user_cfg.dir_import_wait and not any(
-                    path in fs.files for fs in pool.filesets
+                if (
+                    path in pool.files
+                    and now - since >= user_cfg.dir_import_wait
+                    and not any(path in fs.files for fs in pool.filesets)
                 ):
                     pool.files.discard(path)
                     del pool.waiting_since[path]

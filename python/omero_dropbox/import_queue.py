@@ -129,8 +129,7 @@ class ImportQueue:
         if resume:
             for rec in self.journal.claim_interrupted():
                 log.warning(
-                    "Import of %s (fileset=%s) was interrupted by a crash or restart; "
-                    "it will run again",
+                    "Import of %s (fileset=%s) was interrupted by a crash or restart; it will run again",
                     display(rec.key),
                     rec.id,
                 )
@@ -320,9 +319,7 @@ class ImportQueue:
                     self._cond.notify_all()
 
     def _backoff(self, attempt: int) -> float:
-        return float(
-            min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (attempt - 1))
-        )
+        return float(min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (attempt - 1)))
 
     def _retry_later(self, fid: str, user: str, delay: float) -> None:
         with self._cond:
@@ -354,9 +351,7 @@ class ImportQueue:
             return
         except JournalError as e:
             delay = max(self.backoff_initial, 1.0)
-            log.error(
-                "Cannot start import of fileset %s: %s; trying again in %.3g s", fid, e, delay
-            )
+            log.error("Cannot start import of fileset %s: %s; trying again in %.3g s", fid, e, delay)
             self._retry_later(fid, rec.user, delay)
             return
         attempt = rec.attempts + 1
@@ -400,9 +395,7 @@ class ImportQueue:
             self._finish(fid, FAILED, reason)
         self._done(fid, result)
 
-    def _finish(
-        self, fid: str, state: str, reason: str, *, next_attempt_at: float | None = None
-    ) -> bool:
+    def _finish(self, fid: str, state: str, reason: str, *, next_attempt_at: float | None = None) -> bool:
         try:
             self.journal.transition(fid, state, reason=reason, next_attempt_at=next_attempt_at)
             return True

@@ -221,9 +221,7 @@ class CallableImporter(BaseImporter):
         try:
             rv = self.func(request)
         except PermanentImportError as e:
-            return ImportResult.failure(
-                _exc_text(e), transient=False, stderr=traceback.format_exc()
-            )
+            return ImportResult.failure(_exc_text(e), transient=False, stderr=traceback.format_exc())
         except Exception as e:
             return ImportResult.failure(_exc_text(e), transient=True, stderr=traceback.format_exc())
         if rv is None or rv is True:
@@ -410,9 +408,7 @@ class CommandImporter(BaseImporter):
             try:
                 argv = shlex.split(template)
             except ValueError as e:
-                raise ImporterConfigError(
-                    f"importer command {template!r} cannot be parsed: {e}"
-                ) from e
+                raise ImporterConfigError(f"importer command {template!r} cannot be parsed: {e}") from e
         else:
             argv = [str(a) for a in template]
         if not argv:
@@ -545,9 +541,7 @@ class OmeroImporter(BaseImporter):
             try:
                 extra = shlex.split(import_args)
             except ValueError as e:
-                raise ImporterConfigError(
-                    f"omero.fs.importArgs={import_args!r} cannot be parsed: {e}"
-                ) from e
+                raise ImporterConfigError(f"omero.fs.importArgs={import_args!r} cannot be parsed: {e}") from e
         else:
             extra = [str(a) for a in import_args]
         self.host = host
@@ -600,9 +594,7 @@ class OmeroImporter(BaseImporter):
         except NotImplementedError as e:
             return ImportResult.failure(str(e), transient=False)
         except PermanentImportError as e:
-            return ImportResult.failure(
-                f"cannot log in as {display(request.user)}: {e}", transient=False
-            )
+            return ImportResult.failure(f"cannot log in as {display(request.user)}: {e}", transient=False)
         except Exception as e:
             return ImportResult.failure(
                 f"cannot log in as {display(request.user)}: {_exc_text(e)}", transient=True
@@ -614,9 +606,7 @@ class OmeroImporter(BaseImporter):
             try:
                 self.sessions.close_session(key)
             except Exception as e:
-                log.warning(
-                    "Could not close the session of %s: %s", display(request.user), type(e).__name__
-                )
+                log.warning("Could not close the session of %s: %s", display(request.user), type(e).__name__)
 
     def __repr__(self) -> str:
         return f"OmeroImporter(host={self.host!r}, port={self.port}, args={self.import_args!r})"

@@ -327,9 +327,7 @@ class Journal:
     read-modify-write (e.g. ``transition``) trivially atomic.
     """
 
-    def __init__(
-        self, state_dir: Path | str, *, check: bool = True, readonly: bool = False
-    ) -> None:
+    def __init__(self, state_dir: Path | str, *, check: bool = True, readonly: bool = False) -> None:
         """Open (creating if needed) the journal in ``state_dir``.
 
         ``check`` runs ``PRAGMA quick_check`` (reads the whole file once);
@@ -343,9 +341,7 @@ class Journal:
         self._depth = 0  # nesting of _tx(): only the outermost one commits
         if readonly:
             if not self.path.is_file():
-                raise JournalError(
-                    f"no state file {self.path}: nothing recorded yet, or wrong --state-dir"
-                )
+                raise JournalError(f"no state file {self.path}: nothing recorded yet, or wrong --state-dir")
             try:
                 self._conn = sqlite3.connect(
                     f"{self.path.resolve().as_uri()}?mode=ro",
@@ -473,8 +469,7 @@ class Journal:
             return self._corrupt(e)
         if "readonly" in low or "read-only" in low or "unable to open" in low:
             return JournalError(
-                f"{what} state file {self.path}: {msg}; check that {self.state_dir} "
-                "is writable by this user"
+                f"{what} state file {self.path}: {msg}; check that {self.state_dir} is writable by this user"
             )
         return JournalError(f"{what} state file {self.path}: {msg}")
 
@@ -559,9 +554,7 @@ class Journal:
 
     # -- files --------------------------------------------------------------------------
 
-    _FILE_COLS = (
-        "id, path, user, dev, ino, size, fingerprint, state, reason, fileset_id, created, updated"
-    )
+    _FILE_COLS = "id, path, user, dev, ino, size, fingerprint, state, reason, fileset_id, created, updated"
 
     @staticmethod
     def _file(row: Any) -> FileRecord | None:
@@ -582,9 +575,7 @@ class Journal:
         )
 
     def _find_identity(self, c: sqlite3.Connection, identity: FileIdentity) -> FileRecord | None:
-        row = c.execute(
-            f"SELECT {self._FILE_COLS} FROM files WHERE identity = ?", (identity.key,)
-        ).fetchone()
+        row = c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE identity = ?", (identity.key,)).fetchone()
         return self._file(row)
 
     def _latest_for_path(self, c: sqlite3.Connection, path: str) -> FileRecord | None:
@@ -630,9 +621,7 @@ class Journal:
                         (identity.dev, identity.key, now, old.id),
                     )
                     rec = self._file(
-                        c.execute(
-                            f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)
-                        ).fetchone()
+                        c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)).fetchone()
                     )
                     assert rec is not None
                     return rec
@@ -699,8 +688,7 @@ class Journal:
             if old is None or old.state in (IMPORTED, IMPORTING):
                 # Never rewrite an imported/importing file's record: add a new row.
                 c.execute(
-                    "INSERT INTO files(path, user, state, reason, created, updated)"
-                    " VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO files(path, user, state, reason, created, updated) VALUES (?,?,?,?,?,?)",
                     (_enc(path), _txt(user), SKIPPED, _txt(reason), now, now),
                 )
                 old_state = None
@@ -756,9 +744,7 @@ class Journal:
             finished=row[11],
         )
 
-    def _filesets(
-        self, c: sqlite3.Connection, where: str, args: Sequence[object]
-    ) -> list[FilesetRecord]:
+    def _filesets(self, c: sqlite3.Connection, where: str, args: Sequence[object]) -> list[FilesetRecord]:
         ids = [r[0] for r in c.execute(f"SELECT id FROM filesets WHERE {where}", args)]
         out = []
         for fid in ids:
@@ -798,8 +784,7 @@ class Journal:
                 return old
             if old is None:
                 c.execute(
-                    f"INSERT INTO filesets({self._FS_COLS})"
-                    " VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
+                    f"INSERT INTO filesets({self._FS_COLS}) VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
                     (fileset_id, _txt(user), _enc(key), _txt(fmt), WAITING, now, now),
                 )
                 state = WAITING
@@ -882,9 +867,7 @@ class Journal:
             )
         now = time.time()
         with self._tx() as c:
-            row = c.execute(
-                "SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)
-            ).fetchone()
+            row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
             if row is None:
                 raise JournalError(f"unknown fileset {fileset_id}")
             old_state, user, key = row
@@ -920,9 +903,7 @@ class Journal:
                 at=now,
             )
 
-    def _propagate(
-        self, c: sqlite3.Connection, fid: str, state: str, reason: str, now: float
-    ) -> None:
+    def _propagate(self, c: sqlite3.Connection, fid: str, state: str, reason: str, now: float) -> None:
         file_reason = reason if state in (FAILED, SKIPPED) else ""
         c.execute(
             "UPDATE files SET state = ?, reason = ?, updated = ? WHERE fileset_id = ?",
@@ -972,8 +953,7 @@ class Journal:
         out: dict[str, dict[str, int]] = {}
         with self._read() as c:
             for user, state, n in c.execute(
-                f"SELECT COALESCE(user, ''), state, COUNT(*) FROM {table}"
-                " GROUP BY 1, 2 ORDER BY 1, 2"
+                f"SELECT COALESCE(user, ''), state, COUNT(*) FROM {table} GROUP BY 1, 2 ORDER BY 1, 2"
             ):
                 out.setdefault(user, {})[state] = int(n)
         return out

@@ -97,9 +97,7 @@ class Where:
         who = ""
         if self.user is not None:
             who = f" for user '{self.user}' (entry {self.entry})"
-        return ConfigError(
-            f"{self.name}: {problem}{who}; allowed: {allowed} (source: {self.source})"
-        )
+        return ConfigError(f"{self.name}: {problem}{who}; allowed: {allowed} (source: {self.source})")
 
 
 # --------------------------------------------------------------------------- kinds
@@ -705,9 +703,7 @@ PROPERTIES: tuple[Property, ...] = (
     ),
     _plumbing("serverIdString", "server_id_string", "MonitorServer", "MonitorServer identity."),
     _plumbing("clientIdString", "client_id_string", "DropBox", "Prefix of client servant ids."),
-    _plumbing(
-        "clientAdapterName", "client_adapter_name", "omerofs.DropBox", "DropBox object adapter."
-    ),
+    _plumbing("clientAdapterName", "client_adapter_name", "omerofs.DropBox", "DropBox object adapter."),
     _plumbing(
         "monitorServerIdString",
         "monitor_server_id_string",

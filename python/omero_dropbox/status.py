@@ -52,7 +52,9 @@ def print_status(state_dir: Path, *, as_json: bool = False, limit: int = 20) -> 
         print(f"{user or '(none)':<20}" + "".join(f"{row.get(s, 0):>11}" for s in states))
     skipped_files = {u: c.get("skipped", 0) for u, c in files.items() if c.get("skipped")}
     if skipped_files:
-        print("\nSkipped files per user: " + ", ".join(f"{u or '(none)'}={n}" for u, n in skipped_files.items()))
+        print(
+            "\nSkipped files per user: " + ", ".join(f"{u or '(none)'}={n}" for u, n in skipped_files.items())
+        )
     if failed:
         print("\nRecent failures")
         for e in failed:
