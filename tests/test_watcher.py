@@ -474,7 +474,9 @@ def test_blocking_iteration_is_interrupted_by_ctrl_c(shm_dir: Path) -> None:
 # ------------------------------------------------------------- permissions
 
 
-def _run_as_nobody(root: Path, actions: str, expect: int) -> tuple[list[str], list[str]]:
+def _run_as_nobody(
+    root: Path, actions: str, expect: int, **options: object
+) -> tuple[list[str], list[str], list[list[str]]]:
     """Fork a child that drops to uid/gid 65534, watches `root`, and reports events and log lines."""
     read_fd, write_fd = os.pipe()
     ready_r, ready_w = os.pipe()
@@ -494,10 +496,15 @@ def _run_as_nobody(root: Path, actions: str, expect: int) -> tuple[list[str], li
 
             logging.getLogger("omero_dropbox.watcher").addHandler(Keep())
             logging.getLogger("omero_dropbox.watcher").setLevel(logging.INFO)
-            with Watcher(root, settle=0.2) as w:
+            with Watcher(root, **{"settle": 0.2, **options}) as w:  # type: ignore[arg-type]
                 os.write(ready_w, b"r")
                 events = collect(w, until=expect, timeout=20, quiet=0.5)
-            payload = {"events": [e.path for e in events if e.kind == "created"], "logs": records}
+                backends = [list(b) for b in w.backends()]
+            payload = {
+                "events": [e.path for e in events if e.kind == "created"],
+                "logs": records,
+                "backends": backends,
+            }
             os.write(write_fd, json.dumps(payload).encode())
         finally:
             os._exit(0)
@@ -512,7 +519,7 @@ def _run_as_nobody(root: Path, actions: str, expect: int) -> tuple[list[str], li
     os.close(read_fd)
     os.waitpid(pid, 0)
     payload = json.loads(b"".join(chunks))
-    return payload["events"], payload["logs"]
+    return payload["events"], payload["logs"], payload["backends"]
 
 
 @pytest.mark.needs_root
@@ -529,8 +536,40 @@ def test_permission_denied_directory_is_logged_once_and_picked_up_when_readable(
     os.chmod(locked, 0o000)
     actions = f"import os, time\ntime.sleep(0.5)\nos.chmod({str(locked)!r}, 0o755)\n"
     # initial scan is off: only the locked file, found when it becomes readable, is new.
-    events, logs = _run_as_nobody(root, actions, expect=1)
+    events, logs, _ = _run_as_nobody(root, actions, expect=1)
     assert events == [str(locked / "inside.tif")]
     denied = [m for m in logs if "permission denied" in m and str(locked) in m]
     assert len(denied) == 1, logs
     assert any("readable now" in m for m in logs)
+
+
+@pytest.mark.needs_root
+def test_watch_limit_falls_back_to_polling_with_one_clear_log_line(shm_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to lower fs.inotify.max_user_watches for another user")
+    os.chmod(shm_dir, 0o755)
+    root = shm_dir / "big"
+    for i in range(20):
+        (root / f"d{i}").mkdir(parents=True)
+    for dirpath, _, _ in os.walk(root):
+        os.chown(dirpath, 65534, 65534)
+    # The limit is per user and checked at every watch: user nobody, which holds no
+    # watches, may place 5 while the child starts; the parent restores it right after.
+    limit = Path("/proc/sys/fs/inotify/max_user_watches")
+    old = limit.read_text().strip()
+    limit.write_text("5")
+    actions = (
+        f"from pathlib import Path\nPath({str(limit)!r}).write_text({old!r})\n"
+        f"import os\nwith open({str(root / 'd7' / 'late.tif')!r}, 'wb') as fh: fh.write(b'x')\n"
+    )
+    try:
+        events, logs, backends = _run_as_nobody(
+            root, actions, expect=1, backend="auto", poll_interval=0.1, settle=0.3
+        )
+    finally:
+        limit.write_text(old)
+    assert backends == [[str(root), "poll"]]
+    assert events == [str(root / "d7" / "late.tif")]
+    fallback = [m for m in logs if "fs.inotify.max_user_watches" in m]
+    assert len(fallback) == 1, logs
+    assert "falling back to polling" in fallback[0]
