@@ -6,8 +6,9 @@ use std::path::Path;
 ///
 /// Kernel change notification does not see writes made by other clients of a
 /// network share, so such roots must be polled.
-#[cfg(target_os = "linux")]
-pub fn network_fs_name(path: &Path) -> Option<&'static str> {
+/// `statfs(2)` of `path`, or None when it cannot be asked.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn statfs_of(path: &Path) -> Option<libc::statfs> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
 
@@ -19,7 +20,12 @@ pub fn network_fs_name(path: &Path) -> Option<&'static str> {
         return None;
     }
     // SAFETY: statfs returned 0, so it filled the struct.
-    let stat = unsafe { buf.assume_init() };
+    Some(unsafe { buf.assume_init() })
+}
+
+#[cfg(target_os = "linux")]
+pub fn network_fs_name(path: &Path) -> Option<&'static str> {
+    let stat = statfs_of(path)?;
     // f_type's integer type differs between libc targets; compare as u64.
     #[allow(clippy::unnecessary_cast)]
     let magic = stat.f_type as u64 & 0xffff_ffff;
@@ -45,18 +51,9 @@ const NETWORK_FS_MAGIC: &[(u64, &str)] = &[
 
 #[cfg(target_os = "macos")]
 pub fn network_fs_name(path: &Path) -> Option<&'static str> {
-    use std::ffi::{CStr, CString};
-    use std::os::unix::ffi::OsStrExt;
+    use std::ffi::CStr;
 
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: valid C string and a struct of the right size.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statfs succeeded.
-    let stat = unsafe { buf.assume_init() };
+    let stat = statfs_of(path)?;
     // SAFETY: f_fstypename is NUL-terminated by the kernel.
     let name = unsafe { CStr::from_ptr(stat.f_fstypename.as_ptr()) };
     match name.to_bytes() {
