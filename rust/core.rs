@@ -841,12 +841,22 @@ impl Core {
                 }
             }
             Ok(_) => {
-                let root = self.roots[idx].path.clone();
-                if self.opts.filter.file_allowed(&root, &path) {
+                if self.file_allowed(idx, &path) {
                     self.on_file(idx, path, seen);
                 }
             }
             Err(_) => {}
+        }
+    }
+
+    fn file_allowed(&self, idx: usize, path: &Path) -> bool {
+        self.opts.filter.file_allowed(&self.roots[idx].path, path)
+    }
+
+    /// Start tracking a file we had not seen (its create event may have been lost).
+    fn track_if_allowed(&mut self, idx: usize, path: PathBuf, seen: Seen) {
+        if !self.dirs.contains(&path) && self.in_scope(idx, &path) && self.file_allowed(idx, &path) {
+            self.on_file(idx, path, seen);
         }
     }
 
@@ -1019,11 +1029,8 @@ impl Core {
                 };
                 if is_dir {
                     self.on_appeared(path, Seen::Scanned);
-                } else if self.in_scope(idx, &path) {
-                    let root = self.roots[idx].path.clone();
-                    if self.opts.filter.file_allowed(&root, &path) {
-                        self.on_file(idx, path, Seen::Created);
-                    }
+                } else {
+                    self.track_if_allowed(idx, path, Seen::Created);
                 }
             }
             EventKind::Modify(ModifyKind::Name(mode)) => match mode {
@@ -1066,11 +1073,8 @@ impl Core {
             EventKind::Modify(_) => {
                 if self.files.contains_key(&path) {
                     self.on_file(idx, path, if poll { Seen::Changed } else { Seen::Written });
-                } else if !self.dirs.contains(&path) && self.in_scope(idx, &path) {
-                    let root = self.roots[idx].path.clone();
-                    if self.opts.filter.file_allowed(&root, &path) {
-                        self.on_file(idx, path, if poll { Seen::Changed } else { Seen::Written });
-                    }
+                } else {
+                    self.track_if_allowed(idx, path, if poll { Seen::Changed } else { Seen::Written });
                 }
             }
             EventKind::Access(AccessKind::Open(_)) if self.files.contains_key(&path) => {
@@ -1079,11 +1083,8 @@ impl Core {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                 if self.files.contains_key(&path) {
                     self.on_file(idx, path, Seen::ClosedWrite);
-                } else if !self.dirs.contains(&path) && self.in_scope(idx, &path) {
-                    let root = self.roots[idx].path.clone();
-                    if self.opts.filter.file_allowed(&root, &path) {
-                        self.on_file(idx, path, Seen::ClosedWrite);
-                    }
+                } else {
+                    self.track_if_allowed(idx, path, Seen::ClosedWrite);
                 }
             }
             EventKind::Remove(_) if !self.roots.iter().any(|r| r.path == path) => {
