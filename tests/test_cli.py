@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .conftest import wait_for
@@ -16,6 +18,20 @@ CLI = [sys.executable, "-m", "omero_dropbox.cli"]
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@contextlib.contextmanager
+def running_service(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`omero-dropbox run ...` in the background until it is started; SIGTERM on exit."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: b"Started OMERO.fs DropBox client" in log.read_bytes(), 60), log.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def test_config_show_prints_each_user_resolved(tmp_path: Path) -> None:
@@ -87,15 +103,10 @@ def test_dry_run_logs_what_would_be_imported_as_whom_and_imports_nothing(shm_dir
         "--importer-command",
         "false",
     ]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        assert wait_for(lambda: b"Started OMERO.fs DropBox client" in log.read_bytes(), 60)
+    with running_service(argv, log) as proc:
         (dropbox / "amy" / "scan.tif").write_bytes(b"II*\x00data")
         assert wait_for(lambda: b"Dry run: would import" in log.read_bytes(), 60), log.read_text()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+    rc = proc.returncode
     text = log.read_text()
     assert rc == 0
     assert f"would import {dropbox / 'amy' / 'scan.tif'} as amy" in text
@@ -124,16 +135,11 @@ def test_sigterm_exits_0_and_a_crashing_importer_fails_with_its_stderr(shm_dir: 
         "--importer-command",
         f"{sys.executable} {crash} {{key}}",
     ]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        assert wait_for(lambda: b"Started OMERO.fs DropBox client" in log.read_bytes(), 60)
+    with running_service(argv, log) as proc:
         (dropbox / "zak" / "x.tif").write_bytes(b"II*\x00data")
         status = lambda: run_cli("status", "--state-dir", str(state), "--json").stdout  # noqa: E731
         assert wait_for(lambda: '"failed": 1' in status(), 60, 0.5), log.read_text()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+    rc = proc.returncode
     text = log.read_text()
     assert rc == 0
     assert f"Import of {dropbox / 'zak' / 'x.tif'} failed=3" in text

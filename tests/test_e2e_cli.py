@@ -97,6 +97,11 @@ def expected_filesets(base: Path) -> dict[tuple[str, ...], str]:
     return out
 
 
+def relocate(expected: dict[tuple[str, ...], str], src: Path, dst: Path) -> dict[tuple[str, ...], str]:
+    """The same filesets, as they are once copied from `src` to `dst`."""
+    return {tuple(f.replace(str(src), str(dst), 1) for f in k): u for k, u in expected.items()}
+
+
 def read_records(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
@@ -186,9 +191,7 @@ def test_cli_imports_every_fileset_once_as_the_right_user_with_recording_importe
         for t in threads:
             t.join()
         subprocess.run(["cp", str(staging / "in-the-root.tif"), str(dropbox)], check=True)
-        expected_here = {
-            tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()
-        }
+        expected_here = relocate(expected, staging, dropbox)
         assert wait_for(lambda: len(read_records(record)) >= len(expected_here), 240, 0.5), service.tail()
         time.sleep(4)  # longer than dirImportWait: anything imported twice would show up now
     finally:
@@ -218,9 +221,7 @@ def test_cli_kill_9_during_copy_then_restart_loses_nothing_with_recording_import
     staging = shm_dir / "staging"
     make_dataset(staging, random.Random(2), filesets_per_user=25)
     expected = expected_filesets(staging)
-    expected_here = {
-        tuple(f.replace(str(staging), str(dropbox), 1) for f in k): u for k, u in expected.items()
-    }
+    expected_here = relocate(expected, staging, dropbox)
     service = Service(shm_dir, dropbox, record, state)
     service.start(import_delay=0.05)
     half = len(USERS) // 2
