@@ -5,9 +5,10 @@
 //! `Entry` (writing / settling / closing / done) -> deadline heap -> `Outbox`.
 //! Python only ever sees the `Outbox`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, Flag, ModifyKind, RenameMode};
 use notify::{Config, Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use rustc_hash::FxHashMap;
 
+use crate::deadlines::Deadlines;
 use crate::filter::Filter;
 use crate::fsinfo::network_fs_name;
+use crate::inotify::{self as ino, EventBuf, Inotify};
+use crate::walk::{walk_parallel, walk_threads, Listed};
 
 /// Upstream `PathMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +138,10 @@ pub struct Outbox {
     pub stats: Stats,
     /// (root, "native" | "poll") for every root.
     pub backends: Vec<(PathBuf, &'static str)>,
+    /// Wake the consumer once this many events wait (its block size; 0 = only the first event).
+    /// A consumer with events pending waits on its own debounce timer, so every other flush
+    /// would only cost it a context switch.
+    pub wake_at: usize,
 }
 
 #[derive(Default)]
@@ -151,6 +160,9 @@ impl Shared {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Just created by a kernel event, no write yet. Without IN_OPEN we cannot tell a writer's
+    /// open(O_CREAT) from link()/symlink(), which never close: look after `settle`.
+    Created,
     /// A writer has the file open (open or write seen, no close yet).
     Writing,
     /// No close event will come (or the file was found by a scan): wait for size and mtime to hold still.
@@ -168,8 +180,15 @@ struct Entry {
     reported: bool,
     size: u64,
     mtime: (i64, i64),
+    /// When the current phase ends.
     deadline: Option<Instant>,
+    /// The earliest time this path sits in the heap for; a later `deadline` is re-queued
+    /// when that comes, so a stream of writes costs no heap pushes.
+    queued: Option<Instant>,
 }
+
+/// Size of a file we have not looked at yet (created and still being written).
+const UNKNOWN_SIZE: u64 = u64::MAX;
 
 /// How a file came to our attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +210,78 @@ enum WatchFail {
     Other(String),
 }
 
+/// What happened, from whichever backend: the state machine's input.
+enum Change {
+    Created {
+        path: PathBuf,
+        is_dir: Option<bool>,
+    },
+    Written(PathBuf),
+    Metadata(PathBuf),
+    Opened(PathBuf),
+    ClosedWrite(PathBuf),
+    MovedFrom {
+        path: PathBuf,
+        cookie: usize,
+    },
+    MovedTo {
+        path: PathBuf,
+        cookie: usize,
+    },
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// A rename without halves (FSEvents, Windows): look at what is there now.
+    RenamedSomehow(PathBuf),
+    Removed(PathBuf),
+    Rescan,
+}
+
+/// A tracked path, hashed and compared by its bytes: `Path`'s own `Hash` walks components,
+/// which cost more than the rest of a lookup. Cloning shares the allocation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(Arc<Path>);
+
+impl Key {
+    fn new(path: &Path) -> Self {
+        Key(Arc::from(path))
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        k(&self.0).hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        k(&self.0)
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Key {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The lookup form of a path for the maps keyed by [`Key`].
+fn k(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// No watch descriptor: the directory is covered by polling or by a recursive watch.
+const NO_WD: i32 = -1;
+
 struct Root {
     path: PathBuf,
     backend: Backend,
@@ -205,13 +296,22 @@ pub struct Core {
     shared: Arc<Shared>,
     tx: crossbeam_channel::Sender<NotifyResult>,
     rx: Receiver<NotifyResult>,
+    /// notify's native backend: FSEvents, Windows (recursive watches).
     native: Option<RecommendedWatcher>,
+    /// Our own inotify (Linux): one watch per directory.
+    inotify: Option<Inotify>,
+    inotify_buf: EventBuf,
     poll: Option<PollWatcher>,
     roots: Vec<Root>,
-    dirs: HashSet<PathBuf>,
+    /// Every watched directory, with its inotify watch descriptor (or NO_WD).
+    dirs: FxHashMap<Key, i32>,
+    /// Watch descriptor -> (directory, root index).
+    /// Watch descriptor -> directory (the root is found from the path when there are several:
+    /// a second word per directory would cost a megabyte per 100,000 of them).
+    wd_dirs: FxHashMap<i32, Key>,
     denied: HashMap<PathBuf, usize>,
-    files: HashMap<PathBuf, Entry>,
-    heap: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    files: FxHashMap<Key, Entry>,
+    deadlines: Deadlines<Key>,
     pending_from: HashMap<usize, (PathBuf, Instant)>,
     rescan_needed: bool,
     out: Vec<OutEvent>,
@@ -219,16 +319,35 @@ pub struct Core {
     stats: Stats,
     last_denied_retry: Instant,
     setting_up: bool,
+    /// The time of the events being handled: one clock read per read(2), not per event.
+    now: Instant,
 }
 
 const DENIED_RETRY: Duration = Duration::from_secs(5);
 const UNPAIRED_RENAME: Duration = Duration::from_millis(50);
 const TICK: Duration = Duration::from_millis(100);
 const DRAIN_MAX: usize = 20_000;
+/// read(2) calls per wake-up before deadlines are looked at again (each up to ~4,000 events).
+const DRAIN_READS: usize = 16;
+/// Fewer events than this per wake-up is a trickle ...
+const TRICKLE: u64 = 512;
+/// ... worth gathering for this long before the next read.
+const GATHER: Duration = Duration::from_millis(2);
+/// Longest wait on inotify while notify's polling thread may also have events for us.
+const MIXED_WAIT: Duration = Duration::from_millis(20);
 const COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 fn mtime_of(meta: &std::fs::Metadata) -> (i64, i64) {
     (meta.mtime(), meta.mtime_nsec())
+}
+
+fn classify_io(e: &io::Error) -> WatchFail {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => WatchFail::Limit(e.to_string()),
+        Some(libc::EACCES) | Some(libc::EPERM) => WatchFail::Denied,
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => WatchFail::Gone,
+        _ => WatchFail::Other(e.to_string()),
+    }
 }
 
 fn classify(err: &notify::Error) -> WatchFail {
@@ -245,6 +364,16 @@ fn classify(err: &notify::Error) -> WatchFail {
     }
 }
 
+/// Hand memory freed after the start-up walk (listings, the walkers' malloc arenas) back to
+/// the system, so the service's resident size is what it keeps, not what it once needed.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn read_sysctl(name: &str) -> String {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));
     std::fs::read_to_string(path)
@@ -255,18 +384,22 @@ fn read_sysctl(name: &str) -> String {
 impl Core {
     pub fn new(opts: Options, shared: Arc<Shared>) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let deadlines = Deadlines::new(&[opts.settle, opts.close_grace, opts.write_timeout]);
         Core {
             opts,
             shared,
             tx,
             rx,
             native: None,
+            inotify: None,
+            inotify_buf: EventBuf::default(),
             poll: None,
             roots: Vec::new(),
-            dirs: HashSet::new(),
+            dirs: FxHashMap::default(),
+            wd_dirs: FxHashMap::default(),
             denied: HashMap::new(),
-            files: HashMap::new(),
-            heap: BinaryHeap::new(),
+            files: FxHashMap::default(),
+            deadlines,
             pending_from: HashMap::new(),
             rescan_needed: false,
             out: Vec::new(),
@@ -274,6 +407,7 @@ impl Core {
             stats: Stats::default(),
             last_denied_retry: Instant::now(),
             setting_up: true,
+            now: Instant::now(),
         }
     }
 
@@ -342,9 +476,10 @@ impl Core {
             } else {
                 Seen::Baseline
             };
-            self.walk(idx, root.clone(), seen, false);
+            self.setup_walk(idx, seen);
         }
         self.setting_up = false;
+        release_free_memory();
         Ok(())
     }
 
@@ -386,6 +521,12 @@ impl Core {
     }
 
     fn ensure_native(&mut self) -> Result<(), String> {
+        if cfg!(target_os = "linux") {
+            if self.inotify.is_none() {
+                self.inotify = Some(Inotify::new().map_err(|e| format!("inotify_init1 failed: {e}"))?);
+            }
+            return Ok(());
+        }
         if self.native.is_none() {
             let tx = self.tx.clone();
             let handler = move |res: NotifyResult| {
@@ -443,14 +584,15 @@ impl Core {
             LOG_WARNING,
             format!("{text}; falling back to polling for {}", root_path.display()),
         );
-        let moved: Vec<PathBuf> = self
+        let moved: Vec<Key> = self
             .dirs
-            .iter()
+            .keys()
             .filter(|d| d.starts_with(&root_path))
             .cloned()
             .collect();
-        if let Some(native) = self.native.as_mut() {
-            for d in &moved {
+        for d in &moved {
+            self.remove_dir_watch(d);
+            if let Some(native) = self.native.as_mut() {
                 let _ = native.unwatch(d);
             }
         }
@@ -458,43 +600,62 @@ impl Core {
         self.roots[idx].per_dir = true;
         self.stats.poll_roots += 1;
         for d in moved {
-            self.dirs.remove(&d);
-            self.stats.watches = self.stats.watches.saturating_sub(1);
             let _ = self.add_watch(idx, &d);
         }
         self.rescan_needed = true;
     }
 
     fn add_watch(&mut self, idx: usize, dir: &Path) -> Result<(), WatchFail> {
-        if self.dirs.contains(dir) {
+        if self.dirs.contains_key(k(dir)) {
             return Ok(());
         }
         let (backend, per_dir) = (self.roots[idx].backend, self.roots[idx].per_dir);
-        if per_dir {
+        let dir = Key::new(dir);
+        let mut wd = NO_WD;
+        if per_dir && backend == Backend::Native {
+            self.ensure_native().map_err(WatchFail::Other)?;
+            let Some(inotify) = self.inotify.as_mut() else {
+                return Err(WatchFail::Other("no inotify instance".into()));
+            };
+            wd = inotify.add(&dir).map_err(|e| classify_io(&e))?;
+            if let Some(old) = self.wd_dirs.get(&wd) {
+                // The same directory under a second name (a bind mount): keep the first.
+                if **old != *dir {
+                    return Ok(());
+                }
+            }
+            self.wd_dirs.insert(wd, dir.clone());
+            self.stats.watches += 1;
+        } else if per_dir {
             let w = self.watcher_for(backend).map_err(WatchFail::Other)?;
-            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                 return Err(classify(&e));
             }
             self.stats.watches += 1;
         }
-        self.dirs.insert(dir.to_path_buf());
+        self.dirs.insert(dir, wd);
         Ok(())
     }
 
     fn remove_dir_watch(&mut self, dir: &Path) {
-        if !self.dirs.remove(dir) {
+        let Some(wd) = self.dirs.remove(k(dir)) else {
+            return;
+        };
+        if wd != NO_WD {
+            self.stats.watches = self.stats.watches.saturating_sub(1);
+            if self.wd_dirs.get(&wd).is_some_and(|p| **p == *dir) {
+                self.wd_dirs.remove(&wd);
+                // The kernel drops watches of deleted directories itself; EINVAL then is expected.
+                if let Some(inotify) = self.inotify.as_mut() {
+                    inotify.remove(wd);
+                }
+            }
             return;
         }
         if let Some(idx) = self.root_of(dir) {
-            let (backend, per_dir) = (self.roots[idx].backend, self.roots[idx].per_dir);
-            if per_dir {
+            if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
                 self.stats.watches = self.stats.watches.saturating_sub(1);
-                let w = match backend {
-                    Backend::Native => self.native.as_mut().map(|w| w as &mut dyn Watcher),
-                    Backend::Poll => self.poll.as_mut().map(|w| w as &mut dyn Watcher),
-                };
-                // The kernel drops watches of deleted or moved directories itself; an error here is expected.
-                if let Some(w) = w {
+                if let Some(w) = self.poll.as_mut() {
                     let _ = w.unwatch(dir);
                 }
             }
@@ -529,13 +690,13 @@ impl Core {
             }
             let is_root = dir == root;
             if !is_root {
-                if !self.opts.filter.dir_allowed(&root, &dir) {
+                if !self.opts.filter.child_dir_allowed(&dir) {
                     continue;
                 }
                 let follow = match self.opts.mode {
                     Mode::Flat => false,
                     // Recurse: only the directories that existed at start-up.
-                    Mode::Recurse => self.setting_up || self.dirs.contains(&dir),
+                    Mode::Recurse => self.setting_up || self.dirs.contains_key(k(dir.as_path())),
                     Mode::Follow => true,
                 };
                 if !follow {
@@ -579,7 +740,7 @@ impl Core {
                 }
                 Err(_) => continue,
             };
-            if self.denied.remove(&dir).is_some() {
+            if !self.denied.is_empty() && self.denied.remove(&dir).is_some() {
                 self.stats.denied = self.denied.len() as u64;
                 self.log(
                     LOG_INFO,
@@ -593,10 +754,86 @@ impl Core {
                     if self.opts.mode != Mode::Flat {
                         stack.push(path);
                     }
-                } else if self.opts.filter.file_allowed(&root, &path) {
+                } else if self.opts.filter.child_file_allowed(&path) {
                     self.on_file(idx, path, seen);
                 }
             }
+        }
+    }
+
+    /// The start-up walk of root `idx`: in parallel where watches are per-directory inotify
+    /// watches (see walk.rs), otherwise [`Core::walk`].
+    fn setup_walk(&mut self, idx: usize, seen: Seen) {
+        let root = self.roots[idx].path.clone();
+        let parallel = self.opts.mode != Mode::Flat
+            && self.roots[idx].per_dir
+            && self.roots[idx].backend == Backend::Native;
+        let inotify = if parallel { self.inotify.take() } else { None };
+        let Some(inotify) = inotify else {
+            self.walk(idx, root, seen, false);
+            return;
+        };
+        let filter = self.opts.filter.clone();
+        let descend = move |p: &Path| filter.child_dir_allowed(p);
+        let shared = self.shared.clone();
+        let mut limit: Option<String> = None;
+        walk_parallel(
+            &root,
+            Some(&inotify),
+            walk_threads(),
+            &descend,
+            &shared.stop,
+            |listed| self.take_listed(idx, listed, seen, &mut limit),
+        );
+        self.inotify = Some(inotify);
+        if let Some(msg) = limit {
+            if self.opts.backend == BackendChoice::Auto {
+                self.fall_back_to_poll(idx, &msg);
+            } else {
+                let text = self.limit_message(&root, &msg);
+                self.log(LOG_ERROR, text);
+            }
+            // Cover what the failed watches left out (already-known directories cost nothing).
+            self.walk(idx, root, seen, false);
+        }
+    }
+
+    /// Book one directory of the parallel walk.
+    fn take_listed(&mut self, idx: usize, listed: Listed, seen: Seen, limit: &mut Option<String>) {
+        let Listed { dir, watch, listing } = listed;
+        match watch {
+            None => {}
+            Some(Ok(wd)) => {
+                let known_elsewhere = self.wd_dirs.get(&wd).is_some_and(|p| **p != *dir);
+                if !known_elsewhere {
+                    let key = Key::new(&dir);
+                    self.wd_dirs.insert(wd, key.clone());
+                    self.dirs.insert(key, wd);
+                    self.stats.watches += 1;
+                }
+            }
+            Some(Err(e)) => {
+                match classify_io(&e) {
+                    WatchFail::Denied => self.note_denied(idx, &dir),
+                    WatchFail::Gone => {}
+                    WatchFail::Limit(msg) => *limit = Some(msg),
+                    WatchFail::Other(msg) => {
+                        self.log(LOG_WARNING, format!("cannot watch {}: {msg}", dir.display()))
+                    }
+                }
+                return;
+            }
+        }
+        match listing {
+            Ok(files) => {
+                for (path, meta) in files {
+                    if self.opts.filter.child_file_allowed(&path) {
+                        self.on_file_meta(idx, path, seen, Some(&meta));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => self.note_denied(idx, &dir),
+            Err(_) => {}
         }
     }
 
@@ -629,37 +866,67 @@ impl Core {
 
     // ---------------------------------------------------------- file states
 
-    fn schedule(&mut self, path: &Path, after: Duration) -> Instant {
-        let at = Instant::now() + after;
-        self.heap.push(Reverse((at, path.to_path_buf())));
-        at
+    /// Start `phase` for a tracked file, ending `after` from now. The heap only gets an entry
+    /// when the new deadline is earlier than the one already queued for the path.
+    fn set_phase(&mut self, path: &Path, phase: Phase, after: Duration) {
+        let now = self.now;
+        let at = now + after;
+        let Some(e) = self.files.get_mut(k(path)) else {
+            return;
+        };
+        e.phase = phase;
+        e.deadline = Some(at);
+        if e.queued.is_some_and(|q| q <= at) {
+            return;
+        }
+        e.queued = Some(at);
+        if let Some((key, _)) = self.files.get_key_value(k(path)) {
+            let key = key.clone();
+            self.deadlines.push_after(now, after, key);
+        }
     }
 
     fn on_file(&mut self, idx: usize, path: PathBuf, seen: Seen) {
+        self.on_file_meta(idx, path, seen, None);
+    }
+
+    /// [`Core::on_file`] with the file's metadata when the caller has it already.
+    fn on_file_meta(&mut self, idx: usize, path: PathBuf, seen: Seen, meta: Option<&std::fs::Metadata>) {
         let closes = self.closes(idx);
         let (settle, grace, write_timeout) =
             (self.opts.settle, self.opts.close_grace, self.opts.write_timeout);
-        let next = match self.files.get(&path) {
+        let next = match self.files.get(k(path.as_path())) {
             None => {
-                let meta = match std::fs::symlink_metadata(&path) {
-                    Ok(m) if !m.is_dir() => m,
-                    _ => return,
+                // A kernel event on a closing backend says what the path is; the state is
+                // checked on disk when its phase ends. Everything else is looked at now.
+                let from_event = closes && matches!(seen, Seen::Created | Seen::Written | Seen::ClosedWrite);
+                let (size, mtime) = if from_event {
+                    (UNKNOWN_SIZE, (0, 0))
+                } else if let Some(m) = meta {
+                    (m.len(), mtime_of(m))
+                } else {
+                    match std::fs::symlink_metadata(&path) {
+                        Ok(m) if !m.is_dir() => (m.len(), mtime_of(&m)),
+                        _ => return,
+                    }
                 };
                 let (phase, reported) = match seen {
                     Seen::Baseline => (Phase::Done, true),
                     Seen::ClosedWrite => (Phase::Closing, false),
                     Seen::MovedIn if closes => (Phase::Closing, false),
+                    Seen::Created if closes => (Phase::Created, false),
                     Seen::Opened | Seen::Written if closes => (Phase::Writing, false),
                     _ => (Phase::Settling, false),
                 };
                 let entry = Entry {
                     phase,
                     reported,
-                    size: meta.len(),
-                    mtime: mtime_of(&meta),
+                    size,
+                    mtime,
                     deadline: None,
+                    queued: None,
                 };
-                self.files.insert(path.clone(), entry);
+                self.files.insert(Key::new(&path), entry);
                 Some(phase)
             }
             Some(e) => {
@@ -669,6 +936,13 @@ impl Core {
                     // An open of a quiet file is a reader (the importer, an indexer), not a writer.
                     Seen::Opened if phase == Phase::Settling && closes && !e.reported => Some(Phase::Writing),
                     Seen::Opened => None,
+                    // Another write to a file being written: its deadline only moves later.
+                    Seen::Written if closes && phase == Phase::Writing => {
+                        if let Some(e) = self.files.get_mut(k(path.as_path())) {
+                            e.deadline = Some(self.now + write_timeout);
+                        }
+                        None
+                    }
                     Seen::Created | Seen::Written if closes => Some(Phase::Writing),
                     Seen::Created | Seen::Written | Seen::Changed => Some(Phase::Settling),
                     Seen::ClosedWrite => Some(Phase::Closing),
@@ -676,7 +950,7 @@ impl Core {
                     Seen::Scanned => {
                         if phase == Phase::Done && self.changed_on_disk(&path) {
                             Some(Phase::Settling)
-                        } else if phase == Phase::Writing {
+                        } else if phase == Phase::Writing || phase == Phase::Created {
                             // A rescan means events were lost, the close among them perhaps:
                             // fall back to size/mtime stability (a live writer flips it back).
                             Some(Phase::Settling)
@@ -690,19 +964,16 @@ impl Core {
         let Some(phase) = next else { return };
         let after = match phase {
             Phase::Done => return,
+            Phase::Created => settle,
             Phase::Writing => write_timeout,
             Phase::Settling => settle,
             Phase::Closing => grace,
         };
-        let at = self.schedule(&path, after);
-        if let Some(e) = self.files.get_mut(&path) {
-            e.phase = phase;
-            e.deadline = Some(at);
-        }
+        self.set_phase(&path, phase, after);
     }
 
     fn changed_on_disk(&self, path: &Path) -> bool {
-        match (std::fs::symlink_metadata(path), self.files.get(path)) {
+        match (std::fs::symlink_metadata(path), self.files.get(k(path))) {
             (Ok(m), Some(e)) => m.len() != e.size || mtime_of(&m) != e.mtime,
             _ => false,
         }
@@ -711,19 +982,30 @@ impl Core {
     /// Handle every entry whose deadline has passed.
     fn process_deadlines(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > now || self.stopped() {
-                break;
-            }
-            let Some(Reverse((at, path))) = self.heap.pop() else {
+        self.now = now;
+        while !self.stopped() {
+            let Some((at, path)) = self.deadlines.pop_due(now) else {
                 break;
             };
-            let Some(entry) = self.files.get(&path) else {
+            let Some(entry) = self.files.get_mut(k(&path)) else {
                 continue;
             };
-            if entry.deadline != Some(at) || entry.phase == Phase::Done {
-                continue; // superseded by later activity
+            if entry.queued != Some(at) {
+                continue; // a stale entry: the path was re-queued earlier or renamed
             }
+            entry.queued = None;
+            let Some(deadline) = entry.deadline else { continue };
+            if entry.phase == Phase::Done {
+                continue;
+            }
+            if deadline > now {
+                // Activity moved the deadline later: come back then.
+                entry.queued = Some(deadline);
+                self.deadlines.push_at(deadline, path);
+                continue;
+            }
+            let (phase, old_size, old_mtime, was_reported) =
+                (entry.phase, entry.size, entry.mtime, entry.reported);
             let meta = match std::fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(_) => {
@@ -732,46 +1014,53 @@ impl Core {
                 }
             };
             let (size, mtime) = (meta.len(), mtime_of(&meta));
-            let stable = size == entry.size && mtime == entry.mtime;
-            let ready = match entry.phase {
+            let stable = size == old_size && mtime == old_mtime;
+            let ready = match phase {
                 Phase::Closing => true,
                 Phase::Settling | Phase::Writing => stable,
-                Phase::Done => false,
+                Phase::Created | Phase::Done => false,
             };
-            let after = if entry.phase == Phase::Writing {
-                self.opts.write_timeout
-            } else {
-                self.opts.settle
+            let Some(e) = self.files.get_mut(k(&path)) else {
+                continue;
             };
+            e.size = size;
+            e.mtime = mtime;
+            if phase == Phase::Created {
+                // A new link to existing data never gets a close: settle it. Anything else
+                // has a writer that has not written yet: wait for its close.
+                let link = meta.file_type().is_symlink() || meta.nlink() > 1;
+                let (next, after) = if link {
+                    (Phase::Settling, self.opts.settle)
+                } else {
+                    (Phase::Writing, self.opts.write_timeout)
+                };
+                self.set_phase(&path, next, after);
+                continue;
+            }
             if ready {
-                let was_reported = entry.reported;
-                if let Some(e) = self.files.get_mut(&path) {
-                    e.phase = Phase::Done;
-                    e.reported = true;
-                    e.size = size;
-                    e.mtime = mtime;
-                    e.deadline = None;
-                }
+                e.phase = Phase::Done;
+                e.reported = true;
+                e.deadline = None;
                 let kind = if was_reported {
                     Kind::Modified
                 } else {
                     Kind::Created
                 };
-                self.emit(kind, path, None, false);
+                self.emit(kind, path.to_path_buf(), None, false);
             } else {
-                let at = self.schedule(&path, after);
-                if let Some(e) = self.files.get_mut(&path) {
-                    e.size = size;
-                    e.mtime = mtime;
-                    e.deadline = Some(at);
-                }
+                let after = if phase == Phase::Writing {
+                    self.opts.write_timeout
+                } else {
+                    self.opts.settle
+                };
+                self.set_phase(&path, phase, after);
             }
         }
     }
 
     /// A file is gone: a pending one is dropped silently, a reported one is a deletion.
     fn forget_file(&mut self, path: &Path) {
-        if let Some(e) = self.files.remove(path) {
+        if let Some(e) = self.files.remove(k(path)) {
             if e.reported {
                 self.emit(Kind::Deleted, path.to_path_buf(), None, false);
             }
@@ -802,18 +1091,18 @@ impl Core {
     // ---------------------------------------------------- directory changes
 
     fn on_removed(&mut self, path: &Path) {
-        let was_dir = self.dirs.contains(path);
+        let was_dir = self.dirs.contains_key(k(path));
         if was_dir {
-            let sub: Vec<PathBuf> = self
+            let sub: Vec<Key> = self
                 .dirs
-                .iter()
+                .keys()
                 .filter(|d| d.starts_with(path))
                 .cloned()
                 .collect();
             for d in sub {
                 self.remove_dir_watch(&d);
             }
-            let files: Vec<PathBuf> = self
+            let files: Vec<Key> = self
                 .files
                 .keys()
                 .filter(|f| f.starts_with(path))
@@ -841,7 +1130,7 @@ impl Core {
                 }
             }
             Ok(_) => {
-                if self.file_allowed(idx, &path) {
+                if self.file_allowed(&path) {
                     self.on_file(idx, path, seen);
                 }
             }
@@ -849,13 +1138,15 @@ impl Core {
         }
     }
 
-    fn file_allowed(&self, idx: usize, path: &Path) -> bool {
-        self.opts.filter.file_allowed(&self.roots[idx].path, path)
+    /// Whether a file inside a watched directory is reported (its directory passed already).
+    fn file_allowed(&self, path: &Path) -> bool {
+        self.opts.filter.child_file_allowed(path)
     }
 
     /// Start tracking a file we had not seen (its create event may have been lost).
     fn track_if_allowed(&mut self, idx: usize, path: PathBuf, seen: Seen) {
-        if !self.dirs.contains(&path) && self.in_scope(idx, &path) && self.file_allowed(idx, &path) {
+        if !self.dirs.contains_key(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path)
+        {
             self.on_file(idx, path, seen);
         }
     }
@@ -865,21 +1156,21 @@ impl Core {
         match path.parent() {
             Some(parent) => match self.opts.mode {
                 Mode::Flat => parent == self.roots[idx].path,
-                _ => self.dirs.contains(parent),
+                _ => self.dirs.contains_key(k(parent)),
             },
             None => false,
         }
     }
 
     fn on_rename(&mut self, from: PathBuf, to: PathBuf) {
-        let from_known = self.files.contains_key(&from) || self.dirs.contains(&from);
+        let from_known =
+            self.files.contains_key(k(from.as_path())) || self.dirs.contains_key(k(from.as_path()));
         let to_idx = self.root_of(&to);
         let to_ok = to_idx.is_some_and(|i| {
-            let root = self.roots[i].path.clone();
             self.in_scope(i, &to)
                 && match std::fs::symlink_metadata(&to) {
-                    Ok(m) if m.is_dir() => self.opts.filter.dir_allowed(&root, &to),
-                    Ok(_) => self.opts.filter.file_allowed(&root, &to),
+                    Ok(m) if m.is_dir() => self.opts.filter.child_dir_allowed(&to),
+                    Ok(_) => self.opts.filter.child_file_allowed(&to),
                     Err(_) => false,
                 }
         });
@@ -892,19 +1183,21 @@ impl Core {
             self.on_removed(&from);
             return;
         }
-        if self.dirs.contains(&from) {
+        if self.dirs.contains_key(k(from.as_path())) {
             self.rename_dir(&from, &to);
-        } else if let Some(entry) = self.files.remove(&from) {
+        } else if let Some(entry) = self.files.remove(k(from.as_path())) {
             self.rekey(from, to, entry);
         }
     }
 
-    fn rekey(&mut self, from: PathBuf, to: PathBuf, entry: Entry) {
+    fn rekey(&mut self, from: PathBuf, to: PathBuf, mut entry: Entry) {
         let report = entry.reported && entry.phase == Phase::Done;
+        let key = Key::new(&to);
+        entry.queued = entry.deadline;
         if let Some(at) = entry.deadline {
-            self.heap.push(Reverse((at, to.clone())));
+            self.deadlines.push_at(at, key.clone());
         }
-        if let Some(old) = self.files.insert(to.clone(), entry) {
+        if let Some(old) = self.files.insert(key, entry) {
             if old.reported && !report {
                 self.emit(Kind::Deleted, to.clone(), None, false);
             }
@@ -915,25 +1208,25 @@ impl Core {
     }
 
     fn rename_dir(&mut self, from: &Path, to: &Path) {
-        let sub: Vec<PathBuf> = self
+        let sub: Vec<Key> = self
             .dirs
-            .iter()
+            .keys()
             .filter(|d| d.starts_with(from))
             .cloned()
             .collect();
         for d in sub {
             self.remove_dir_watch(&d);
         }
-        let moved: Vec<PathBuf> = self
+        let moved: Vec<Key> = self
             .files
             .keys()
             .filter(|f| f.starts_with(from))
             .cloned()
             .collect();
         for old in moved {
-            if let (Some(entry), Ok(rel)) = (self.files.remove(&old), old.strip_prefix(from)) {
+            if let (Some(entry), Ok(rel)) = (self.files.remove(k(&old)), old.strip_prefix(from)) {
                 let new = to.join(rel);
-                self.rekey(old, new, entry);
+                self.rekey(old.to_path_buf(), new, entry);
             }
         }
         self.denied.retain(|d, _| !d.starts_with(from));
@@ -962,7 +1255,7 @@ impl Core {
             let root = self.roots[idx].path.clone();
             self.walk(idx, root, Seen::Scanned, !self.opts.ignore_dir_events);
         }
-        let gone_files: Vec<PathBuf> = self
+        let gone_files: Vec<Key> = self
             .files
             .keys()
             .filter(|p| std::fs::symlink_metadata(p).is_err())
@@ -971,10 +1264,10 @@ impl Core {
         for f in gone_files {
             self.forget_file(&f);
         }
-        let gone_dirs: Vec<PathBuf> = self
+        let gone_dirs: Vec<Key> = self
             .dirs
-            .iter()
-            .filter(|d| !d.is_dir() && !self.roots.iter().any(|r| &r.path == *d))
+            .keys()
+            .filter(|d| !d.is_dir() && !self.roots.iter().any(|r| *r.path == ***d))
             .cloned()
             .collect();
         for d in gone_dirs {
@@ -984,24 +1277,17 @@ impl Core {
 
     // ---------------------------------------------------------------- events
 
-    fn handle(&mut self, res: NotifyResult) {
+    /// An event from one of notify's backends (polling, FSEvents, Windows).
+    fn handle_notify(&mut self, res: NotifyResult) {
         self.stats.raw_events += 1;
+        self.now = Instant::now();
         let ev = match res {
             Ok(ev) => ev,
             Err(e) => {
                 match classify(&e) {
                     WatchFail::Limit(msg) => {
                         let dir = e.paths.first().cloned().unwrap_or_default();
-                        if let Some(idx) = self.root_of(&dir) {
-                            if self.opts.backend == BackendChoice::Auto
-                                && self.roots[idx].backend == Backend::Native
-                            {
-                                self.fall_back_to_poll(idx, &msg);
-                                return;
-                            }
-                        }
-                        let text = self.limit_message(&dir, &msg);
-                        self.log(LOG_ERROR, text);
+                        self.on_watch_limit(&dir, &msg);
                     }
                     _ => self.log(LOG_WARNING, format!("watch backend error: {e}")),
                 }
@@ -1009,88 +1295,221 @@ impl Core {
             }
         };
         if ev.flag() == Some(Flag::Rescan) {
-            self.stats.overflows += 1;
-            self.rescan_needed = true;
+            self.apply(Change::Rescan, None);
             return;
         }
         let Some(path) = ev.paths.first().cloned() else {
             return;
         };
-        let Some(idx) = self.root_of(&path) else { return };
+        let change = match ev.kind {
+            EventKind::Create(kind) => Change::Created {
+                path,
+                is_dir: match kind {
+                    CreateKind::Folder => Some(true),
+                    CreateKind::File => Some(false),
+                    _ => None,
+                },
+            },
+            EventKind::Modify(ModifyKind::Name(mode)) => match (mode, ev.tracker()) {
+                (RenameMode::From, Some(cookie)) => Change::MovedFrom { path, cookie },
+                (RenameMode::To, Some(cookie)) => Change::MovedTo { path, cookie },
+                (RenameMode::Both, _) => match ev.paths.get(1) {
+                    Some(to) => Change::Renamed {
+                        from: path,
+                        to: to.clone(),
+                    },
+                    None => Change::RenamedSomehow(path),
+                },
+                _ => Change::RenamedSomehow(path),
+            },
+            EventKind::Modify(ModifyKind::Metadata(_)) => Change::Metadata(path),
+            EventKind::Modify(_) => Change::Written(path),
+            EventKind::Access(AccessKind::Open(_)) => Change::Opened(path),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::ClosedWrite(path),
+            EventKind::Remove(_) => Change::Removed(path),
+            _ => return,
+        };
+        self.apply(change, None);
+    }
+
+    /// Read and apply what our inotify instance has queued; false when it had nothing.
+    fn read_inotify(&mut self) -> bool {
+        let Some(inotify) = self.inotify.as_ref() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut self.inotify_buf);
+        let got = match inotify.read(&mut buf) {
+            Ok(got) => got,
+            Err(e) => {
+                self.log(LOG_ERROR, format!("reading inotify events failed: {e}"));
+                false
+            }
+        };
+        if got {
+            self.now = Instant::now();
+            for (wd, mask, cookie, name) in buf.iter() {
+                self.stats.raw_events += 1;
+                if let Some((change, idx)) = self.inotify_change(wd, mask, cookie, name) {
+                    self.apply(change, Some(idx));
+                }
+            }
+        }
+        self.inotify_buf = buf;
+        got
+    }
+
+    /// Decode one kernel event; also returns the root it belongs to.
+    fn inotify_change(&mut self, wd: i32, mask: u32, cookie: u32, name: &OsStr) -> Option<(Change, usize)> {
+        if mask & ino::Q_OVERFLOW != 0 {
+            return Some((Change::Rescan, 0));
+        }
+        if mask & ino::IGNORED != 0 {
+            // The kernel dropped this watch (directory deleted, moved away or unwatched).
+            if let Some(dir) = self.wd_dirs.remove(&wd) {
+                if self.dirs.get(k(&dir)) == Some(&wd) {
+                    self.dirs.remove(k(&dir));
+                    self.stats.watches = self.stats.watches.saturating_sub(1);
+                }
+            }
+            return None;
+        }
+        if name.is_empty() {
+            // About the watched directory itself: its parent's events say the same.
+            return None;
+        }
+        let dir = self.wd_dirs.get(&wd)?;
+        let path = dir.join(name);
+        let idx = if self.roots.len() == 1 {
+            0
+        } else {
+            self.root_of(&path)?
+        };
+        let is_dir = mask & ino::ISDIR != 0;
+        let change = if mask & ino::CREATE != 0 {
+            Change::Created {
+                path,
+                is_dir: Some(is_dir),
+            }
+        } else if mask & ino::CLOSE_WRITE != 0 {
+            Change::ClosedWrite(path)
+        } else if mask & ino::MODIFY != 0 {
+            Change::Written(path)
+        } else if mask & ino::ATTRIB != 0 {
+            Change::Metadata(path)
+        } else if mask & ino::MOVED_FROM != 0 {
+            Change::MovedFrom {
+                path,
+                cookie: cookie as usize,
+            }
+        } else if mask & ino::MOVED_TO != 0 {
+            Change::MovedTo {
+                path,
+                cookie: cookie as usize,
+            }
+        } else if mask & ino::DELETE != 0 {
+            Change::Removed(path)
+        } else {
+            return None;
+        };
+        Some((change, idx))
+    }
+
+    fn on_watch_limit(&mut self, dir: &Path, msg: &str) {
+        if let Some(idx) = self.root_of(dir) {
+            if self.opts.backend == BackendChoice::Auto && self.roots[idx].backend == Backend::Native {
+                self.fall_back_to_poll(idx, msg);
+                return;
+            }
+        }
+        let text = self.limit_message(dir, msg);
+        self.log(LOG_ERROR, text);
+    }
+
+    /// The state machine's single entry point. `root`: the root index when the backend knows it.
+    fn apply(&mut self, change: Change, root: Option<usize>) {
+        let path = match &change {
+            Change::Rescan => {
+                self.stats.overflows += 1;
+                self.rescan_needed = true;
+                return;
+            }
+            Change::Created { path, .. }
+            | Change::Written(path)
+            | Change::Metadata(path)
+            | Change::Opened(path)
+            | Change::ClosedWrite(path)
+            | Change::MovedFrom { path, .. }
+            | Change::MovedTo { path, .. }
+            | Change::Renamed { from: path, .. }
+            | Change::RenamedSomehow(path)
+            | Change::Removed(path) => path,
+        };
+        let Some(idx) = root.or_else(|| self.root_of(path)) else {
+            return;
+        };
         let poll = self.roots[idx].backend == Backend::Poll;
-        match ev.kind {
-            EventKind::Create(kind) => {
-                let is_dir = match kind {
-                    CreateKind::Folder => true,
-                    CreateKind::File => false,
-                    _ => std::fs::symlink_metadata(&path)
+        match change {
+            Change::Rescan => {}
+            Change::Created { path, is_dir } => {
+                let is_dir = is_dir.unwrap_or_else(|| {
+                    std::fs::symlink_metadata(&path)
                         .map(|m| m.is_dir())
-                        .unwrap_or(false),
-                };
+                        .unwrap_or(false)
+                });
                 if is_dir {
                     self.on_appeared(path, Seen::Scanned);
                 } else {
                     self.track_if_allowed(idx, path, Seen::Created);
                 }
             }
-            EventKind::Modify(ModifyKind::Name(mode)) => match mode {
-                RenameMode::From => {
-                    if let Some(t) = ev.tracker() {
-                        self.pending_from.insert(t, (path, Instant::now()));
-                    }
-                }
-                RenameMode::To => {
-                    let paired = ev.tracker().is_some_and(|t| self.pending_from.contains_key(&t));
-                    if !paired {
-                        self.on_appeared(path, Seen::MovedIn);
-                    }
-                }
-                RenameMode::Both => {
-                    if let Some(t) = ev.tracker() {
-                        self.pending_from.remove(&t);
-                    }
-                    if let (Some(from), Some(to)) = (ev.paths.first(), ev.paths.get(1)) {
-                        self.on_rename(from.clone(), to.clone());
-                    }
-                }
-                _ => {
-                    // Backends without rename pairs (FSEvents, Windows): look at what is there now.
-                    if std::fs::symlink_metadata(&path).is_ok() {
-                        self.on_appeared(path, Seen::MovedIn);
-                    } else {
-                        self.on_removed(&path);
-                    }
-                }
+            Change::MovedFrom { path, cookie } => {
+                self.pending_from.insert(cookie, (path, Instant::now()));
+            }
+            Change::MovedTo { path, cookie } => match self.pending_from.remove(&cookie) {
+                Some((from, _)) => self.on_rename(from, path),
+                None => self.on_appeared(path, Seen::MovedIn),
             },
-            EventKind::Modify(ModifyKind::Metadata(_)) => {
+            Change::Renamed { from, to } => self.on_rename(from, to),
+            Change::RenamedSomehow(path) => {
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    self.on_appeared(path, Seen::MovedIn);
+                } else {
+                    self.on_removed(&path);
+                }
+            }
+            Change::Metadata(path) => {
                 if self.denied.contains_key(&path) {
                     self.walk(idx, path, Seen::Scanned, !self.opts.ignore_dir_events);
-                } else if poll && self.files.contains_key(&path) {
+                } else if poll && self.files.contains_key(k(path.as_path())) {
                     self.on_file(idx, path, Seen::Changed);
                 }
                 // chmod/chown/touch-without-write of a file is not new data: no re-report.
             }
-            EventKind::Modify(_) => {
-                if self.files.contains_key(&path) {
-                    self.on_file(idx, path, if poll { Seen::Changed } else { Seen::Written });
+            Change::Written(path) => {
+                let seen = if poll { Seen::Changed } else { Seen::Written };
+                if self.files.contains_key(k(path.as_path())) {
+                    self.on_file(idx, path, seen);
                 } else {
-                    self.track_if_allowed(idx, path, if poll { Seen::Changed } else { Seen::Written });
+                    self.track_if_allowed(idx, path, seen);
                 }
             }
-            EventKind::Access(AccessKind::Open(_)) if self.files.contains_key(&path) => {
-                self.on_file(idx, path, Seen::Opened);
+            Change::Opened(path) => {
+                if self.files.contains_key(k(path.as_path())) {
+                    self.on_file(idx, path, Seen::Opened);
+                }
             }
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                if self.files.contains_key(&path) {
+            Change::ClosedWrite(path) => {
+                if self.files.contains_key(k(path.as_path())) {
                     self.on_file(idx, path, Seen::ClosedWrite);
                 } else {
                     self.track_if_allowed(idx, path, Seen::ClosedWrite);
                 }
             }
-            EventKind::Remove(_) if !self.roots.iter().any(|r| r.path == path) => {
-                self.on_removed(&path);
+            Change::Removed(path) => {
+                if !self.roots.iter().any(|r| r.path == path) {
+                    self.on_removed(&path);
+                }
             }
-            _ => {}
         }
     }
 
@@ -1128,14 +1547,16 @@ impl Core {
             .iter()
             .map(|r| (r.path.clone(), r.backend.name()))
             .collect();
-        let had = !self.out.is_empty() || !self.logs.is_empty();
+        let mut wake = !self.logs.is_empty();
         if !self.out.is_empty() {
             let now = Instant::now();
             if out.events.is_empty() {
                 out.first_at = Some(now);
+                wake = true;
             }
             out.last_at = Some(now);
             out.events.extend(self.out.drain(..));
+            wake |= out.wake_at > 0 && out.events.len() >= out.wake_at;
         }
         for log in self.logs.drain(..) {
             if out.logs.len() < MAX_BUFFERED_LOGS {
@@ -1145,7 +1566,7 @@ impl Core {
             }
         }
         drop(out);
-        if had {
+        if wake {
             self.shared.cond.notify_all();
         }
     }
@@ -1167,9 +1588,9 @@ impl Core {
         let mut last_counts = Instant::now();
         while !self.stopped() {
             let wait = self
-                .heap
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+                .deadlines
+                .next_at()
+                .map(|at| at.saturating_duration_since(Instant::now()))
                 .unwrap_or(TICK)
                 .clamp(Duration::from_millis(1), TICK);
             let wait = if self.pending_from.is_empty() {
@@ -1177,18 +1598,56 @@ impl Core {
             } else {
                 wait.min(UNPAIRED_RENAME)
             };
-            match self.rx.recv_timeout(wait) {
-                Ok(ev) => {
-                    self.handle(ev);
-                    for _ in 0..DRAIN_MAX {
-                        match self.rx.try_recv() {
-                            Ok(ev) => self.handle(ev),
-                            Err(_) => break,
+            self.now = Instant::now();
+            if let Some(inotify) = self.inotify.as_ref() {
+                // notify's threads (polling) cannot wake a poll(2) on our descriptor: look at
+                // their channel at least every MIXED_WAIT.
+                let step = if self.poll.is_some() || self.native.is_some() {
+                    wait.min(MIXED_WAIT)
+                } else {
+                    wait
+                };
+                match inotify.wait(step) {
+                    Ok(true) => {
+                        let before = self.stats.raw_events;
+                        for _ in 0..DRAIN_READS {
+                            if !self.read_inotify() {
+                                break;
+                            }
+                        }
+                        // A trickle of events (one writer at full speed) would wake this thread
+                        // per file: let them gather for a moment instead. The kernel queue
+                        // holds far more than arrives meanwhile.
+                        if self.stats.raw_events - before < TRICKLE {
+                            std::thread::sleep(GATHER);
                         }
                     }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.log(LOG_ERROR, format!("waiting for inotify events failed: {e}"));
+                        std::thread::sleep(step);
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                for _ in 0..DRAIN_MAX {
+                    match self.rx.try_recv() {
+                        Ok(ev) => self.handle_notify(ev),
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                match self.rx.recv_timeout(wait) {
+                    Ok(ev) => {
+                        self.handle_notify(ev);
+                        for _ in 0..DRAIN_MAX {
+                            match self.rx.try_recv() {
+                                Ok(ev) => self.handle_notify(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
             self.expire_unpaired_renames();
             if self.rescan_needed {
@@ -1212,8 +1671,9 @@ impl Core {
     }
 
     fn finish(mut self) {
-        // Dropping the watchers stops their threads.
+        // Dropping the watchers stops their threads and closes the inotify descriptor.
         self.native = None;
+        self.inotify = None;
         self.poll = None;
         self.refresh_counts();
         self.flush();

@@ -174,20 +174,16 @@ impl Filter {
         self.blacklist.iter().any(|b| path.starts_with(b))
     }
 
-    /// Whether a directory at `path` (below a root) should be watched at all.
-    pub fn dir_allowed(&self, root: &Path, path: &Path) -> bool {
-        if self.is_blacklisted(path) {
-            return false;
-        }
-        !self.ignore_sys_files || !self.has_system_component(root, path)
+    /// Whether a directory is watched, given that its parent is (the watcher only meets paths
+    /// inside watched directories, so only the path's own name and the blacklist are checked).
+    pub fn child_dir_allowed(&self, path: &Path) -> bool {
+        let system = self.ignore_sys_files && self.own_name_is_system(path);
+        !system && !self.is_blacklisted(path)
     }
 
-    /// Whether a file at `path` (below `root`) is reported.
-    pub fn file_allowed(&self, root: &Path, path: &Path) -> bool {
-        if self.is_blacklisted(path) {
-            return false;
-        }
-        if self.ignore_sys_files && self.has_system_component(root, path) {
+    /// Whether a file is reported, given that its directory is watched.
+    pub fn child_file_allowed(&self, path: &Path) -> bool {
+        if !self.child_dir_allowed(path) {
             return false;
         }
         if self.whitelist.is_empty() {
@@ -200,14 +196,8 @@ impl Filter {
         self.whitelist.iter().any(|suffix| name.ends_with(suffix))
     }
 
-    fn has_system_component(&self, root: &Path, path: &Path) -> bool {
-        match path.strip_prefix(root) {
-            Ok(rel) => rel.iter().any(|c| system_rule(c).is_some()),
-            Err(_) => path
-                .file_name()
-                .map(|n| system_rule(n).is_some())
-                .unwrap_or(false),
-        }
+    fn own_name_is_system(&self, path: &Path) -> bool {
+        path.file_name().is_some_and(|n| system_rule(n).is_some())
     }
 }
 
@@ -260,14 +250,15 @@ mod tests {
                 .collect(),
             blacklist: vec![PathBuf::from("/r/skip")],
         };
-        let root = Path::new("/r");
-        assert!(f.file_allowed(root, Path::new("/r/a/B.OME.TIFF")));
-        assert!(f.file_allowed(root, Path::new("/r/a/x.ics")));
-        assert!(f.file_allowed(root, Path::new("/r/a/x.dv")));
-        assert!(!f.file_allowed(root, Path::new("/r/a/x.tiff")));
-        assert!(!f.file_allowed(root, Path::new("/r/skip/x.ics")));
-        assert!(!f.file_allowed(root, Path::new("/r/.hidden/x.ics")));
-        assert!(!f.dir_allowed(root, Path::new("/r/untitled folder")));
-        assert!(f.dir_allowed(root, Path::new("/r/amy")));
+        assert!(f.child_file_allowed(Path::new("/r/a/B.OME.TIFF")));
+        assert!(f.child_file_allowed(Path::new("/r/a/x.ics")));
+        assert!(f.child_file_allowed(Path::new("/r/a/x.dv")));
+        assert!(!f.child_file_allowed(Path::new("/r/a/x.tiff")));
+        assert!(!f.child_file_allowed(Path::new("/r/a/.x.ics")));
+        assert!(!f.child_dir_allowed(Path::new("/r/skip")));
+        assert!(!f.child_file_allowed(Path::new("/r/skip/x.ics")));
+        assert!(!f.child_dir_allowed(Path::new("/r/.hidden")));
+        assert!(!f.child_dir_allowed(Path::new("/r/untitled folder")));
+        assert!(f.child_dir_allowed(Path::new("/r/amy")));
     }
 }

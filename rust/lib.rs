@@ -1,8 +1,11 @@
 //! `omero_dropbox._native`: the PyO3 face of the watcher core.
 
 mod core;
+mod deadlines;
 mod filter;
 mod fsinfo;
+mod inotify;
+mod walk;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -372,6 +375,7 @@ impl NativeWatcher {
             max_latency: seconds("max_latency", max_latency)?,
         };
         let shared = Arc::new(Shared::default());
+        shared.lock().wake_at = block_size;
         let core = Core::new(opts, shared.clone());
         let handle = std::thread::Builder::new()
             .name("omero-dropbox-watch".into())
