@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, Flag, ModifyKind, RenameMode};
 use notify::{Config, Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::deadlines::Deadlines;
 use crate::filter::Filter;
@@ -102,8 +102,9 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct OutEvent {
     pub kind: Kind,
-    pub path: PathBuf,
-    pub src: Option<PathBuf>,
+    /// Shared with the core's own key for the path: reporting a file allocates nothing.
+    pub path: Arc<Path>,
+    pub src: Option<Arc<Path>>,
     pub is_dir: bool,
 }
 
@@ -310,7 +311,8 @@ pub struct Core {
     /// a second word per directory would cost a megabyte per 100,000 of them).
     wd_dirs: FxHashMap<i32, Key>,
     denied: HashMap<PathBuf, usize>,
-    files: FxHashMap<Key, Entry>,
+    /// hashbrown's map for `get_key_value_mut`: one lookup per state change.
+    files: hashbrown::HashMap<Key, Entry, FxBuildHasher>,
     deadlines: Deadlines<Key>,
     pending_from: HashMap<usize, (PathBuf, Instant)>,
     rescan_needed: bool,
@@ -321,6 +323,8 @@ pub struct Core {
     setting_up: bool,
     /// The time of the events being handled: one clock read per read(2), not per event.
     now: Instant,
+    /// Where event paths are assembled for a lookup.
+    scratch: Vec<u8>,
 }
 
 const DENIED_RETRY: Duration = Duration::from_secs(5);
@@ -364,6 +368,73 @@ fn classify(err: &notify::Error) -> WatchFail {
     }
 }
 
+/// Put `e` in `phase` until `now + after`. The queue only gets an entry when the new deadline
+/// is earlier than the one already queued for the path; later ones are re-queued lazily.
+fn schedule(
+    deadlines: &mut Deadlines<Key>,
+    now: Instant,
+    key: &Key,
+    e: &mut Entry,
+    phase: Phase,
+    after: Duration,
+) {
+    let at = now + after;
+    e.phase = phase;
+    e.deadline = Some(at);
+    if e.queued.is_some_and(|q| q <= at) {
+        return;
+    }
+    e.queued = Some(at);
+    deadlines.push_after(now, after, key.clone());
+}
+
+/// Queue an event for Python if the options ask for its kind.
+fn push_event(
+    opts: &Options,
+    out: &mut Vec<OutEvent>,
+    kind: Kind,
+    path: Arc<Path>,
+    src: Option<Arc<Path>>,
+    is_dir: bool,
+) {
+    if is_dir && opts.ignore_dir_events {
+        return;
+    }
+    let t = opts.types;
+    let wanted = match kind {
+        Kind::Created => t.creation,
+        Kind::Modified => t.modification,
+        Kind::Deleted => t.deletion,
+        Kind::Moved => t.creation || t.deletion,
+    };
+    if wanted {
+        out.push(OutEvent {
+            kind,
+            path,
+            src,
+            is_dir,
+        });
+    }
+}
+
+/// How long a phase lasts before the file is looked at again.
+fn phase_length(phase: Phase, settle: Duration, grace: Duration, write_timeout: Duration) -> Duration {
+    match phase {
+        Phase::Created | Phase::Settling => settle,
+        Phase::Writing => write_timeout,
+        Phase::Closing => grace,
+        Phase::Done => Duration::ZERO,
+    }
+}
+
+/// Whether a reported file differs on disk from what was reported.
+fn changed_on_disk(path: &Path, e: &Entry) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => m.len() != e.size || mtime_of(&m) != e.mtime,
+        Err(_) => false,
+    }
+}
+
 /// Hand memory freed after the start-up walk (listings, the walkers' malloc arenas) back to
 /// the system, so the service's resident size is what it keeps, not what it once needed.
 fn release_free_memory() {
@@ -398,7 +469,7 @@ impl Core {
             dirs: FxHashMap::default(),
             wd_dirs: FxHashMap::default(),
             denied: HashMap::new(),
-            files: FxHashMap::default(),
+            files: hashbrown::HashMap::default(),
             deadlines,
             pending_from: HashMap::new(),
             rescan_needed: false,
@@ -408,6 +479,7 @@ impl Core {
             last_denied_retry: Instant::now(),
             setting_up: true,
             now: Instant::now(),
+            scratch: Vec::new(),
         }
     }
 
@@ -755,7 +827,7 @@ impl Core {
                         stack.push(path);
                     }
                 } else if self.opts.filter.child_file_allowed(&path) {
-                    self.on_file(idx, path, seen);
+                    self.on_file(idx, &path, seen);
                 }
             }
         }
@@ -828,7 +900,7 @@ impl Core {
             Ok(files) => {
                 for (path, meta) in files {
                     if self.opts.filter.child_file_allowed(&path) {
-                        self.on_file_meta(idx, path, seen, Some(&meta));
+                        self.on_file_meta(idx, &path, seen, Some(&meta));
                     }
                 }
             }
@@ -866,195 +938,160 @@ impl Core {
 
     // ---------------------------------------------------------- file states
 
-    /// Start `phase` for a tracked file, ending `after` from now. The heap only gets an entry
-    /// when the new deadline is earlier than the one already queued for the path.
-    fn set_phase(&mut self, path: &Path, phase: Phase, after: Duration) {
-        let now = self.now;
-        let at = now + after;
-        let Some(e) = self.files.get_mut(k(path)) else {
-            return;
-        };
-        e.phase = phase;
-        e.deadline = Some(at);
-        if e.queued.is_some_and(|q| q <= at) {
-            return;
-        }
-        e.queued = Some(at);
-        if let Some((key, _)) = self.files.get_key_value(k(path)) {
-            let key = key.clone();
-            self.deadlines.push_after(now, after, key);
-        }
-    }
-
-    fn on_file(&mut self, idx: usize, path: PathBuf, seen: Seen) {
+    fn on_file(&mut self, idx: usize, path: &Path, seen: Seen) {
         self.on_file_meta(idx, path, seen, None);
     }
 
     /// [`Core::on_file`] with the file's metadata when the caller has it already.
-    fn on_file_meta(&mut self, idx: usize, path: PathBuf, seen: Seen, meta: Option<&std::fs::Metadata>) {
+    fn on_file_meta(&mut self, idx: usize, path: &Path, seen: Seen, meta: Option<&std::fs::Metadata>) {
+        if !self.on_known_file(idx, path, seen) {
+            self.on_new_file(idx, path, seen, meta);
+        }
+    }
+
+    /// Advance a tracked file's state; false when the path is not tracked. One map lookup:
+    /// this runs two or three times per file of a burst.
+    fn on_known_file(&mut self, idx: usize, path: &Path, seen: Seen) -> bool {
         let closes = self.closes(idx);
-        let (settle, grace, write_timeout) =
-            (self.opts.settle, self.opts.close_grace, self.opts.write_timeout);
-        let next = match self.files.get(k(path.as_path())) {
-            None => {
-                // A kernel event on a closing backend says what the path is; the state is
-                // checked on disk when its phase ends. Everything else is looked at now.
-                let from_event = closes && matches!(seen, Seen::Created | Seen::Written | Seen::ClosedWrite);
-                let (size, mtime) = if from_event {
-                    (UNKNOWN_SIZE, (0, 0))
-                } else if let Some(m) = meta {
-                    (m.len(), mtime_of(m))
-                } else {
-                    match std::fs::symlink_metadata(&path) {
-                        Ok(m) if !m.is_dir() => (m.len(), mtime_of(&m)),
-                        _ => return,
-                    }
-                };
-                let (phase, reported) = match seen {
-                    Seen::Baseline => (Phase::Done, true),
-                    Seen::ClosedWrite => (Phase::Closing, false),
-                    Seen::MovedIn if closes => (Phase::Closing, false),
-                    Seen::Created if closes => (Phase::Created, false),
-                    Seen::Opened | Seen::Written if closes => (Phase::Writing, false),
-                    _ => (Phase::Settling, false),
-                };
-                let entry = Entry {
-                    phase,
-                    reported,
-                    size,
-                    mtime,
-                    deadline: None,
-                    queued: None,
-                };
-                self.files.insert(Key::new(&path), entry);
-                Some(phase)
+        let o = &self.opts;
+        let (settle, grace, write_timeout) = (o.settle, o.close_grace, o.write_timeout);
+        let Some((key, e)) = self.files.get_key_value_mut(k(path)) else {
+            return false;
+        };
+        let phase = e.phase;
+        let next = match seen {
+            Seen::Baseline => None,
+            // An open of a quiet file is a reader (the importer, an indexer), not a writer.
+            Seen::Opened if phase == Phase::Settling && closes && !e.reported => Some(Phase::Writing),
+            Seen::Opened => None,
+            // Another write to a file being written: its deadline only moves later.
+            Seen::Written if closes && phase == Phase::Writing => {
+                e.deadline = Some(self.now + write_timeout);
+                None
             }
-            Some(e) => {
-                let phase = e.phase;
-                match seen {
-                    Seen::Baseline => None,
-                    // An open of a quiet file is a reader (the importer, an indexer), not a writer.
-                    Seen::Opened if phase == Phase::Settling && closes && !e.reported => Some(Phase::Writing),
-                    Seen::Opened => None,
-                    // Another write to a file being written: its deadline only moves later.
-                    Seen::Written if closes && phase == Phase::Writing => {
-                        if let Some(e) = self.files.get_mut(k(path.as_path())) {
-                            e.deadline = Some(self.now + write_timeout);
-                        }
-                        None
-                    }
-                    Seen::Created | Seen::Written if closes => Some(Phase::Writing),
-                    Seen::Created | Seen::Written | Seen::Changed => Some(Phase::Settling),
-                    Seen::ClosedWrite => Some(Phase::Closing),
-                    Seen::MovedIn => Some(if closes { Phase::Closing } else { Phase::Settling }),
-                    Seen::Scanned => {
-                        if phase == Phase::Done && self.changed_on_disk(&path) {
-                            Some(Phase::Settling)
-                        } else if phase == Phase::Writing || phase == Phase::Created {
-                            // A rescan means events were lost, the close among them perhaps:
-                            // fall back to size/mtime stability (a live writer flips it back).
-                            Some(Phase::Settling)
-                        } else {
-                            None
-                        }
-                    }
+            Seen::Created | Seen::Written if closes => Some(Phase::Writing),
+            Seen::Created | Seen::Written | Seen::Changed => Some(Phase::Settling),
+            Seen::ClosedWrite => Some(Phase::Closing),
+            Seen::MovedIn => Some(if closes { Phase::Closing } else { Phase::Settling }),
+            Seen::Scanned => {
+                if phase == Phase::Done && changed_on_disk(path, e) {
+                    Some(Phase::Settling)
+                } else if phase == Phase::Writing || phase == Phase::Created {
+                    // A rescan means events were lost, the close among them perhaps:
+                    // fall back to size/mtime stability (a live writer flips it back).
+                    Some(Phase::Settling)
+                } else {
+                    None
                 }
             }
         };
-        let Some(phase) = next else { return };
-        let after = match phase {
-            Phase::Done => return,
-            Phase::Created => settle,
-            Phase::Writing => write_timeout,
-            Phase::Settling => settle,
-            Phase::Closing => grace,
-        };
-        self.set_phase(&path, phase, after);
+        if let Some(phase) = next {
+            let after = phase_length(phase, settle, grace, write_timeout);
+            schedule(&mut self.deadlines, self.now, key, e, phase, after);
+        }
+        true
     }
 
-    fn changed_on_disk(&self, path: &Path) -> bool {
-        match (std::fs::symlink_metadata(path), self.files.get(k(path))) {
-            (Ok(m), Some(e)) => m.len() != e.size || mtime_of(&m) != e.mtime,
-            _ => false,
+    /// Start tracking a file.
+    fn on_new_file(&mut self, idx: usize, path: &Path, seen: Seen, meta: Option<&std::fs::Metadata>) {
+        let closes = self.closes(idx);
+        // A kernel event on a closing backend says what the path is; the state is checked on
+        // disk when its phase ends. Everything else is looked at now.
+        let from_event = closes && matches!(seen, Seen::Created | Seen::Written | Seen::ClosedWrite);
+        let (size, mtime) = if from_event {
+            (UNKNOWN_SIZE, (0, 0))
+        } else if let Some(m) = meta {
+            (m.len(), mtime_of(m))
+        } else {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if !m.is_dir() => (m.len(), mtime_of(&m)),
+                _ => return,
+            }
+        };
+        let (phase, reported) = match seen {
+            Seen::Baseline => (Phase::Done, true),
+            Seen::ClosedWrite => (Phase::Closing, false),
+            Seen::MovedIn if closes => (Phase::Closing, false),
+            Seen::Created if closes => (Phase::Created, false),
+            Seen::Opened | Seen::Written if closes => (Phase::Writing, false),
+            _ => (Phase::Settling, false),
+        };
+        let mut entry = Entry {
+            phase,
+            reported,
+            size,
+            mtime,
+            deadline: None,
+            queued: None,
+        };
+        let key = Key::new(path);
+        if phase != Phase::Done {
+            let o = &self.opts;
+            let after = phase_length(phase, o.settle, o.close_grace, o.write_timeout);
+            schedule(&mut self.deadlines, self.now, &key, &mut entry, phase, after);
         }
+        self.files.insert(key, entry);
     }
 
     /// Handle every entry whose deadline has passed.
     fn process_deadlines(&mut self) {
         let now = Instant::now();
         self.now = now;
+        let o = &self.opts;
+        let (settle, grace, write_timeout) = (o.settle, o.close_grace, o.write_timeout);
+        let mut gone: Vec<Key> = Vec::new();
         while !self.stopped() {
             let Some((at, path)) = self.deadlines.pop_due(now) else {
                 break;
             };
-            let Some(entry) = self.files.get_mut(k(&path)) else {
+            let Some((key, e)) = self.files.get_key_value_mut(k(&path)) else {
                 continue;
             };
-            if entry.queued != Some(at) {
+            if e.queued != Some(at) {
                 continue; // a stale entry: the path was re-queued earlier or renamed
             }
-            entry.queued = None;
-            let Some(deadline) = entry.deadline else { continue };
-            if entry.phase == Phase::Done {
+            e.queued = None;
+            let Some(deadline) = e.deadline else { continue };
+            if e.phase == Phase::Done {
                 continue;
             }
             if deadline > now {
                 // Activity moved the deadline later: come back then.
-                entry.queued = Some(deadline);
+                e.queued = Some(deadline);
                 self.deadlines.push_at(deadline, path);
                 continue;
             }
-            let (phase, old_size, old_mtime, was_reported) =
-                (entry.phase, entry.size, entry.mtime, entry.reported);
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(_) => {
-                    self.forget_file(&path);
-                    continue;
-                }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                gone.push(path);
+                continue;
             };
             let (size, mtime) = (meta.len(), mtime_of(&meta));
-            let stable = size == old_size && mtime == old_mtime;
-            let ready = match phase {
-                Phase::Closing => true,
-                Phase::Settling | Phase::Writing => stable,
-                Phase::Created | Phase::Done => false,
-            };
-            let Some(e) = self.files.get_mut(k(&path)) else {
-                continue;
-            };
+            let stable = size == e.size && mtime == e.mtime;
+            let phase = e.phase;
             e.size = size;
             e.mtime = mtime;
-            if phase == Phase::Created {
+            let next = match phase {
                 // A new link to existing data never gets a close: settle it. Anything else
                 // has a writer that has not written yet: wait for its close.
-                let link = meta.file_type().is_symlink() || meta.nlink() > 1;
-                let (next, after) = if link {
-                    (Phase::Settling, self.opts.settle)
-                } else {
-                    (Phase::Writing, self.opts.write_timeout)
-                };
-                self.set_phase(&path, next, after);
-                continue;
-            }
-            if ready {
+                Phase::Created if meta.file_type().is_symlink() || meta.nlink() > 1 => Phase::Settling,
+                Phase::Created => Phase::Writing,
+                Phase::Closing => Phase::Done,
+                Phase::Settling | Phase::Writing if stable => Phase::Done,
+                other => other,
+            };
+            if next == Phase::Done {
+                let kind = if e.reported { Kind::Modified } else { Kind::Created };
                 e.phase = Phase::Done;
                 e.reported = true;
                 e.deadline = None;
-                let kind = if was_reported {
-                    Kind::Modified
-                } else {
-                    Kind::Created
-                };
-                self.emit(kind, path.to_path_buf(), None, false);
+                push_event(&self.opts, &mut self.out, kind, path.0, None, false);
             } else {
-                let after = if phase == Phase::Writing {
-                    self.opts.write_timeout
-                } else {
-                    self.opts.settle
-                };
-                self.set_phase(&path, phase, after);
+                let after = phase_length(next, settle, grace, write_timeout);
+                schedule(&mut self.deadlines, now, key, e, next, after);
             }
+        }
+        for path in gone {
+            self.forget_file(&path);
         }
     }
 
@@ -1067,25 +1104,15 @@ impl Core {
         }
     }
 
-    fn emit(&mut self, kind: Kind, path: PathBuf, src: Option<PathBuf>, is_dir: bool) {
-        if is_dir && self.opts.ignore_dir_events {
-            return;
-        }
-        let t = self.opts.types;
-        let wanted = match kind {
-            Kind::Created => t.creation,
-            Kind::Modified => t.modification,
-            Kind::Deleted => t.deletion,
-            Kind::Moved => t.creation || t.deletion,
-        };
-        if wanted {
-            self.out.push(OutEvent {
-                kind,
-                path,
-                src,
-                is_dir,
-            });
-        }
+    fn emit(&mut self, kind: Kind, path: impl Into<Arc<Path>>, src: Option<PathBuf>, is_dir: bool) {
+        push_event(
+            &self.opts,
+            &mut self.out,
+            kind,
+            path.into(),
+            src.map(Arc::from),
+            is_dir,
+        );
     }
 
     // ---------------------------------------------------- directory changes
@@ -1131,7 +1158,7 @@ impl Core {
             }
             Ok(_) => {
                 if self.file_allowed(&path) {
-                    self.on_file(idx, path, seen);
+                    self.on_file(idx, &path, seen);
                 }
             }
             Err(_) => {}
@@ -1147,7 +1174,7 @@ impl Core {
     fn track_if_allowed(&mut self, idx: usize, path: PathBuf, seen: Seen) {
         if !self.dirs.contains_key(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path)
         {
-            self.on_file(idx, path, seen);
+            self.on_file(idx, &path, seen);
         }
     }
 
@@ -1347,15 +1374,46 @@ impl Core {
         };
         if got {
             self.now = Instant::now();
+            let mut scratch = std::mem::take(&mut self.scratch);
             for (wd, mask, cookie, name) in buf.iter() {
                 self.stats.raw_events += 1;
+                if self.written_to_known_file(wd, mask, name, &mut scratch) {
+                    continue;
+                }
                 if let Some((change, idx)) = self.inotify_change(wd, mask, cookie, name) {
                     self.apply(change, Some(idx));
                 }
             }
+            self.scratch = scratch;
         }
         self.inotify_buf = buf;
         got
+    }
+
+    /// The common case of a burst, without allocating: a write or close-after-write of a file
+    /// we already track. The path is assembled in `scratch` only to look it up.
+    fn written_to_known_file(&mut self, wd: i32, mask: u32, name: &OsStr, scratch: &mut Vec<u8>) -> bool {
+        let seen = if mask & ino::CLOSE_WRITE != 0 {
+            Seen::ClosedWrite
+        } else if mask & ino::MODIFY != 0 {
+            Seen::Written
+        } else {
+            return false;
+        };
+        if name.is_empty() || mask & ino::ISDIR != 0 || self.roots.len() != 1 {
+            return false;
+        }
+        let Some(dir) = self.wd_dirs.get(&wd) else {
+            return false;
+        };
+        scratch.clear();
+        scratch.extend_from_slice(k(dir));
+        if scratch.last() != Some(&b'/') {
+            scratch.push(b'/');
+        }
+        scratch.extend_from_slice(name.as_bytes());
+        let path = Path::new(OsStr::from_bytes(scratch));
+        self.on_known_file(0, path, seen)
     }
 
     /// Decode one kernel event; also returns the root it belongs to.
@@ -1378,7 +1436,9 @@ impl Core {
             return None;
         }
         let dir = self.wd_dirs.get(&wd)?;
-        let path = dir.join(name);
+        let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+        path.push(&**dir);
+        path.push(name);
         let idx = if self.roots.len() == 1 {
             0
         } else {
@@ -1481,26 +1541,26 @@ impl Core {
                 if self.denied.contains_key(&path) {
                     self.walk(idx, path, Seen::Scanned, !self.opts.ignore_dir_events);
                 } else if poll && self.files.contains_key(k(path.as_path())) {
-                    self.on_file(idx, path, Seen::Changed);
+                    self.on_file(idx, &path, Seen::Changed);
                 }
                 // chmod/chown/touch-without-write of a file is not new data: no re-report.
             }
             Change::Written(path) => {
                 let seen = if poll { Seen::Changed } else { Seen::Written };
                 if self.files.contains_key(k(path.as_path())) {
-                    self.on_file(idx, path, seen);
+                    self.on_file(idx, &path, seen);
                 } else {
                     self.track_if_allowed(idx, path, seen);
                 }
             }
             Change::Opened(path) => {
                 if self.files.contains_key(k(path.as_path())) {
-                    self.on_file(idx, path, Seen::Opened);
+                    self.on_file(idx, &path, Seen::Opened);
                 }
             }
             Change::ClosedWrite(path) => {
                 if self.files.contains_key(k(path.as_path())) {
-                    self.on_file(idx, path, Seen::ClosedWrite);
+                    self.on_file(idx, &path, Seen::ClosedWrite);
                 } else {
                     self.track_if_allowed(idx, path, Seen::ClosedWrite);
                 }

@@ -149,7 +149,7 @@ fn list(
 
 /// How many threads walk: the machine's cores, at most 4 (beyond that the kernel's locks win).
 pub fn walk_threads() -> usize {
-    if let Some(n) = std::env::var("ODB_WALK_THREADS")
+    if let Some(n) = std::env::var("OMERO_DROPBOX_WALK_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
