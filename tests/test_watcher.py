@@ -73,6 +73,19 @@ def test_file_written_in_chunks_over_seconds_is_one_event_after_last_chunk(shm_d
     assert time.monotonic() >= finished_at
 
 
+def test_file_created_and_held_open_before_its_first_write_waits_for_the_close(shm_dir: Path) -> None:
+    # A microscope may create its output file long before the first byte arrives. The watcher
+    # asks the kernel for no open events, so it must not mistake this for a finished link.
+    target = shm_dir / "acquiring.tif"
+    with Watcher(shm_dir, settle=0.2) as w:
+        with open(target, "wb") as fh:
+            early = collect(w, quiet=1.0)
+            assert early == [], f"reported before anything was written: {early}"
+            fh.write(b"z" * 4096)
+        events = collect(w, until=1, quiet=0.3)
+    assert [(e.kind, e.path) for e in events] == [("created", str(target))]
+
+
 def test_file_deleted_before_ready_is_dropped_silently(shm_dir: Path) -> None:
     with Watcher(shm_dir, event_types=["all"]) as w:
         fh = open(shm_dir / "gone.tif", "wb")
