@@ -435,6 +435,23 @@ fn changed_on_disk(path: &Path, e: &Entry) -> bool {
     }
 }
 
+/// Control characters in a message (a newline in a file name) shown as `\xNN`, so that a
+/// name cannot forge log lines.
+fn printable(msg: String) -> String {
+    if !msg.chars().any(|c| c.is_control()) {
+        return msg;
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Hand memory freed after the start-up walk (listings, the walkers' malloc arenas) back to
 /// the system, so the service's resident size is what it keeps, not what it once needed.
 fn release_free_memory() {
@@ -484,7 +501,7 @@ impl Core {
     }
 
     fn log(&mut self, level: u8, msg: String) {
-        self.logs.push((level, msg));
+        self.logs.push((level, printable(msg)));
     }
 
     fn stopped(&self) -> bool {
@@ -763,6 +780,7 @@ impl Core {
             let is_root = dir == root;
             if !is_root {
                 if !self.opts.filter.child_dir_allowed(&dir) {
+                    self.note_ignored_dir(&dir);
                     continue;
                 }
                 let follow = match self.opts.mode {
@@ -872,7 +890,15 @@ impl Core {
 
     /// Book one directory of the parallel walk.
     fn take_listed(&mut self, idx: usize, listed: Listed, seen: Seen, limit: &mut Option<String>) {
-        let Listed { dir, watch, listing } = listed;
+        let Listed {
+            dir,
+            watch,
+            listing,
+            skipped,
+        } = listed;
+        for sub in skipped {
+            self.note_ignored_dir(&sub);
+        }
         match watch {
             None => {}
             Some(Ok(wd)) => {
@@ -906,6 +932,14 @@ impl Core {
             }
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => self.note_denied(idx, &dir),
             Err(_) => {}
+        }
+    }
+
+    /// A directory the filter turns down gets one log line saying why (its files never
+    /// reach the engine, so this is the only trace an operator would find).
+    fn note_ignored_dir(&mut self, dir: &Path) {
+        if let Some(why) = self.opts.filter.why_dir_ignored(dir) {
+            self.log(LOG_INFO, format!("Not watching {}: {why}", dir.display()));
         }
     }
 
@@ -1739,5 +1773,19 @@ impl Core {
         self.flush();
         self.shared.lock().finished = true;
         self.shared.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_in_log_messages_are_escaped() {
+        assert_eq!(printable("plain /a/b.tif".into()), "plain /a/b.tif");
+        assert_eq!(
+            printable("Not watching /d/evil\nINFO forged: it".into()),
+            "Not watching /d/evil\\x0aINFO forged: it"
+        );
     }
 }

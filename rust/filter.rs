@@ -132,15 +132,18 @@ fn lower(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_ascii_lowercase()
 }
 
-/// The rule that makes `name` a system file, if any.
+/// The rule that makes `name` a system file, if any. Patterns are lower case; names are
+/// compared without allocating (this runs for every file event).
 pub fn system_rule(name: &OsStr) -> Option<&'static Rule> {
-    let name = lower(name);
+    let name = name.as_bytes();
     SYSTEM_FILE_RULES.iter().find(|rule| {
         let pat = rule.pattern.as_bytes();
         match rule.how {
-            Match::Prefix => name.starts_with(pat),
-            Match::Suffix => name.ends_with(pat) && name.len() > pat.len(),
-            Match::Exact => name == pat,
+            Match::Prefix => name.len() >= pat.len() && name[..pat.len()].eq_ignore_ascii_case(pat),
+            Match::Suffix => {
+                name.len() > pat.len() && name[name.len() - pat.len()..].eq_ignore_ascii_case(pat)
+            }
+            Match::Exact => name.eq_ignore_ascii_case(pat),
         }
     })
 }
@@ -196,6 +199,22 @@ impl Filter {
         self.whitelist.iter().any(|suffix| name.ends_with(suffix))
     }
 
+    /// Why a directory (whose parent is watched) is not watched, for the log; None if it is.
+    pub fn why_dir_ignored(&self, path: &Path) -> Option<String> {
+        if self.is_blacklisted(path) {
+            return Some("it is in omero.fs.blacklist".into());
+        }
+        if !self.ignore_sys_files {
+            return None;
+        }
+        let rule = path.file_name().and_then(system_rule)?;
+        Some(format!(
+            "its name marks a system folder ({}); rename it, or set omero.fs.ignoreSysFiles=false, \
+             to have its files imported",
+            rule.why
+        ))
+    }
+
     fn own_name_is_system(&self, path: &Path) -> bool {
         path.file_name().is_some_and(|n| system_rule(n).is_some())
     }
@@ -207,6 +226,30 @@ mod tests {
 
     fn os(s: &str) -> &OsStr {
         OsStr::new(s)
+    }
+
+    #[test]
+    fn rule_patterns_are_lower_case_ascii_as_the_matcher_assumes() {
+        for rule in SYSTEM_FILE_RULES {
+            assert!(rule.pattern.is_ascii(), "{}", rule.pattern);
+            assert_eq!(rule.pattern, rule.pattern.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn ignored_directories_say_why() {
+        let f = Filter {
+            ignore_sys_files: true,
+            whitelist: Vec::new(),
+            blacklist: vec![PathBuf::from("/r/skip")],
+        };
+        assert!(f
+            .why_dir_ignored(Path::new("/r/skip"))
+            .is_some_and(|w| w.contains("blacklist")));
+        assert!(f
+            .why_dir_ignored(Path::new("/r/.hidden"))
+            .is_some_and(|w| w.contains("ignoreSysFiles")));
+        assert!(f.why_dir_ignored(Path::new("/r/amy")).is_none());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Listed {
     pub watch: Option<io::Result<i32>>,
     /// Files found (with their metadata) when the listing worked.
     pub listing: io::Result<Vec<(PathBuf, Metadata)>>,
+    /// Subdirectories `descend` turned down.
+    pub skipped: Vec<PathBuf>,
 }
 
 struct Work {
@@ -98,18 +100,21 @@ fn visit(
         (true, Some(ino)) => Some(ino.add(dir)),
         _ => None,
     };
+    let mut skipped = Vec::new();
     if matches!(watch, Some(Err(_))) {
         return Listed {
             dir: dir.to_path_buf(),
             watch,
             listing: Ok(Vec::new()),
+            skipped,
         };
     }
-    let listing = list(dir, descend, work, more);
+    let listing = list(dir, descend, work, more, &mut skipped);
     Listed {
         dir: dir.to_path_buf(),
         watch,
         listing,
+        skipped,
     }
 }
 
@@ -118,6 +123,7 @@ fn list(
     descend: &(dyn Fn(&Path) -> bool + Sync),
     work: &Mutex<Work>,
     more: &Condvar,
+    skipped: &mut Vec<PathBuf>,
 ) -> io::Result<Vec<(PathBuf, Metadata)>> {
     let mut files = Vec::new();
     let mut subdirs = Vec::new();
@@ -127,6 +133,8 @@ fn list(
             let path = entry.path();
             if descend(&path) {
                 subdirs.push(path);
+            } else {
+                skipped.push(path);
             }
         } else if let Ok(meta) = entry.metadata() {
             // DirEntry::metadata stats relative to the open directory: no path lookup.
