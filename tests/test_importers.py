@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,18 +15,14 @@ import pytest
 from omero_dropbox.importers import (
     DEFAULT_PERMANENT_EXIT_CODES,
     END_MARK,
-    SESSION_KEY_ENV,
     START_MARK,
     CallableImporter,
     CommandImporter,
     ImporterConfigError,
     ImportRequest,
     ImportResult,
-    OmeroImporter,
     PermanentImportError,
-    UnconfiguredSessionProvider,
     as_importer,
-    omero_cli_argv,
 )
 
 PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
@@ -67,7 +62,7 @@ sys.exit(int(os.environ.get("EXIT", "0")))
 def recorder(tmp_path: Path) -> Path:
     script = tmp_path / "bin" / "recorder"
     script.parent.mkdir()
-    script.write_text(RECORDER.format(python=sys.executable, env=SESSION_KEY_ENV))
+    script.write_text(RECORDER.format(python=sys.executable, env="OMERO_SESSIONDIR"))
     script.chmod(0o755)
     return script
 
@@ -327,113 +322,4 @@ def test_as_importer() -> None:
         as_importer(42)
 
 
-# --- OMERO importer ------------------------------------------------------------------
-
-KEY = "8afe443f-19fc-4cc4-bf4a-850ec94f4650"
-
-
-class FakeSessions:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.opened: list[str] = []
-        self.closed: list[str] = []
-
-    def open_session(self, user: str) -> str:
-        if self.error:
-            raise self.error
-        self.opened.append(user)
-        return KEY
-
-    def close_session(self, key: str) -> None:
-        self.closed.append(key)
-
-
-def test_omero_argv_is_upstreams() -> None:
-    imp = OmeroImporter("omero.example.org", 4064, FakeSessions(), "-T 'Dataset:name:my data' -c")
-    req = _req(["/drop/amy/a.ics", "/drop/amy/a.ids"])
-    assert imp.upstream_argv(req, KEY) == [
-        "omero",
-        "-s",
-        "omero.example.org",
-        "-p",
-        "4064",
-        "-k",
-        KEY,
-        "import",
-        "--",
-        "--agent=dropbox",
-        "-T",
-        "Dataset:name:my data",
-        "-c",
-        "/drop/amy/a.ics",
-    ]
-    argv, env = imp.build_invocation(req, KEY)
-    assert not any(KEY.encode() in a for a in argv)
-    assert env[SESSION_KEY_ENV] == KEY
-    assert argv[:4] == [
-        os.fsencode(sys.executable),
-        b"-m",
-        b"omero_dropbox.importers",
-        b"omero-cli",
-    ]
-    # what the launcher rebuilds in-process is exactly the upstream argv
-    launched = omero_cli_argv([os.fsdecode(a) for a in argv[4:]], env[SESSION_KEY_ENV])
-    assert launched == imp.upstream_argv(req, KEY)
-
-
-def test_omero_importer_keeps_the_key_out_of_argv_and_logs(
-    recorder: Path,
-    record: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    sessions = FakeSessions()
-    imp = OmeroImporter("localhost", 4064, sessions, python=str(recorder))
-    assert imp(_req(["/drop/amy/a.tif"])).ok
-    rec = json.loads(record.read_text())
-    argv = [bytes.fromhex(a) for a in rec["argv"]]
-    assert rec["session"] == KEY
-    assert KEY.encode() not in b" ".join(argv)
-    assert argv[-4:] == [b"import", b"--", b"--agent=dropbox", b"/drop/amy/a.tif"]
-    assert sessions.opened == ["amy"] and sessions.closed == [KEY]
-    # a failing CLI that echoes the key: redacted from the result and the log
-    monkeypatch.setenv("STDERR", f"Bad session key. Cannot join {KEY} on localhost.\n")
-    monkeypatch.setenv("EXIT", "11")
-    result = imp(_req(["/drop/amy/a.tif"]))
-    assert not result.ok and "<session>" in result.reason and KEY not in result.reason
-    assert KEY not in caplog.text
-    assert sessions.closed == [KEY, KEY]
-
-
-def test_omero_importer_session_failures() -> None:
-    req = _req(["/drop/amy/a.tif"])
-    res = OmeroImporter("h", 1)(req)  # no provider yet
-    assert not res.ok and not res.transient and "not implemented yet" in res.reason
-    res = OmeroImporter("h", 1, UnconfiguredSessionProvider())(req)
-    assert not res.transient
-    res = OmeroImporter("h", 1, FakeSessions(PermanentImportError("User unknown")))(req)
-    assert not res.transient and "User unknown" in res.reason
-    res = OmeroImporter("h", 1, FakeSessions(ConnectionRefusedError("down")))(req)
-    assert res.transient and "down" in res.reason
-    with pytest.raises(ImporterConfigError, match="importArgs"):
-        OmeroImporter("h", 1, import_args="'open")
-    with pytest.raises(ImporterConfigError, match=r"omero\.fs\.port"):
-        OmeroImporter("h", "x")  # type: ignore[arg-type]
-
-
-def test_launcher_needs_the_key_and_omero_py() -> None:
-    env = {k: v for k, v in os.environ.items() if k != SESSION_KEY_ENV}
-    env["PYTHONPATH"] = PYTHON_DIR
-    cmd = [sys.executable, "-m", "omero_dropbox.importers", "omero-cli", "-s", "h", "-p", "1"]
-    r = subprocess.run([*cmd, "import", "--", "/a"], env=env, capture_output=True, text=True)
-    assert r.returncode == 64 and SESSION_KEY_ENV in r.stderr
-    env[SESSION_KEY_ENV] = KEY
-    r = subprocess.run([*cmd, "import", "--", "/a"], env=env, capture_output=True, text=True)
-    try:
-        import omero  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        assert r.returncode == 69 and "omero-py is not installed" in r.stderr
-    assert KEY not in r.stderr
-    with pytest.raises(ValueError):
-        omero_cli_argv(["import", "/a"], KEY)
+# The OMERO importer is tested in test_omero_importer.py.

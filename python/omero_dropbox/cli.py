@@ -15,8 +15,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from omero_dropbox.config import ConfigError, DropBoxConfig, format_config, load_config
+
+if TYPE_CHECKING:
+    from omero_dropbox.http_status import StatusServer
 
 log = logging.getLogger("omero_dropbox.cli")
 
@@ -32,7 +36,10 @@ with a durable journal of what happened to every file.
 
 _RUN_EPILOG = """\
 importers:
-  --importer omero     the OMERO CLI, as upstream (needs `omero` on PATH and omero-py)
+  --importer omero     the OMERO CLI, as upstream (needs `omero` on PATH and omero-py); an
+                       admin (--omero-admin, default root) whose password is in
+                       --omero-password-file or $OMERO_DROPBOX_ADMIN_PASSWORD creates
+                       each user's session
   --importer command   --importer-command 'ARGV TEMPLATE' (no shell): {user} the OMERO
                        user, {key} the key file, {files} every file of the fileset as
                        separate arguments, {fileset} a stable fileset id; exit 0 = imported
@@ -96,9 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dry-run", action="store_true", help="log what would be imported, as whom and when")
     run.add_argument(
+        "--omero-admin", default="root", metavar="USER", help="OMERO admin that creates user sessions"
+    )
+    run.add_argument(
+        "--omero-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file (mode 600) with that admin's password; or set OMERO_DROPBOX_ADMIN_PASSWORD",
+    )
+    run.add_argument(
         "--log-dir", type=Path, help="write DropBox.log here (rotated 5 MB x 9, upstream format)"
     )
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--external-logrotate",
+        action="store_true",
+        help="with --log-dir: let logrotate rotate DropBox.log (reopened when moved) instead of 5 MB x 9",
+    )
+    run.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve the status page and /metrics here (HOST defaults to 127.0.0.1; PORT 0: any free port)",
+    )
+    run.add_argument(
+        "--omero-web",
+        metavar="URL",
+        help="OMERO.web base URL (e.g. https://omero.example.org), to link imports on the status page",
+    )
 
     fs = sub.add_parser("filesets", help="print the filesets found under PATH... as JSON lines")
     fs.add_argument("paths", nargs="+", metavar="PATH")
@@ -110,6 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     _state_arg(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--limit", type=int, default=20, help="how many recent entries to show")
+    st.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C; with --json, one JSON document per line",
+    )
+
+    rt = sub.add_parser(
+        "retry",
+        help="import failed filesets again (recorded in the journal; a running service starts at once)",
+    )
+    _state_arg(rt)
+    rt.add_argument("filesets", nargs="*", metavar="FILESET", help="fileset id, or its first 6+ characters")
+    rt.add_argument("--all-failed", action="store_true", help="every fileset that failed")
+
+    fg = sub.add_parser(
+        "forget",
+        help="forget PATH (a file or a directory) so that a copy dropped again is imported again",
+    )
+    _state_arg(fg)
+    fg.add_argument("paths", nargs="+", metavar="PATH")
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -121,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------- logging
 
 
-def setup_logging(level: str, log_dir: Path | None) -> None:
+def setup_logging(level: str, log_dir: Path | None, external_rotation: bool = False) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     formatter = logging.Formatter(LOG_FORMAT)
@@ -130,9 +184,14 @@ def setup_logging(level: str, log_dir: Path | None) -> None:
     root.addHandler(stream)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9
-        )
+        handler: logging.Handler
+        if external_rotation:
+            # logrotate moves the file away; WatchedFileHandler notices and reopens it.
+            handler = logging.handlers.WatchedFileHandler(log_dir / "DropBox.log")
+        else:
+            handler = logging.handlers.RotatingFileHandler(
+                log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9
+            )
         handler.setFormatter(formatter)
         root.addHandler(handler)
 
@@ -178,11 +237,12 @@ def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
             raise ConfigError(f"--importer-command conflicts with --importer {kind}")
         kind = "command"
     if kind == "auto":
-        kind = "omero" if shutil.which("omero") else "record"
+        has_login = bool(args.omero_password_file or os.environ.get("OMERO_DROPBOX_ADMIN_PASSWORD"))
+        kind = "omero" if shutil.which("omero") and has_login else "record"
         if kind == "record":
             log.warning(
-                "No `omero` command found: recording imports to %s instead of importing "
-                "(install omero-py, or pass --importer-command)",
+                "No `omero` command or no OMERO admin login (--omero-password-file): recording "
+                "imports to %s instead of importing (or pass --importer-command)",
                 args.state_dir / "imports.jsonl",
             )
     timeout = config.import_timeout or None
@@ -192,10 +252,38 @@ def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
         return CommandImporter(args.importer_command, timeout)
     if kind == "record":
         return RecordImporter(args.state_dir / "imports.jsonl")
-    raise ConfigError(
-        "--importer omero needs an OMERO server session for each user, which comes with the OMERO "
-        "integration (IceGrid DropBox); outside OMERO use --importer-command or --importer record"
+    return _omero_importer(args, config)
+
+
+def _omero_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
+    """The OMERO CLI importer with sessions made by an admin login (password never in argv)."""
+    try:
+        from omero_dropbox.ice.sessions import (
+            ADMIN_PASSWORD_ENV,
+            UserSessions,
+            omero_importer_for,
+            password_admin_factory,
+            read_password_file,
+        )
+    except ImportError as exc:
+        raise ConfigError(f"--importer omero: {exc}") from None
+    if args.omero_password_file:
+        password = read_password_file(args.omero_password_file)
+    elif os.environ.get(ADMIN_PASSWORD_ENV):
+        # Taken out of the environment so that no importer or other child process inherits it.
+        password = os.environ.pop(ADMIN_PASSWORD_ENV)
+    else:
+        raise ConfigError(
+            "--importer omero needs an OMERO admin login to create each user's session: pass "
+            f"--omero-password-file FILE (mode 600) or set {ADMIN_PASSWORD_ENV} (never a password on "
+            "the command line); inside OMERO run python -m omero_dropbox.ice.dropbox_service instead"
+        )
+    factory, close = password_admin_factory(config.host, config.port, args.omero_admin, password)
+    first = config.users[0]
+    sessions = UserSessions(
+        factory, time_to_live_ms=first.time_to_live_ms, time_to_idle_ms=first.time_to_idle_ms, close=close
     )
+    return omero_importer_for(config, sessions, session_root=args.state_dir / "omero-sessions")
 
 
 def _read_users(spec: str | None) -> object:
@@ -219,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from omero_dropbox.journal import JournalError
 
     config = load_config(templates=args.templates, toml_file=args.config, overrides=args.overrides)
-    setup_logging(args.log_level, args.log_dir or config.log_dir)
+    setup_logging(args.log_level, args.log_dir or config.log_dir, args.external_logrotate)
     importer = make_importer(args, config)
     state_dir = args.state_dir
     if args.dry_run:
@@ -232,7 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             importer,  # type: ignore[arg-type]
             state_dir=state_dir,
-            users=_read_users(args.users),  # type: ignore[arg-type]
+            users=_read_users(args.users) or getattr(importer, "sessions", None),  # type: ignore[arg-type]
             dry_run=args.dry_run,
         )
     except JournalError as exc:
@@ -245,8 +333,53 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    dropbox.run()
+    server = _start_status_server(args, dropbox, state_dir)
+    _startup_progress(dropbox)
+    try:
+        dropbox.run()
+    finally:
+        if server is not None:
+            server.close()
     return 0
+
+
+def _start_status_server(args: argparse.Namespace, dropbox: object, state_dir: Path) -> StatusServer | None:
+    if not args.http:
+        return None
+    from omero_dropbox.http_status import StatusServer, parse_http_address
+
+    host, port = parse_http_address(args.http)
+    server = StatusServer(dropbox, state_dir, host, port, omero_web=args.omero_web)  # type: ignore[arg-type]
+    server.start()
+    return server
+
+
+def _startup_progress(dropbox: object) -> None:
+    """On a terminal: files found by the start-up scan until it has been quiet for 3 s."""
+    from omero_dropbox.progress import watch_progress
+
+    last = {"events": -1, "since": time.monotonic()}
+    wanted = len(dropbox.config.users)  # type: ignore[attr-defined]
+
+    def poll() -> tuple[int, str, bool]:
+        live = dropbox.runtime_status()  # type: ignore[attr-defined]
+        events = sum(dropbox.metrics.events.values())  # type: ignore[attr-defined]
+        watcher = live["watcher"]
+        if live["watching"] < wanted:
+            return events, "placing watches", False
+        now = time.monotonic()
+        if events != last["events"] or watcher.get("pending", 0):
+            last["events"], last["since"] = events, now
+        waiting = sum(live["waiting"].values())
+        queue = live["queue"]
+        detail = (
+            f"{watcher.get('watches', 0):,} directories watched, {waiting:,} waiting, "
+            f"{queue['ready'] + queue['running']:,} queued"
+        )
+        return events, detail, now - last["since"] > 3.0
+
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    watch_progress("Start-up scan", poll, handlers=handlers)
 
 
 def cmd_filesets(args: argparse.Namespace) -> int:
@@ -258,7 +391,98 @@ def cmd_filesets(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from omero_dropbox.status import print_status
 
-    return print_status(args.state_dir, as_json=args.json, limit=args.limit)
+    return print_status(args.state_dir, as_json=args.json, limit=args.limit, watch=args.watch)
+
+
+def _actor(command: str) -> str:
+    """Who asked, for the journal history: login name, host and command."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user} on {socket.gethostname()} (omero-dropbox {command})"
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from omero_dropbox.journal import FAILED, Journal, JournalError, display_path
+
+    if bool(args.filesets) == bool(args.all_failed):
+        print("omero-dropbox retry: give FILESET ids or --all-failed (not both)", file=sys.stderr)
+        return 2
+    actor = _actor("retry")
+    errors = 0
+    try:
+        with Journal(args.state_dir, check=False) as journal:
+            if args.all_failed:
+                targets = [r.id for r in journal.filesets(FAILED)]
+                if not targets:
+                    print("Nothing to retry: no failed filesets.")
+                    return 0
+            else:
+                targets = []
+                for ref in args.filesets:
+                    try:
+                        targets.append(journal.resolve_fileset(ref).id)
+                    except JournalError as exc:
+                        print(f"omero-dropbox retry: {exc}", file=sys.stderr)
+                        errors += 1
+            for fid in targets:
+                try:
+                    rec = journal.retry(fid, actor)
+                except JournalError as exc:
+                    print(f"omero-dropbox retry: {exc}", file=sys.stderr)
+                    errors += 1
+                    continue
+                print(f"Re-queued {fid[:12]} {rec.user} {display_path(rec.key)}")
+    except JournalError as exc:
+        print(f"omero-dropbox: error: {exc}", file=sys.stderr)
+        return 1
+    running = _service_running(args.state_dir)
+    if targets and not errors:
+        print("The running service imports them now." if running else "They are imported at the next start.")
+    return 1 if errors else 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from omero_dropbox.journal import Journal, JournalError, display_path
+
+    actor = _actor("forget")
+    errors = 0
+    try:
+        with Journal(args.state_dir, check=False) as journal:
+            for given in args.paths:
+                candidates = dict.fromkeys([os.path.abspath(given), os.path.realpath(given)])
+                last: JournalError | None = None
+                for path in candidates:
+                    try:
+                        entries = journal.forget(path, actor)
+                        break
+                    except JournalError as exc:
+                        last = exc
+                else:
+                    print(f"omero-dropbox forget: {last}", file=sys.stderr)
+                    errors += 1
+                    continue
+                filesets = [e for e in entries if e.kind == "fileset"]
+                files = [e for e in entries if e.kind == "file"]
+                for e in filesets:
+                    key = display_path(e.path or "")
+                    print(f"Forgot fileset {e.subject[:12]} ({e.old_state}) of {e.user}: {key}")
+                shown = display_path(path)
+                print(f"Forgot {len(files)} file(s) under {shown}; a copy dropped again is imported again.")
+    except JournalError as exc:
+        print(f"omero-dropbox: error: {exc}", file=sys.stderr)
+        return 1
+    return 1 if errors else 0
+
+
+def _service_running(state_dir: Path) -> bool:
+    from omero_dropbox.status import read_service
+
+    return bool(read_service(state_dir).get("running"))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -270,6 +494,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "filesets": cmd_filesets, "status": cmd_status, "config": cmd_config}
+    handlers.update(retry=cmd_retry, forget=cmd_forget)
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

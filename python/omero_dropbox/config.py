@@ -460,9 +460,21 @@ class _Sources:
         where = Where(prop.name, value.source)
         if user is not None:
             where = Where(prop.name, value.source, user.name, user.entry)
+        if _has_nul(value.raw):
+            # No path, user name or command argument can hold one; the OS would refuse it later
+            # with a bare "embedded null byte".
+            raise where.error("the value contains a NUL character (\\u0000); remove it", prop.kind.allowed())
         if value.toml:
             return prop.kind.parse_toml(value.raw, where), value.origin
         return prop.kind.parse_text(str(value.raw), where), value.origin
+
+
+def _has_nul(raw: object) -> bool:
+    if isinstance(raw, str):
+        return "\x00" in raw
+    if isinstance(raw, (list, tuple)):
+        return any(_has_nul(item) for item in raw)
+    return False
 
 
 def _users_from_text(text: str, source: str) -> list[_User]:

@@ -27,13 +27,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
 from omero_dropbox.filesets import Fileset, FilesetGrouper
 from omero_dropbox.import_queue import ImportQueue
-from omero_dropbox.importers import ImportRequest, ImportResult
+from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
     FAILED,
     IMPORTED,
@@ -41,11 +41,16 @@ from omero_dropbox.journal import (
     QUEUED,
     SKIPPED,
     WAITING,
+    FileIdentity,
+    FilesetRecord,
     Journal,
+    JournalFullError,
     display_path,
     file_identity,
     fileset_id,
 )
+from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
+from omero_dropbox.status import ServiceSnapshot, parse_omero_objects
 from omero_dropbox.watcher import Event, Watcher
 
 __all__ = ["AnyUser", "DropBox", "UserDirectory", "UserList"]
@@ -58,6 +63,9 @@ log = logging.getLogger("omero_dropbox.dropbox")
 _MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
 _BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^\.|^\s|\s$")
 _TICK = 0.25
+_PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropbox status`)
+# While the state directory's disk is full, try to record new work again this often.
+_FULL_RETRY = 2.0
 
 
 class UserDirectory:
@@ -103,6 +111,8 @@ class DropBox:
         state_dir: where the journal lives.
         users: which user names exist (default: any well-formed name).
         dry_run: log what would be imported, as whom and when, and import nothing.
+        watch: place our own watches (with a start-up scan). False when the events come
+            from elsewhere through :meth:`feed` (the Ice DropBox service, fed by a MonitorServer).
     """
 
     def __init__(
@@ -113,8 +123,10 @@ class DropBox:
         state_dir: Path,
         users: UserDirectory | None = None,
         dry_run: bool = False,
+        watch: bool = True,
     ) -> None:
         self.config = config
+        self._watch = watch
         self.users = users or AnyUser()
         self.dry_run = dry_run
         self.journal = Journal(state_dir)
@@ -126,20 +138,29 @@ class DropBox:
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._skip_logged: set[str] = set()
+        self._journal_full_until = 0.0  # monotonic time before which no new work is taken
+        self._journal_full = False
+        # Operator view (status, metrics, status page): counters fed cheaply here.
+        self.metrics = EngineMetrics()
+        self.http_url: str | None = None  # set by `run --http`, shown by `status`
+        self._snapshot = ServiceSnapshot(state_dir)
+        self._published = 0.0
+        self._journal_version = self.journal.data_version()
         self.queue = ImportQueue(
             self.journal,
-            self._importer,
+            InstrumentedImporter(as_importer(self._importer), self.metrics),
             max_concurrent=config.max_concurrent_imports,
             throttle=min((u.throttle_import for u in config.users), default=0.0),
             max_attempts=config.max_attempts,
             backoff_initial=config.retry_backoff,
+            on_done=self._import_done,
         )
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Place the watches (with a start-up scan) and start importing."""
-        for user_cfg in self.config.users:
+        for user_cfg in self.config.users if self._watch else ():
             watch_dir = user_cfg.watch_dir
             if user_cfg.import_user == "default" and not watch_dir.exists():
                 # As upstream: the default DropBox directory is created when missing.
@@ -194,6 +215,14 @@ class DropBox:
         """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
         self._stop.set()
 
+    def feed(self, user_cfg: UserMonitorConfig, events: list[Event]) -> None:
+        """Hand over READY events from another source (thread-safe; handled by :meth:`step`).
+
+        Anything with ``path``, ``kind``, ``is_dir`` and ``src_path`` attributes will do.
+        """
+        if events:
+            self._events.put((user_cfg, events))
+
     def shutdown(self, drain_timeout: float | None = 300.0) -> None:
         for w in self._watchers:
             w.close()
@@ -203,6 +232,7 @@ class DropBox:
         if not finished:
             log.warning("Imports still running at shutdown; they will run again after restart")
         self.queue.stop()
+        self._snapshot.close()
         self.journal.close()
         log.info("Stopped OMERO.fs DropBox client")
 
@@ -230,8 +260,11 @@ class DropBox:
             if remaining <= 0:
                 break
         self._regroup_and_submit()
+        self._pick_up_operator_retries()
+        self._publish_status()
 
     def _on_event(self, user_cfg: UserMonitorConfig, event: Event) -> None:
+        self.metrics.event(event.kind)
         if event.is_dir:
             return
         path = event.path
@@ -260,6 +293,8 @@ class DropBox:
         for d in self._scope_dirs(user_cfg, user, path):
             pool.activity[d] = now
         pool.dirty = True
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Waiting: %s (%s, user %s)", display_path(path), event.kind, user)
 
     def _already_done(self, path: str) -> bool:
         """A file the journal saw imported (or failed) with the same inode and size: nothing to do.
@@ -313,10 +348,10 @@ class DropBox:
             return None
         name = parts[0]
         if _BAD_USER_NAME.search(name):
-            self._skip(path, None, f"directory name {display_path(name)!r} is not a valid OMERO user name")
+            self._skip(path, None, f"directory name '{display_path(name)}' is not a valid OMERO user name")
             return None
         if not self.users.exists(name):
-            self._skip(path, name, f"user unknown: no OMERO user named {display_path(name)!r}")
+            self._skip(path, name, f"user unknown: no OMERO user named '{display_path(name)}'")
             return None
         return name
 
@@ -371,6 +406,7 @@ class DropBox:
         if path in self._skip_logged:
             return
         self._skip_logged.add(path)
+        self.metrics.skip()
         log.warning("Not importing %s: %s", display_path(path), reason)
         try:
             self.journal.skip_file(path, user, reason)
@@ -397,6 +433,8 @@ class DropBox:
 
     def _regroup_and_submit(self) -> None:
         now = time.monotonic()
+        if now < self._journal_full_until:
+            return  # the journal cannot record new work yet; the pools keep every file
         for user, pool in self._pools.items():
             if not pool.files:
                 continue
@@ -416,13 +454,14 @@ class DropBox:
             for fs in list(pool.filesets):
                 wait = self._wait_for(user_cfg, fs)
                 last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
-                if now - last < wait:
+                if now - last < wait or self._missing_member_being_written(fs, wait):
                     continue
                 pool.filesets.remove(fs)
                 for f in fs.files:
                     pool.files.discard(f)
                     pool.waiting_since.pop(f, None)
-                self._submit(user, fs)
+                if not self._submit_unless_full(user, fs):
+                    return
             # Companions whose key never came: give up after the full wait, with a reason.
             for path, since in list(pool.waiting_since.items()):
                 if (
@@ -433,6 +472,76 @@ class DropBox:
                     pool.files.discard(path)
                     del pool.waiting_since[path]
                     self._skip(path, user, "companion file whose key file never arrived")
+
+    def _submit_unless_full(self, user: str, fs: Fileset) -> bool:
+        """Submit ``fs``; if the state disk is full, keep its files waiting and pause new work.
+
+        Returns False while the journal is full.  Nothing is lost: the files stay in the
+        pool (and would be found again by the start-up scan after a restart).
+        """
+        try:
+            self._submit(user, fs)
+        except JournalFullError as exc:
+            if not self._journal_full:
+                log.error(
+                    "Not taking new work: %s. Imports resume by themselves once space is free "
+                    "(or move --state-dir to a disk with room); checking again every %g s",
+                    exc,
+                    _FULL_RETRY,
+                )
+            self._journal_full = True
+            self._journal_full_until = time.monotonic() + _FULL_RETRY
+            pool = self._pools[user]
+            pool.files.update(f for f in fs.files if os.path.lexists(f))
+            pool.dirty = True
+            return False
+        if self._journal_full:
+            self._journal_full = False
+            log.warning("The journal's disk has space available again; taking new work")
+        return True
+
+    def _record(
+        self, user: str, fs: Fileset, fid: str, identities: list[FileIdentity]
+    ) -> FilesetRecord | None:
+        """Journal the files and the fileset; None if the fileset was imported (or started) before."""
+        for f, ident in zip(fs.files, identities, strict=True):
+            self.journal.record_file(f, user, ident)
+        existing = self.journal.fileset_by_id(fid)
+        if existing is not None and existing.state not in (WAITING, QUEUED):
+            if existing.state == IMPORTED:
+                log.info(
+                    "Already imported: %s (fileset=%s, same content as before); not importing again",
+                    display_path(fs.key),
+                    fid,
+                )
+            elif existing.state != IMPORTING:
+                log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
+            return None
+        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format)
+        if record.state == WAITING:
+            # Queued in the same transaction; the queue learns of it after the commit.
+            self.journal.transition(fid, QUEUED, reason="complete; queued for import")
+            record = replace(record, state=QUEUED)
+        return record
+
+    @staticmethod
+    def _missing_member_being_written(fs: Fileset, wait: float) -> bool:
+        """A member the fileset still lacks is on disk and was written to within ``wait`` seconds.
+
+        Such a member is not READY yet (a large file still being copied): importing the
+        fileset now would import it without that file.  Its writes count as activity,
+        as upstream's "directory quiet for dirImportWait" intends.
+        """
+        for path in fs.missing:
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            # abs(): a share's clock may run a little ahead; an mtime far in the future
+            # (a `touch -d`) must not keep the fileset waiting for ever.
+            if abs(time.time() - mtime) < wait:
+                return True
+        return False
 
     def _wait_for(self, user_cfg: UserMonitorConfig, fs: Fileset) -> float:
         could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
@@ -450,20 +559,13 @@ class DropBox:
             pool.dirty = True
             return
         fid = fileset_id(identities)
-        for f, ident in zip(fs.files, identities, strict=True):
-            self.journal.record_file(f, user, ident)
-        existing = self.journal.fileset_by_id(fid)
-        if existing is not None and existing.state not in (WAITING, QUEUED):
-            if existing.state == IMPORTED:
-                log.info(
-                    "Already imported: %s (fileset=%s, same content as before); not importing again",
-                    display_path(fs.key),
-                    fid,
-                )
-            elif existing.state != IMPORTING:
-                log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
+        # One transaction for the files, the fileset and its `queued` state: a mass copy is bound by
+        # commits. The import queue learns of it only after the commit, so that no worker can see
+        # a fileset that may yet be rolled back.
+        with self.journal.batch():
+            record = self._record(user, fs, fid, identities)
+        if record is None:
             return
-        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format)
         if record.state in (WAITING, QUEUED):
             log.info(
                 "Fileset %s (%d file(s), %s) for user %s is complete; queued (fileset=%s)",
@@ -476,6 +578,68 @@ class DropBox:
             self.queue.submit(record)
         elif record.state == SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
+
+    # ------------------------------------------------------- operator view
+
+    def _pick_up_operator_retries(self) -> None:
+        """Import filesets that ``omero-dropbox retry`` (another process) re-queued.
+
+        ``PRAGMA data_version`` changes only when another connection committed, so
+        this costs one pragma per tick unless an operator did something.
+        """
+        try:
+            version = self.journal.data_version()
+            if version == self._journal_version:
+                return
+            self._journal_version = version
+            for fid in self.journal.queued_ids():
+                if self.queue.submit(fid):
+                    log.info("Fileset %s was re-queued in the journal (retry); importing it", fid)
+        except Exception as exc:  # the journal logs its own problems; never stop the engine
+            log.error("Could not look for re-queued filesets: %s", exc)
+
+    def retry(self, fileset_id: str, actor: str) -> None:
+        """Re-queue a failed fileset now (the status page's retry button)."""
+        self.journal.retry(fileset_id, actor)
+        log.info("Retry of fileset %s requested by %s", fileset_id, actor)
+        self.queue.submit(fileset_id)
+
+    def _import_done(self, fid: str, result: ImportResult) -> None:
+        if not result.ok:
+            return
+        objects = result.objects or parse_omero_objects(result.output)
+        if objects:
+            self.journal.record_objects(fid, objects)
+
+    def runtime_status(self) -> dict[str, object]:
+        """What only the running service knows: waiting files, queue, watcher counters."""
+        waiting: dict[str, int] = {}
+        for user, pool in list(self._pools.items()):
+            n = len(pool.filesets) + sum(1 for p in list(pool.waiting_since) if p in pool.files)
+            if n:
+                waiting[user] = n
+        watcher: dict[str, int] = {}
+        for w in list(self._watchers):
+            try:
+                stats = w.stats()
+            except Exception:  # closed during shutdown
+                continue
+            for k, v in stats.items():
+                watcher[k] = watcher.get(k, 0) + int(v)
+        return {
+            "waiting": waiting,
+            "queue": self.queue.snapshot(),
+            "watcher": watcher,
+            "http": self.http_url,
+            "watching": len(self._watchers),
+        }
+
+    def _publish_status(self) -> None:
+        now = time.monotonic()
+        if self.dry_run or now - self._published < _PUBLISH_EVERY:
+            return
+        self._published = now
+        self._snapshot.update(self.runtime_status())
 
     # ---------------------------------------------------------------- dry run
 

@@ -923,7 +923,9 @@ def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
     except ValueError as exc:
         print(f"omero-dropbox filesets: {exc}", file=sys.stderr)
         return 2
-    result = grouper.group(_walk(paths, errors))
+    from omero_dropbox.progress import progress_iter  # a line on stderr, on a terminal only
+
+    result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))
     out = sys.stdout
     for fs in result.filesets:
         out.write(json.dumps(fs.to_json()) + "\n")

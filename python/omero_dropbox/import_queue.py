@@ -48,6 +48,7 @@ from omero_dropbox.journal import (
     InvalidTransitionError,
     Journal,
     JournalError,
+    JournalFullError,
 )
 
 __all__ = ["ImportQueue"]
@@ -55,6 +56,9 @@ __all__ = ["ImportQueue"]
 log = logging.getLogger("omero_dropbox.queue")
 
 OnDone = Callable[[str, ImportResult], None]
+
+# While the journal's disk is full, try to record a finished import again this often.
+_FULL_RETRY = 2.0
 
 
 class ImportQueue:
@@ -396,16 +400,38 @@ class ImportQueue:
         self._done(fid, result)
 
     def _finish(self, fid: str, state: str, reason: str, *, next_attempt_at: float | None = None) -> bool:
-        try:
-            self.journal.transition(fid, state, reason=reason, next_attempt_at=next_attempt_at)
-            return True
-        except JournalError as e:
+        full = False
+        while True:
+            try:
+                self.journal.transition(fid, state, reason=reason, next_attempt_at=next_attempt_at)
+                if full:
+                    log.warning("Fileset %s recorded as %s now that the journal has space again", fid, state)
+                return True
+            except JournalFullError as e:
+                # The outcome is known but cannot be written: hold it (and this worker) until
+                # space returns, so that a finished import is not run again after a restart.
+                error: JournalError = e
+                if not full:
+                    log.error(
+                        "Fileset %s is %s but the journal cannot record it: %s; holding the result "
+                        "and trying again every %g s",
+                        fid,
+                        state,
+                        e,
+                        _FULL_RETRY,
+                    )
+                full = True
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._stopping, _FULL_RETRY):
+                        continue
+            except JournalError as e:
+                error = e
             log.error(
                 "Fileset %s should now be %s but the journal could not record it: %s; "
                 "after a restart it is found interrupted and runs again",
                 fid,
                 state,
-                e,
+                error,
             )
             return False
 

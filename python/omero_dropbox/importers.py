@@ -7,8 +7,8 @@ Three kinds, all called with an :class:`ImportRequest` and returning an
   through a shell;
 * :class:`OmeroImporter` runs the OMERO CLI as upstream did
   (``omero -s HOST -p PORT -k SESSION import -- --agent=dropbox <importArgs> <key>``)
-  with a session created for the user, the session key kept out of every argv
-  *we* create and out of the logs;
+  with a session created for the user; the key reaches the CLI through a private
+  0600 session store (``OMERO_SESSIONDIR``), never through an argv or a log;
 * :class:`CallableImporter` wraps any Python callable.
 
 Transient or permanent
@@ -50,6 +50,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,9 +60,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol, runtime_checkable
 
+from omero_dropbox.journal import display_path
+
 __all__ = [
     "DEFAULT_PERMANENT_EXIT_CODES",
-    "SESSION_KEY_ENV",
     "CallableImporter",
     "CommandImporter",
     "ImportRequest",
@@ -73,6 +75,8 @@ __all__ = [
     "SessionProvider",
     "UnconfiguredSessionProvider",
     "as_importer",
+    "default_omero_executable",
+    "write_session_store",
 ]
 
 log = logging.getLogger("omero_dropbox.importer")
@@ -83,9 +87,6 @@ DEFAULT_PERMANENT_EXIT_CODES: frozenset[int] = frozenset(range(64, 79)) - {75}
 REASON_TAIL_BYTES = 4096
 #: How much of the importer's stderr is copied into the log on failure.
 LOG_TAIL_BYTES = 64 * 1024
-#: Environment variable through which :class:`OmeroImporter` hands the session key
-#: to its launcher (``python -m omero_dropbox.importers omero-cli ...``).
-SESSION_KEY_ENV = "OMERO_DROPBOX_SESSION_KEY"
 
 START_MARK = "***** start of output from importer-cli to stderr *****"
 END_MARK = "***** end of output from importer-cli *****"
@@ -114,7 +115,10 @@ class ImportResult:
 
     ``reason`` is the failure reason for the journal (empty on success),
     ``output`` the tail of the importer's stdout, ``stderr`` the tail of its stderr
-    (logged between the upstream markers on failure).
+    (logged between the upstream markers on failure).  ``objects`` names the OMERO
+    objects the import created (``"Image:12"``, ``"Plate:3"``), when the importer knows;
+    the status page links to them.  Without it, ``Image:12``-style lines of ``output``
+    (what ``omero import`` prints) are used.
     """
 
     ok: bool
@@ -123,6 +127,7 @@ class ImportResult:
     transient: bool
     output: str
     stderr: str = ""
+    objects: tuple[str, ...] = ()
 
     @classmethod
     def success(cls, output: str = "", returncode: int | None = 0) -> ImportResult:
@@ -155,8 +160,8 @@ class Importer(Protocol):
 
 
 def display(path: str) -> str:
-    """Printable form of a (possibly surrogate-escaped) path or text."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """Printable form of a (possibly surrogate-escaped) path or text, control characters escaped."""
+    return display_path(path)
 
 
 def _check_absolute(request: ImportRequest) -> None:
@@ -473,6 +478,7 @@ class SessionProvider(Protocol):
     ``open_session`` returns the session key (uuid).  It raises
     :class:`PermanentImportError` when retrying cannot help (unknown user) and any
     other exception for transient problems (server down).
+    :mod:`omero_dropbox.ice.sessions` has the real ones.
     """
 
     def open_session(self, user: str) -> str: ...
@@ -481,16 +487,61 @@ class SessionProvider(Protocol):
 
 
 class UnconfiguredSessionProvider:
-    """Placeholder until the OMERO integration lands: every import fails permanently."""
+    """No way to log in was configured: every import fails permanently, saying what to set."""
 
     def open_session(self, user: str) -> str:
         raise NotImplementedError(
-            "OMERO session creation is not implemented yet (it arrives with the OMERO "
-            "integration); use --importer-command meanwhile"
+            "no OMERO session provider is configured: run inside OMERO (python -m "
+            "omero_dropbox.ice.dropbox_service), or give omero-dropbox run --omero-admin-password-file; "
+            "or use --importer-command"
         )
 
     def close_session(self, key: str) -> None:  # pragma: no cover - nothing opened
         return None
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def write_session_store(directory: str | os.PathLike[str], host: str, port: int, user: str, key: str) -> None:
+    """Write an omero-py CLI session store holding one current session (``OMERO_SESSIONDIR``).
+
+    The layout is omero-py's ``SessionsStore``: ``._LASTHOST_``, ``._LASTPORT_``,
+    ``<host>/._LASTUSER_``, ``<host>/<user>/._LASTSESS_`` and the properties file
+    ``<host>/<user>/<key>``.  ``omero -s HOST -p PORT import ...`` run with this store
+    attaches to the session without a ``-k`` argument.  Directories are 0700, files 0600.
+    """
+    from urllib.parse import quote
+
+    if not user or user in (".", "..") or "/" in user or "\x00" in user:
+        raise ValueError(f"cannot store a session for user name {user!r}")
+    base = os.fspath(directory)
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    host_dir = os.path.join(base, quote(host, safe=""))
+    user_dir = os.path.join(host_dir, user)
+    os.makedirs(user_dir, mode=0o700, exist_ok=True)
+    files = {
+        os.path.join(base, "._LASTHOST_"): host,
+        os.path.join(base, "._LASTPORT_"): str(port),
+        os.path.join(host_dir, "._LASTUSER_"): user,
+        os.path.join(user_dir, "._LASTSESS_"): key,
+        os.path.join(user_dir, key): (
+            f"omero.host={host}\nomero.port={port}\nomero.user={user}\nomero.sess={key}\n"
+        ),
+    }
+    for path, text in files.items():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+#: Environment variables never passed to the OMERO CLI: a password, or another session store.
+_HIDDEN_ENV = ("OMERO_PASSWORD", "OMERO_DROPBOX_ADMIN_PASSWORD", "OMERO_SESSION_DIR", "OMERO_SESSIONDIR")
 
 
 class OmeroImporter(BaseImporter):
@@ -502,20 +553,24 @@ class OmeroImporter(BaseImporter):
 
     Only the key file is passed; Bio-Formats re-detects the fileset from it.
 
-    Keeping the session key secret: omero-py's CLI reads no environment variable for
-    a session key (it reads ``OMERO_PASSWORD`` for password logins only), and any
-    ``-k KEY`` argument is world-readable in ``/proc/PID/cmdline``.  So the command
-    actually run is ``python -m omero_dropbox.importers omero-cli -s HOST -p PORT
-    import -- ...`` with the key in the environment variable ``SESSION_KEY_ENV``
-    (``/proc/PID/environ`` is readable only by the same user and root); that
-    launcher removes it from the environment and calls ``omero.cli.argv`` *in
-    process* with ``-k KEY`` inserted, exactly the argv above.  The key is also
-    redacted from the captured output, never logged, and the session is closed
-    after the import.
+    Keeping the session key secret: ``-k KEY`` on a command line is world-readable in
+    ``/proc/PID/cmdline``, and omero-py's CLI reads no session key from the environment.
+    It does read its session store from ``$OMERO_SESSIONDIR``.  So for each import the
+    key is written to a fresh private session store (a 0700 directory under
+    ``session_root``, files 0600, see :func:`write_session_store`) and the command run is
+    ``omero -s HOST -p PORT import -- --agent=dropbox ... <key>`` with ``OMERO_SESSIONDIR``
+    pointing at it; the CLI attaches to that session.  The store is removed and the
+    session closed after the import; the key is redacted from the captured output and
+    never logged.  ``OMERO_PASSWORD`` and ``OMERO_DROPBOX_ADMIN_PASSWORD`` are removed from the
+    CLI's environment.
 
     Known limit (omero-py, not ours): the Python CLI starts the Java importer with
-    ``-k KEY`` on its command line.  Mount ``/proc`` with ``hidepid=2`` (or
+    ``-k KEY`` on *its* command line.  Mount ``/proc`` with ``hidepid=2`` (or
     ``hidepid=invisible``) on multi-user hosts so other users cannot read it.
+
+    Names that are not valid UTF-8 cannot be passed to the OMERO CLI (it is Python and
+    Java, both decode arguments as text): such a fileset fails permanently with a reason
+    saying to rename it, and nothing is run.
     """
 
     def __init__(
@@ -525,8 +580,9 @@ class OmeroImporter(BaseImporter):
         sessions: SessionProvider | None = None,
         import_args: str | Sequence[str] = "",
         *,
+        omero: str | None = None,
+        session_root: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
-        python: str = sys.executable,
         permanent_exit_codes: Iterable[int] = DEFAULT_PERMANENT_EXIT_CODES,
         kill_grace: float = 10.0,
         env: Mapping[str, str] | None = None,
@@ -548,8 +604,9 @@ class OmeroImporter(BaseImporter):
         self.port = port
         self.sessions: SessionProvider = sessions or UnconfiguredSessionProvider()
         self.import_args = tuple(extra)
+        self.omero = omero or default_omero_executable()
+        self.session_root = os.fspath(session_root) if session_root is not None else None
         self.timeout = timeout
-        self.python = python
         self.env = dict(env) if env is not None else None
         self._runner = _ProcessRunner(timeout, kill_grace, frozenset(permanent_exit_codes))
 
@@ -570,25 +627,31 @@ class OmeroImporter(BaseImporter):
 
     def upstream_argv(self, request: ImportRequest, session_key: str) -> list[str]:
         """The upstream-equivalent argv (contains the key: never log or exec it)."""
-        return omero_cli_argv(self.cli_args(request), session_key)
+        args = self.cli_args(request)
+        return ["omero", *args[:4], "-k", session_key, *args[4:]]
 
     def build_invocation(
-        self, request: ImportRequest, session_key: str
+        self, request: ImportRequest, session_dir: str
     ) -> tuple[list[bytes], dict[str, str]]:
-        """``(argv, env)`` of the launcher process; the key is only in ``env``."""
-        argv = [
-            os.fsencode(self.python),
-            b"-m",
-            b"omero_dropbox.importers",
-            b"omero-cli",
-            *(os.fsencode(a) for a in self.cli_args(request)),
-        ]
-        env = dict(self.env if self.env is not None else os.environ)
-        env[SESSION_KEY_ENV] = session_key
+        """``(argv, env)`` of the CLI process; the key is only in the store at ``session_dir``."""
+        argv = [os.fsencode(self.omero), *(os.fsencode(a) for a in self.cli_args(request))]
+        env = {
+            k: v
+            for k, v in (self.env if self.env is not None else os.environ).items()
+            if k not in _HIDDEN_ENV
+        }
+        env["OMERO_SESSIONDIR"] = session_dir
         return argv, env
 
     def run(self, request: ImportRequest) -> ImportResult:
         _check_absolute(request)
+        bad = [p for p in (request.key, *request.files) if not _valid_utf8(p)]
+        if bad:
+            return ImportResult.failure(
+                f"file name '{display(bad[0])}' is not valid UTF-8, which the OMERO CLI cannot take; "
+                "rename the file(s) to UTF-8 names and copy them in again",
+                transient=False,
+            )
         try:
             key = self.sessions.open_session(request.user)
         except NotImplementedError as e:
@@ -599,53 +662,35 @@ class OmeroImporter(BaseImporter):
             return ImportResult.failure(
                 f"cannot log in as {display(request.user)}: {_exc_text(e)}", transient=True
             )
+        store = None
         try:
-            argv, env = self.build_invocation(request, key)
+            if self.session_root is not None:
+                os.makedirs(self.session_root, mode=0o700, exist_ok=True)
+            store = tempfile.mkdtemp(prefix="omero-session-", dir=self.session_root)
+            write_session_store(store, self.host, self.port, request.user, key)
+            argv, env = self.build_invocation(request, store)
             return self._runner.run(argv, "omero", env, redact=[key])
+        except OSError as e:
+            return ImportResult.failure(f"cannot prepare the OMERO session store: {e}", transient=True)
         finally:
+            if store is not None:
+                shutil.rmtree(store, ignore_errors=True)
             try:
                 self.sessions.close_session(key)
             except Exception as e:
                 log.warning("Could not close the session of %s: %s", display(request.user), type(e).__name__)
 
     def __repr__(self) -> str:
-        return f"OmeroImporter(host={self.host!r}, port={self.port}, args={self.import_args!r})"
-
-
-def omero_cli_argv(cli_args: Sequence[str], session_key: str) -> list[str]:
-    """``omero -s H -p P -k KEY <rest>`` from launcher args ``-s H -p P <rest>``."""
-    args = list(cli_args)
-    if len(args) < 5 or args[0] != "-s" or args[2] != "-p":
-        raise ValueError("omero-cli launcher expects: -s HOST -p PORT <command...>")
-    return ["omero", *args[:4], "-k", session_key, *args[4:]]
-
-
-def _omero_cli_main(args: Sequence[str]) -> int:
-    """Launcher: run the omero CLI in this process with the key from the environment."""
-    key = os.environ.pop(SESSION_KEY_ENV, "")
-    if not key:
-        print(f"omero-cli launcher: {SESSION_KEY_ENV} is not set", file=sys.stderr)
-        return 64
-    try:
-        argv = omero_cli_argv(args, key)
-    except ValueError as e:
-        print(f"omero-cli launcher: {e}", file=sys.stderr)
-        return 64
-    try:
-        import omero.cli  # type: ignore[import-not-found]
-    except ImportError as e:
-        print(
-            f"omero-cli launcher: omero-py is not installed in {sys.executable} ({e}); "
-            "install omero-py to use the omero importer",
-            file=sys.stderr,
+        return (
+            f"OmeroImporter(omero={self.omero!r}, host={self.host!r}, port={self.port}, "
+            f"args={self.import_args!r})"
         )
-        return 69  # EX_UNAVAILABLE: permanent
-    rv = omero.cli.argv(argv)
-    return int(rv or 0)
 
 
-if __name__ == "__main__":  # pragma: no cover - exercised as a subprocess
-    if len(sys.argv) >= 2 and sys.argv[1] == "omero-cli":
-        sys.exit(_omero_cli_main([os.fsdecode(a) for a in sys.argv[2:]]))
-    print("usage: python -m omero_dropbox.importers omero-cli -s HOST -p PORT ...", file=sys.stderr)
-    sys.exit(64)
+def default_omero_executable() -> str:
+    """``omero`` on PATH, else the one beside this Python (an OMERO server venv), else ``omero``."""
+    found = shutil.which("omero")
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "omero")
+    return beside if os.access(beside, os.X_OK) else "omero"

@@ -228,9 +228,14 @@ def fileset_id(identities: Iterable[FileIdentity]) -> str:
     return hashlib.blake2b("\n".join(keys).encode("ascii"), digest_size=16).hexdigest()
 
 
+# Control characters in names are shown escaped: a file named "x\n<forged log line>" must not
+# be able to write lines of its own into the log.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
 def display_path(path: str) -> str:
-    """``path`` printable in logs: undecodable bytes shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """``path`` printable in logs: undecodable bytes and control characters shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
 
 
 def _enc(path: str) -> bytes:
@@ -510,6 +515,15 @@ class Journal:
                 yield self._conn
             except sqlite3.Error as e:
                 raise self._translate(e, "cannot read") from e
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes inside one transaction: one commit (and fsync) instead of one each.
+
+        All or nothing: an exception rolls every write of the batch back.
+        """
+        with self._tx():
+            yield
 
     def close(self) -> None:
         with self._lock:
@@ -995,3 +1009,196 @@ class Journal:
             HistoryEntry(r[0], r[1], r[2], r[3], _dec(r[4]) if r[4] is not None else None, *r[5:])
             for r in rows
         ]
+
+    # -- operator actions: `omero-dropbox retry` / `forget`, the status page ------------
+
+    def data_version(self) -> int:
+        """Changes whenever *another* connection (``omero-dropbox retry``...) committed."""
+        with self._read() as c:
+            return int(c.execute("PRAGMA data_version").fetchone()[0])
+
+    def queued_ids(self) -> list[str]:
+        """Ids of every ``queued`` fileset (cheap: no members read)."""
+        with self._read() as c:
+            return [
+                r[0] for r in c.execute("SELECT id FROM filesets WHERE state = ? ORDER BY created", (QUEUED,))
+            ]
+
+    def resolve_fileset(self, ref: str) -> FilesetRecord:
+        """The fileset whose id is ``ref`` or starts with ``ref`` (at least 6 characters)."""
+        ref = ref.strip().lower()
+        with self._read() as c:
+            rec = self._fileset(c, ref)
+            if rec is not None:
+                return rec
+            if len(ref) < 6 or not all(ch in "0123456789abcdef" for ch in ref):
+                raise JournalError(
+                    f"no fileset {ref!r}; give its id (or the first 6+ characters of it) "
+                    "as printed by `omero-dropbox status`"
+                )
+            ids = [
+                r[0] for r in c.execute("SELECT id FROM filesets WHERE substr(id, 1, ?) = ?", (len(ref), ref))
+            ]
+            if not ids:
+                raise JournalError(f"no fileset id starts with {ref!r}; `omero-dropbox status` lists them")
+            if len(ids) > 1:
+                raise JournalError(
+                    f"fileset id prefix {ref!r} is ambiguous ({len(ids)} filesets); give more characters"
+                )
+            got = self._fileset(c, ids[0])
+            assert got is not None
+            return got
+
+    def retry(self, fileset_id: str, actor: str) -> FilesetRecord:
+        """Operator retry of a ``failed`` (or ``skipped``) fileset; the history says who asked.
+
+        A running service notices the change (:meth:`data_version`) and imports it;
+        otherwise the next start does.
+        """
+        with self._tx() as c:
+            rec = self._fileset(c, fileset_id)
+            if rec is None:
+                raise JournalError(f"no fileset {fileset_id}")
+            if rec.state not in (FAILED, SKIPPED):
+                hint = {
+                    IMPORTED: "it is already imported; `omero-dropbox forget PATH` and copy it again "
+                    "to import it once more",
+                    IMPORTING: "it is being imported right now",
+                }.get(rec.state, "it is already waiting to be imported")
+                raise JournalError(f"cannot retry fileset {fileset_id} ({display_path(rec.key)}): {hint}")
+            self.requeue(fileset_id, reason=f"retry requested by {actor}")
+            got = self._fileset(c, fileset_id)
+            assert got is not None
+            return got
+
+    def forget(self, path: str, actor: str) -> list[HistoryEntry]:
+        """Forget ``path`` (a file, or every file recorded under a directory), so a copy
+        dropped again is imported again.
+
+        Every fileset the path belongs to is forgotten with all its member files (else a
+        companion still recorded as imported would keep the fileset from forming again).
+        Filesets that are waiting, queued or importing are refused: forgetting them would
+        race with the running import.  Returns the history entries written
+        (``new_state`` ``"forgotten"``); the rows themselves are removed, the history stays.
+        """
+        enc = _enc(path)
+        prefix = enc.rstrip(b"/") + b"/"
+        now = time.time()
+        with self._tx() as c:
+            rows = c.execute(
+                f"SELECT {self._FILE_COLS} FROM files WHERE path = ? OR substr(path, 1, ?) = ?",
+                (enc, len(prefix), prefix),
+            ).fetchall()
+            files = [f for f in (self._file(r) for r in rows) if f is not None]
+            fids = {f.fileset_id for f in files if f.fileset_id}
+            fids.update(
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT fileset_id FROM fileset_members"
+                    " WHERE path = ? OR substr(path, 1, ?) = ?",
+                    (enc, len(prefix), prefix),
+                )
+            )
+            if not files and not fids:
+                raise JournalError(
+                    f"nothing is recorded for {display_path(path)}; `omero-dropbox status` shows what the "
+                    "journal knows (paths are absolute, as the service saw them)"
+                )
+            filesets = [r for r in (self._fileset(c, fid) for fid in sorted(fids)) if r is not None]
+            busy = [r for r in filesets if r.state in (WAITING, QUEUED, IMPORTING)]
+            if busy:
+                raise JournalError(
+                    f"cannot forget {display_path(path)}: fileset {busy[0].id} ({display_path(busy[0].key)}) "
+                    f"is {busy[0].state}; wait until it is imported or failed"
+                )
+            reason = f"forgotten by {actor}; a copy dropped again will be imported again"
+            written: list[HistoryEntry] = []
+            for fs in filesets:
+                for r in c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE fileset_id = ?", (fs.id,)):
+                    f = self._file(r)
+                    if f is not None and f.id not in {x.id for x in files}:
+                        files.append(f)
+                c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fs.id,))
+                c.execute("DELETE FROM filesets WHERE id = ?", (fs.id,))
+                self._history(
+                    c,
+                    "fileset",
+                    fs.id,
+                    "forgotten",
+                    old_state=fs.state,
+                    path=fs.key,
+                    user=fs.user,
+                    reason=reason,
+                    at=now,
+                )
+                written.append(
+                    HistoryEntry(0, now, "fileset", fs.id, fs.key, fs.user, fs.state, "forgotten", reason)
+                )
+            for f in files:
+                c.execute("DELETE FROM files WHERE id = ?", (f.id,))
+                self._history(
+                    c,
+                    "file",
+                    f.path,
+                    "forgotten",
+                    old_state=f.state,
+                    path=f.path,
+                    user=f.user,
+                    reason=reason,
+                    at=now,
+                )
+                written.append(
+                    HistoryEntry(0, now, "file", f.path, f.path, f.user, f.state, "forgotten", reason)
+                )
+            return written
+
+    def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
+        """Note the OMERO objects an import created (``"Image:12"``...) in the history."""
+        if not objects:
+            return
+        with self._tx() as c:
+            row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            if row is None:
+                return
+            self._history(
+                c,
+                "fileset",
+                fileset_id,
+                row[0],
+                old_state=row[0],
+                path=_dec(row[2]),
+                user=row[1],
+                reason=OBJECTS_PREFIX + ", ".join(objects),
+            )
+
+    def objects_of(self, fileset_ids: Iterable[str]) -> dict[str, list[str]]:
+        """``{fileset id: ["Image:12", ...]}`` as noted by :meth:`record_objects` (latest note wins)."""
+        out: dict[str, list[str]] = {}
+        with self._read() as c:
+            for fid in fileset_ids:
+                row = c.execute(
+                    "SELECT reason FROM history WHERE subject = ? AND kind = 'fileset'"
+                    " AND substr(reason, 1, ?) = ?"
+                    " ORDER BY id DESC LIMIT 1",
+                    (fid, len(OBJECTS_PREFIX), OBJECTS_PREFIX),
+                ).fetchone()
+                if row is not None:
+                    out[fid] = [o.strip() for o in row[0][len(OBJECTS_PREFIX) :].split(",") if o.strip()]
+        return out
+
+    def imported_since(self, since: float) -> dict[str, int]:
+        """``{user: n}`` imports completed at or after ``since`` (epoch seconds), from the history,
+        so a fileset forgotten and imported again counts twice, as it was imported twice."""
+        with self._read() as c:
+            return {
+                (u or ""): int(n)
+                for u, n in c.execute(
+                    "SELECT user, COUNT(*) FROM history WHERE new_state = ? AND kind = 'fileset'"
+                    " AND old_state = ? AND at >= ? GROUP BY user",
+                    (IMPORTED, IMPORTING, since),
+                )
+            }
+
+
+#: History reason prefix of :meth:`Journal.record_objects` notes.
+OBJECTS_PREFIX = "OMERO objects: "

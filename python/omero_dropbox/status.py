@@ -1,71 +1,326 @@
-"""``omero-dropbox status``: what the journal says, per user and state."""
+"""``omero-dropbox status``: what the journal and the running service say, per user.
+
+Two sources, both safe to read while the service runs:
+
+* the journal (SQLite WAL, opened read-only): filesets by state, imports today, the
+  last failures with their reasons, recent history;
+* ``<state-dir>/service.json``, a small snapshot the running service rewrites every
+  few seconds: whether it runs (pid), files waiting for their fileset to settle
+  (these are not in the journal yet), the import queue and the watcher counters.
+
+``status --json`` prints :func:`collect` as JSON; the schema is documented in
+``docs/reference.md`` (section "status --json") and versioned by ``"schema"``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from omero_dropbox.journal import DB_NAME, FILESET_STATES, Journal, display_path
+from omero_dropbox.journal import (
+    DB_NAME,
+    FAILED,
+    IMPORTED,
+    IMPORTING,
+    QUEUED,
+    SKIPPED,
+    WAITING,
+    Journal,
+    JournalError,
+    display_path,
+)
+
+__all__ = [
+    "SERVICE_FILE",
+    "STATUS_SCHEMA",
+    "ServiceSnapshot",
+    "collect",
+    "format_table",
+    "omero_web_link",
+    "parse_omero_objects",
+    "print_status",
+    "read_service",
+    "start_of_today",
+]
+
+STATUS_SCHEMA = 1
+SERVICE_FILE = "service.json"
+#: The per-user columns, in table order.
+COLUMNS = ("waiting", "queued", "importing", "imported_today", "failed")
+_HEARTBEAT = 30.0  # rewrite service.json at least this often, so readers can tell it is alive
+
+# What `omero import` prints on stdout for what it created ("Image:12,13", "Plate:4").
+_OBJECT_LINE = re.compile(r"^\s*(Image|Plate|Fileset|Screen|Dataset|Project|Well):(\d+(?:\s*,\s*\d+)*)\s*$")
 
 
-def print_status(state_dir: Path, *, as_json: bool = False, limit: int = 20) -> int:
+# ------------------------------------------------------------------- OMERO objects
+
+
+def parse_omero_objects(text: str) -> tuple[str, ...]:
+    """``("Image:12", "Image:13")`` from ``omero import`` output lines such as ``Image:12,13``."""
+    out: list[str] = []
+    for line in text.splitlines():
+        m = _OBJECT_LINE.match(line)
+        if m:
+            out.extend(f"{m.group(1)}:{n.strip()}" for n in m.group(2).split(","))
+    return tuple(dict.fromkeys(out))
+
+
+def omero_web_link(base_url: str, obj: str) -> str | None:
+    """The OMERO.web URL that shows ``obj`` (``"Image:12"``), or None for a kind it cannot show."""
+    kind, _, ident = obj.partition(":")
+    if not ident.isdigit() or kind not in ("Image", "Plate", "Screen", "Dataset", "Project", "Well"):
+        return None
+    return f"{base_url.rstrip('/')}/webclient/?show={kind.lower()}-{ident}"
+
+
+# ----------------------------------------------------------------- service snapshot
+
+
+class ServiceSnapshot:
+    """Writes ``<state-dir>/service.json`` for ``status`` in other processes.
+
+    Rewritten atomically when the content changed, and at least every 30 s; removed
+    when the service stops cleanly.  Never fsync-ed: it describes the present only.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / SERVICE_FILE
+        self.started_at = time.time()
+        self._last: dict[str, Any] | None = None
+        self._written = 0.0
+
+    def update(self, live: Mapping[str, Any]) -> bool:
+        """Write ``live`` (waiting, queue, watcher, http...) if it changed; returns whether written."""
+        now = time.time()
+        body = dict(live)
+        if body == self._last and now - self._written < _HEARTBEAT:
+            return False
+        doc = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": self.started_at,
+            "updated_at": now,
+            **body,
+        }
+        tmp = self.path.with_name(f".{SERVICE_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False  # status then says "not running": wrong but harmless; the journal is intact
+        self._last, self._written = body, now
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OSError:
+        return False
+    return True
+
+
+def read_service(state_dir: Path) -> dict[str, Any]:
+    """The service snapshot plus ``running`` (its pid is alive on this host)."""
+    try:
+        doc = json.loads((Path(state_dir) / SERVICE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        return {"running": False}
+    pid = doc.get("pid")
+    same_host = doc.get("host") == socket.gethostname()
+    doc["running"] = bool(isinstance(pid, int) and same_host and _pid_alive(pid))
+    return doc
+
+
+# --------------------------------------------------------------------------- report
+
+
+def start_of_today(now: float | None = None) -> float:
+    """Local midnight (epoch seconds) of the day ``now`` falls in."""
+    t = time.localtime(now)
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def collect(
+    journal: Journal, state_dir: Path, *, limit: int = 20, service: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``status --json`` document (schema 1).
+
+    ``users``: ``{user: {waiting, queued, importing, imported_today, failed, imported,
+    skipped_files}}``; ``failures``: the newest ``failed`` filesets with their reasons;
+    ``service``: the snapshot of the running service (``running`` false if none);
+    ``filesets``/``files``: ``{user: {state: n}}`` from the journal; ``recent``: the newest
+    history entries.  The running service passes its own ``service`` snapshot (status page).
+    """
+    service = dict(service) if service is not None else read_service(state_dir)
+    filesets = journal.counts("filesets")
+    files = journal.counts("files")
+    today = journal.imported_since(start_of_today())
+    live_waiting: Mapping[str, int] = service.get("waiting", {}) if service["running"] else {}
+    users: dict[str, dict[str, int]] = {}
+    names = set(filesets) | set(today) | set(live_waiting) | {u for u, c in files.items() if c.get(SKIPPED)}
+    for user in sorted(names):
+        fs = filesets.get(user, {})
+        users[user] = {
+            "waiting": fs.get(WAITING, 0) + int(live_waiting.get(user, 0)),
+            "queued": fs.get(QUEUED, 0),
+            "importing": fs.get(IMPORTING, 0),
+            "imported_today": today.get(user, 0),
+            "failed": fs.get(FAILED, 0),
+            "imported": fs.get(IMPORTED, 0),
+            "skipped_files": files.get(user, {}).get(SKIPPED, 0),
+        }
+    totals = {k: sum(row[k] for row in users.values()) for k in (*COLUMNS, "imported", "skipped_files")}
+    failures = [
+        {
+            "fileset": r.id,
+            "user": r.user,
+            "key": display_path(r.key),
+            "files": len(r.members),
+            "format": r.format,
+            "attempts": r.attempts,
+            "at": r.finished or r.updated,
+            "reason": r.last_error,
+        }
+        for r in journal.filesets(FAILED, limit=limit)
+    ]
+    recent = [
+        {
+            "at": e.at,
+            "kind": e.kind,
+            "subject": e.subject,
+            "path": display_path(e.path) if e.path else None,
+            "user": e.user,
+            "from": e.old_state,
+            "to": e.new_state,
+            "reason": e.reason,
+        }
+        for e in journal.recent(limit=limit)
+    ]
+    return {
+        "schema": STATUS_SCHEMA,
+        "generated_at": time.time(),
+        "state_dir": str(state_dir),
+        "service": service,
+        "users": users,
+        "totals": totals,
+        "failures": failures,
+        "filesets": filesets,
+        "files": files,
+        "recent": recent,
+    }
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """A multi-line reason (importer stderr) as one line: its first and last lines."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def format_table(doc: Mapping[str, Any], *, recent: bool = True) -> str:
+    """The human-readable ``status`` output for :func:`collect`'s document."""
+    out: list[str] = []
+    service = doc["service"]
+    if service.get("running"):
+        since = _when(service.get("started_at", 0))
+        where = f"; status page {service['http']}" if service.get("http") else ""
+        out.append(f"Service: running (pid {service.get('pid')}, since {since}{where})")
+    else:
+        out.append("Service: not running (no live service uses this state directory)")
+    out.append(f"Journal: {Path(doc['state_dir']) / DB_NAME}")
+    users: Mapping[str, Mapping[str, int]] = doc["users"]
+    headers = ("waiting", "queued", "importing", "imported today", "failed")
+    width = max([len("user"), *(len(display_path(u or "(none)")) for u in users)]) + 2
+    out.append("")
+    out.append(f"{'user':<{width}}" + "".join(f"{h:>16}" for h in headers))
+    for user, row in users.items():
+        out.append(f"{display_path(user or '(none)'):<{width}}" + "".join(f"{row[c]:>16}" for c in COLUMNS))
+    if not users:
+        out.append("(nothing recorded yet)")
+    else:
+        totals = doc["totals"]
+        out.append(f"{'total':<{width}}" + "".join(f"{totals[c]:>16}" for c in COLUMNS))
+    skipped = {u: row["skipped_files"] for u, row in users.items() if row["skipped_files"]}
+    if skipped:
+        out.append(
+            "\nSkipped files: "
+            + ", ".join(f"{display_path(u or '(none)')}={n}" for u, n in skipped.items())
+            + " (see `Not importing` lines in the log for why)"
+        )
+    if doc["failures"]:
+        out.append("\nLast failures (retry with `omero-dropbox retry FILESET` or `--all-failed`)")
+        for f in doc["failures"]:
+            out.append(f"  {_when(f['at'])}  {f['fileset'][:12]}  {f['user']}  {f['key']}")
+            out.append(f"      {one_line(f['reason']) or '(no reason recorded)'}")
+    if recent and doc["recent"]:
+        out.append("\nRecent entries")
+        for e in doc["recent"]:
+            reason = f"  ({one_line(e['reason'], 100)})" if e["reason"] else ""
+            out.append(
+                f"  {_when(e['at'])}  {e['kind']:<7} {e['user'] or '-':<12} {e['from'] or '':>9} -> "
+                f"{e['to']:<9} {e['path'] or e['subject']}{reason}"
+            )
+    return "\n".join(out)
+
+
+def print_status(
+    state_dir: Path, *, as_json: bool = False, limit: int = 20, watch: float | None = None
+) -> int:
+    """``omero-dropbox status``; with ``watch``, refresh every ``watch`` seconds until Ctrl-C."""
     if not (state_dir / DB_NAME).exists():
         print(
             f"omero-dropbox: no journal in {state_dir} (has `omero-dropbox run` used this --state-dir?)",
             file=sys.stderr,
         )
         return 1
-    with Journal(state_dir, readonly=True) as journal:
-        filesets = journal.counts("filesets")
-        files = journal.counts("files")
-        recent = journal.recent(limit=limit)
-        failed = journal.recent(limit=limit, state="failed")
-    if as_json:
-        doc = {
-            "state_dir": str(state_dir),
-            "filesets": filesets,
-            "files": files,
-            "recent": [
-                {
-                    "at": e.at,
-                    "kind": e.kind,
-                    "subject": e.subject,
-                    "path": display_path(e.path) if e.path else None,
-                    "user": e.user,
-                    "from": e.old_state,
-                    "to": e.new_state,
-                    "reason": e.reason,
-                }
-                for e in recent
-            ],
-        }
-        print(json.dumps(doc, indent=2))
+    if watch is not None and watch <= 0:
+        print(f"omero-dropbox: --watch needs a positive number of seconds, not {watch:g}", file=sys.stderr)
+        return 2
+    try:
+        # check=False: quick_check reads the whole file, too much for every refresh.
+        with Journal(state_dir, readonly=True, check=False) as journal:
+            while True:
+                doc = collect(journal, state_dir, limit=limit)
+                if as_json:
+                    text = json.dumps(doc, indent=None if watch else 2)  # --watch: JSON lines
+                else:
+                    text = format_table(doc, recent=watch is None)
+                if watch is not None and sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
+                    text += f"\n\nRefreshing every {watch:g} s; Ctrl-C to stop."
+                print(text, flush=True)
+                if watch is None:
+                    return 0
+                time.sleep(watch)
+    except KeyboardInterrupt:
         return 0
-    print(f"Journal: {state_dir / DB_NAME}")
-    states = list(FILESET_STATES)
-    header = f"{'user':<20}" + "".join(f"{s:>11}" for s in states)
-    print("\nFilesets per user\n" + header)
-    for user in sorted(filesets):
-        row = filesets[user]
-        print(f"{user or '(none)':<20}" + "".join(f"{row.get(s, 0):>11}" for s in states))
-    skipped_files = {u: c.get("skipped", 0) for u, c in files.items() if c.get("skipped")}
-    if skipped_files:
-        print(
-            "\nSkipped files per user: " + ", ".join(f"{u or '(none)'}={n}" for u, n in skipped_files.items())
-        )
-    if failed:
-        print("\nRecent failures")
-        for e in failed:
-            print(f"  {_when(e.at)}  {e.user or '-'}  {display_path(e.path or e.subject)}: {e.reason}")
-    print("\nRecent entries")
-    for e in recent:
-        print(
-            f"  {_when(e.at)}  {e.kind:<7} {e.user or '-':<12} {e.old_state or '':>9} -> {e.new_state:<9} "
-            f"{display_path(e.path or e.subject)}{'  (' + e.reason + ')' if e.reason else ''}"
-        )
-    return 0
+    except JournalError as exc:
+        print(f"omero-dropbox: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _when(at: float) -> str:
