@@ -280,8 +280,74 @@ fn k(path: &Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
 
-/// No watch descriptor: the directory is covered by polling or by a recursive watch.
-const NO_WD: i32 = -1;
+/// Descriptors below this live in a vector (see [`WdTable`]).
+const DENSE_WDS: usize = 1 << 20;
+
+/// Watch descriptor -> directory. The kernel hands out descriptors counting up from 1, so a
+/// vector indexed by descriptor costs 16 bytes a directory where a hash map costs 25; the
+/// descriptors of a long-running service whose directories came and went pass `DENSE_WDS`
+/// one day, and those go to a map.
+#[derive(Default)]
+struct WdTable {
+    dense: Vec<Option<Key>>,
+    sparse: FxHashMap<i32, Key>,
+}
+
+impl WdTable {
+    fn get(&self, wd: i32) -> Option<&Key> {
+        match usize::try_from(wd) {
+            Ok(i) if i < DENSE_WDS => self.dense.get(i).and_then(Option::as_ref),
+            _ => self.sparse.get(&wd),
+        }
+    }
+
+    fn insert(&mut self, wd: i32, dir: Key) {
+        match usize::try_from(wd) {
+            Ok(i) if i < DENSE_WDS => {
+                if i >= self.dense.len() {
+                    self.dense.resize(i + 1, None);
+                }
+                self.dense[i] = Some(dir);
+            }
+            _ => {
+                self.sparse.insert(wd, dir);
+            }
+        }
+    }
+
+    fn remove(&mut self, wd: i32) -> Option<Key> {
+        match usize::try_from(wd) {
+            Ok(i) if i < DENSE_WDS => self.dense.get_mut(i).and_then(Option::take),
+            _ => self.sparse.remove(&wd),
+        }
+    }
+
+    /// Remove every directory at or below `top`; returns their descriptors.
+    fn remove_under(&mut self, top: &Path) -> Vec<i32> {
+        let mut gone = Vec::new();
+        for (i, slot) in self.dense.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|d| d.starts_with(top)) {
+                *slot = None;
+                gone.push(i as i32);
+            }
+        }
+        self.sparse.retain(|wd, d| {
+            let under = d.starts_with(top);
+            if under {
+                gone.push(*wd);
+            }
+            !under
+        });
+        gone
+    }
+
+    fn shrink_to_fit(&mut self) {
+        while self.dense.last().is_some_and(Option::is_none) {
+            self.dense.pop();
+        }
+        self.dense.shrink_to_fit();
+    }
+}
 
 struct Root {
     path: PathBuf,
@@ -304,12 +370,9 @@ pub struct Core {
     inotify_buf: EventBuf,
     poll: Option<PollWatcher>,
     roots: Vec<Root>,
-    /// Every watched directory, with its inotify watch descriptor (or NO_WD).
-    dirs: FxHashMap<Key, i32>,
-    /// Watch descriptor -> (directory, root index).
-    /// Watch descriptor -> directory (the root is found from the path when there are several:
-    /// a second word per directory would cost a megabyte per 100,000 of them).
-    wd_dirs: FxHashMap<i32, Key>,
+    /// Every watched directory (its inotify descriptor, if any, is in `wd_dirs`).
+    dirs: hashbrown::HashSet<Key, FxBuildHasher>,
+    wd_dirs: WdTable,
     denied: HashMap<PathBuf, usize>,
     /// hashbrown's map for `get_key_value_mut`: one lookup per state change.
     files: hashbrown::HashMap<Key, Entry, FxBuildHasher>,
@@ -483,8 +546,8 @@ impl Core {
             inotify_buf: EventBuf::default(),
             poll: None,
             roots: Vec::new(),
-            dirs: FxHashMap::default(),
-            wd_dirs: FxHashMap::default(),
+            dirs: hashbrown::HashSet::default(),
+            wd_dirs: WdTable::default(),
             denied: HashMap::new(),
             files: hashbrown::HashMap::default(),
             deadlines,
@@ -568,6 +631,7 @@ impl Core {
             self.setup_walk(idx, seen);
         }
         self.setting_up = false;
+        self.wd_dirs.shrink_to_fit();
         release_free_memory();
         Ok(())
     }
@@ -673,15 +737,9 @@ impl Core {
             LOG_WARNING,
             format!("{text}; falling back to polling for {}", root_path.display()),
         );
-        let moved: Vec<Key> = self
-            .dirs
-            .keys()
-            .filter(|d| d.starts_with(&root_path))
-            .cloned()
-            .collect();
-        for d in &moved {
-            self.remove_dir_watch(d);
-            if let Some(native) = self.native.as_mut() {
+        let moved = self.remove_watches_under(&root_path);
+        if let Some(native) = self.native.as_mut() {
+            for d in &moved {
                 let _ = native.unwatch(d);
             }
         }
@@ -695,26 +753,19 @@ impl Core {
     }
 
     fn add_watch(&mut self, idx: usize, dir: &Path) -> Result<(), WatchFail> {
-        if self.dirs.contains_key(k(dir)) {
+        if self.dirs.contains(k(dir)) {
             return Ok(());
         }
         let (backend, per_dir) = (self.roots[idx].backend, self.roots[idx].per_dir);
         let dir = Key::new(dir);
-        let mut wd = NO_WD;
         if per_dir && backend == Backend::Native {
             self.ensure_native().map_err(WatchFail::Other)?;
             let Some(inotify) = self.inotify.as_mut() else {
                 return Err(WatchFail::Other("no inotify instance".into()));
             };
-            wd = inotify.add(&dir).map_err(|e| classify_io(&e))?;
-            if let Some(old) = self.wd_dirs.get(&wd) {
-                // The same directory under a second name (a bind mount): keep the first.
-                if **old != *dir {
-                    return Ok(());
-                }
-            }
-            self.wd_dirs.insert(wd, dir.clone());
-            self.stats.watches += 1;
+            let wd = inotify.add(&dir).map_err(|e| classify_io(&e))?;
+            self.book_watch(wd, dir);
+            return Ok(());
         } else if per_dir {
             let w = self.watcher_for(backend).map_err(WatchFail::Other)?;
             if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
@@ -722,33 +773,54 @@ impl Core {
             }
             self.stats.watches += 1;
         }
-        self.dirs.insert(dir, wd);
+        self.dirs.insert(dir);
         Ok(())
     }
 
-    fn remove_dir_watch(&mut self, dir: &Path) {
-        let Some(wd) = self.dirs.remove(k(dir)) else {
-            return;
-        };
-        if wd != NO_WD {
-            self.stats.watches = self.stats.watches.saturating_sub(1);
-            if self.wd_dirs.get(&wd).is_some_and(|p| **p == *dir) {
-                self.wd_dirs.remove(&wd);
-                // The kernel drops watches of deleted directories itself; EINVAL then is expected.
-                if let Some(inotify) = self.inotify.as_mut() {
-                    inotify.remove(wd);
-                }
-            }
+    /// Record an inotify watch placed on `dir`.
+    fn book_watch(&mut self, wd: i32, dir: Key) {
+        if self.wd_dirs.get(wd).is_some_and(|old| **old != *dir) {
+            // The same directory under a second name (a bind mount): keep the first.
             return;
         }
-        if let Some(idx) = self.root_of(dir) {
+        self.wd_dirs.insert(wd, dir.clone());
+        self.dirs.insert(dir);
+        self.stats.watches += 1;
+    }
+
+    /// Stop watching `top` and every directory below it; returns them. One pass over the
+    /// tables however many there are (a deleted tree of thousands of folders).
+    fn remove_watches_under(&mut self, top: &Path) -> Vec<Key> {
+        let mut gone: Vec<Key> = Vec::new();
+        self.dirs.retain(|d| {
+            let under = d.starts_with(top);
+            if under {
+                gone.push(d.clone());
+            }
+            !under
+        });
+        if gone.is_empty() {
+            return gone;
+        }
+        let wds = self.wd_dirs.remove_under(top);
+        self.stats.watches = self.stats.watches.saturating_sub(wds.len() as u64);
+        if let Some(inotify) = self.inotify.as_mut() {
+            // The kernel drops watches of deleted directories itself; EINVAL then is expected.
+            for wd in wds {
+                inotify.remove(wd);
+            }
+        }
+        if let Some(idx) = self.root_of(top) {
             if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
-                self.stats.watches = self.stats.watches.saturating_sub(1);
+                self.stats.watches = self.stats.watches.saturating_sub(gone.len() as u64);
                 if let Some(w) = self.poll.as_mut() {
-                    let _ = w.unwatch(dir);
+                    for d in &gone {
+                        let _ = w.unwatch(d);
+                    }
                 }
             }
         }
+        gone
     }
 
     fn root_of(&self, path: &Path) -> Option<usize> {
@@ -786,7 +858,7 @@ impl Core {
                 let follow = match self.opts.mode {
                     Mode::Flat => false,
                     // Recurse: only the directories that existed at start-up.
-                    Mode::Recurse => self.setting_up || self.dirs.contains_key(k(dir.as_path())),
+                    Mode::Recurse => self.setting_up || self.dirs.contains(k(dir.as_path())),
                     Mode::Follow => true,
                 };
                 if !follow {
@@ -901,15 +973,7 @@ impl Core {
         }
         match watch {
             None => {}
-            Some(Ok(wd)) => {
-                let known_elsewhere = self.wd_dirs.get(&wd).is_some_and(|p| **p != *dir);
-                if !known_elsewhere {
-                    let key = Key::new(&dir);
-                    self.wd_dirs.insert(wd, key.clone());
-                    self.dirs.insert(key, wd);
-                    self.stats.watches += 1;
-                }
-            }
+            Some(Ok(wd)) => self.book_watch(wd, Key::new(&dir)),
             Some(Err(e)) => {
                 match classify_io(&e) {
                     WatchFail::Denied => self.note_denied(idx, &dir),
@@ -1152,17 +1216,9 @@ impl Core {
     // ---------------------------------------------------- directory changes
 
     fn on_removed(&mut self, path: &Path) {
-        let was_dir = self.dirs.contains_key(k(path));
+        let was_dir = self.dirs.contains(k(path));
         if was_dir {
-            let sub: Vec<Key> = self
-                .dirs
-                .keys()
-                .filter(|d| d.starts_with(path))
-                .cloned()
-                .collect();
-            for d in sub {
-                self.remove_dir_watch(&d);
-            }
+            self.remove_watches_under(path);
             let files: Vec<Key> = self
                 .files
                 .keys()
@@ -1206,8 +1262,7 @@ impl Core {
 
     /// Start tracking a file we had not seen (its create event may have been lost).
     fn track_if_allowed(&mut self, idx: usize, path: PathBuf, seen: Seen) {
-        if !self.dirs.contains_key(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path)
-        {
+        if !self.dirs.contains(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path) {
             self.on_file(idx, &path, seen);
         }
     }
@@ -1217,15 +1272,14 @@ impl Core {
         match path.parent() {
             Some(parent) => match self.opts.mode {
                 Mode::Flat => parent == self.roots[idx].path,
-                _ => self.dirs.contains_key(k(parent)),
+                _ => self.dirs.contains(k(parent)),
             },
             None => false,
         }
     }
 
     fn on_rename(&mut self, from: PathBuf, to: PathBuf) {
-        let from_known =
-            self.files.contains_key(k(from.as_path())) || self.dirs.contains_key(k(from.as_path()));
+        let from_known = self.files.contains_key(k(from.as_path())) || self.dirs.contains(k(from.as_path()));
         let to_idx = self.root_of(&to);
         let to_ok = to_idx.is_some_and(|i| {
             self.in_scope(i, &to)
@@ -1244,7 +1298,7 @@ impl Core {
             self.on_removed(&from);
             return;
         }
-        if self.dirs.contains_key(k(from.as_path())) {
+        if self.dirs.contains(k(from.as_path())) {
             self.rename_dir(&from, &to);
         } else if let Some(entry) = self.files.remove(k(from.as_path())) {
             self.rekey(from, to, entry);
@@ -1269,15 +1323,7 @@ impl Core {
     }
 
     fn rename_dir(&mut self, from: &Path, to: &Path) {
-        let sub: Vec<Key> = self
-            .dirs
-            .keys()
-            .filter(|d| d.starts_with(from))
-            .cloned()
-            .collect();
-        for d in sub {
-            self.remove_dir_watch(&d);
-        }
+        self.remove_watches_under(from);
         let moved: Vec<Key> = self
             .files
             .keys()
@@ -1327,7 +1373,7 @@ impl Core {
         }
         let gone_dirs: Vec<Key> = self
             .dirs
-            .keys()
+            .iter()
             .filter(|d| !d.is_dir() && !self.roots.iter().any(|r| *r.path == ***d))
             .cloned()
             .collect();
@@ -1437,7 +1483,7 @@ impl Core {
         if name.is_empty() || mask & ino::ISDIR != 0 || self.roots.len() != 1 {
             return false;
         }
-        let Some(dir) = self.wd_dirs.get(&wd) else {
+        let Some(dir) = self.wd_dirs.get(wd) else {
             return false;
         };
         scratch.clear();
@@ -1457,11 +1503,11 @@ impl Core {
         }
         if mask & ino::IGNORED != 0 {
             // The kernel dropped this watch (directory deleted, moved away or unwatched).
-            if let Some(dir) = self.wd_dirs.remove(&wd) {
-                if self.dirs.get(k(&dir)) == Some(&wd) {
-                    self.dirs.remove(k(&dir));
-                    self.stats.watches = self.stats.watches.saturating_sub(1);
-                }
+            // A descriptor still booked means we had not heard of it otherwise (removals
+            // and renames unbook their descriptors at once).
+            if let Some(dir) = self.wd_dirs.remove(wd) {
+                self.dirs.remove(k(&dir));
+                self.stats.watches = self.stats.watches.saturating_sub(1);
             }
             return None;
         }
@@ -1469,7 +1515,7 @@ impl Core {
             // About the watched directory itself: its parent's events say the same.
             return None;
         }
-        let dir = self.wd_dirs.get(&wd)?;
+        let dir = self.wd_dirs.get(wd)?;
         let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
         path.push(&**dir);
         path.push(name);
@@ -1778,7 +1824,29 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{printable, Key, WdTable, DENSE_WDS};
+    use std::path::Path;
+
+    #[test]
+    fn wd_table_keeps_small_and_large_descriptors_and_removes_subtrees() {
+        let mut t = WdTable::default();
+        let big = i32::try_from(DENSE_WDS).unwrap_or(i32::MAX) + 5;
+        t.insert(1, Key::new(Path::new("/r/a")));
+        t.insert(7, Key::new(Path::new("/r/a/b")));
+        t.insert(big, Key::new(Path::new("/r/a/c")));
+        t.insert(9, Key::new(Path::new("/r/ab")));
+        assert_eq!(t.get(7).map(|k| k.to_path_buf()), Some("/r/a/b".into()));
+        assert_eq!(t.get(big).map(|k| k.to_path_buf()), Some("/r/a/c".into()));
+        assert!(t.get(3).is_none() && t.get(-1).is_none() && t.get(100).is_none());
+        let mut gone = t.remove_under(Path::new("/r/a"));
+        gone.sort();
+        assert_eq!(gone, vec![1, 7, big], "/r/ab is not under /r/a");
+        assert!(t.get(9).is_some());
+        assert_eq!(t.remove(9).map(|k| k.to_path_buf()), Some("/r/ab".into()));
+        assert!(t.remove(9).is_none());
+        t.shrink_to_fit();
+        assert!(t.dense.is_empty());
+    }
 
     #[test]
     fn control_characters_in_log_messages_are_escaped() {
