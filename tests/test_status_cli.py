@@ -19,7 +19,7 @@ import pytest
 
 from omero_dropbox.journal import Journal
 
-from .conftest import wait_for
+from .conftest import sigint_as_a_terminal_sends_it, wait_for
 from .ops_helpers import CLI, Service, run_cli
 
 
@@ -176,6 +176,7 @@ def test_status_watch_refreshes_until_ctrl_c(service: Service) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     try:
         assert proc.stdout is not None

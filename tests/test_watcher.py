@@ -19,6 +19,8 @@ import pytest
 from omero_dropbox import Event, Watcher
 from omero_dropbox.watcher import system_file_rules
 
+from .conftest import sigint_as_a_terminal_sends_it
+
 
 def collect(
     watcher: Watcher, until: int | None = None, timeout: float = 10.0, quiet: float = 0.0
@@ -474,7 +476,12 @@ def test_blocking_iteration_is_interrupted_by_ctrl_c(shm_dir: Path) -> None:
             sys.exit(0)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)  # the child is now blocked in next_batch with the GIL released

@@ -98,6 +98,13 @@ class _Pool:
     dirty: bool = False
     filesets: list[Fileset] = field(default_factory=list)
     waiting_since: dict[str, float] = field(default_factory=dict)
+    # fileset key -> when it was first held back for a member that is on disk but not READY
+    held_since: dict[str, float] = field(default_factory=dict)
+
+
+#: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
+#: watcher has not reported complete (still being copied, or caught in an overflow rescan).
+MISSING_MEMBER_GRACE = 60.0
 
 
 class DropBox:
@@ -407,11 +414,12 @@ class DropBox:
             return
         self._skip_logged.add(path)
         self.metrics.skip()
-        log.warning("Not importing %s: %s", display_path(path), reason)
+        # Journal first: whoever reads the log line (an operator, `status`) finds the entry.
         try:
             self.journal.skip_file(path, user, reason)
         except Exception as exc:  # the journal reports its own problems; never lose the log line
             log.error("Could not record the skip of %s: %s", display_path(path), exc)
+        log.warning("Not importing %s: %s", display_path(path), reason)
 
     # ------------------------------------------------------------- grouping
 
@@ -445,6 +453,8 @@ class DropBox:
                 pool.files = set(existing)
                 result = self._grouper(user_cfg).group(existing)
                 pool.filesets = list(result.filesets)
+                keys = {fs.key for fs in pool.filesets}
+                pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
                 for path, reason in result.unclaimed:
                     if "waiting" in reason:
                         pool.waiting_since.setdefault(path, now)
@@ -454,8 +464,9 @@ class DropBox:
             for fs in list(pool.filesets):
                 wait = self._wait_for(user_cfg, fs)
                 last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
-                if now - last < wait or self._missing_member_being_written(fs, wait):
+                if now - last < wait or self._held_for_missing_member(pool, fs, wait, now):
                     continue
+                pool.held_since.pop(fs.key, None)
                 pool.filesets.remove(fs)
                 for f in fs.files:
                     pool.files.discard(f)
@@ -523,6 +534,29 @@ class DropBox:
             self.journal.transition(fid, QUEUED, reason="complete; queued for import")
             record = replace(record, state=QUEUED)
         return record
+
+    def _held_for_missing_member(self, pool: _Pool, fs: Fileset, wait: float, now: float) -> bool:
+        """Keep ``fs`` waiting while a member it lacks is on disk but not READY yet.
+
+        The member may still be copied (recent writes), or complete but not reported yet (the
+        watcher settles files found by an overflow rescan, which takes a while on a big tree).
+        After :data:`MISSING_MEMBER_GRACE` more seconds the fileset goes without it, logged.
+        """
+        on_disk = [p for p in fs.missing if os.path.lexists(p)]
+        if not on_disk:
+            return False
+        if self._missing_member_being_written(fs, wait):
+            return True
+        since = pool.held_since.setdefault(fs.key, now)
+        if now - since < wait + MISSING_MEMBER_GRACE:
+            return True
+        log.warning(
+            "Importing %s without %s: it is on disk but was not reported complete within %g s",
+            display_path(fs.key),
+            ", ".join(display_path(p) for p in on_disk),
+            wait + MISSING_MEMBER_GRACE,
+        )
+        return False
 
     @staticmethod
     def _missing_member_being_written(fs: Fileset, wait: float) -> bool:
