@@ -566,6 +566,24 @@ class Journal:
             ),
         )
 
+    @classmethod
+    def _forgotten(
+        cls,
+        c: sqlite3.Connection,
+        kind: str,
+        subject: str,
+        path: str,
+        user: str | None,
+        old_state: str,
+        reason: str,
+        at: float,
+    ) -> HistoryEntry:
+        """Record that a file or fileset was forgotten; returns the history entry written."""
+        cls._history(
+            c, kind, subject, "forgotten", old_state=old_state, path=path, user=user, reason=reason, at=at
+        )
+        return HistoryEntry(0, at, kind, subject, path, user, old_state, "forgotten", reason)
+
     # -- files --------------------------------------------------------------------------
 
     _FILE_COLS = "id, path, user, dev, ino, size, fingerprint, state, reason, fileset_id, created, updated"
@@ -1120,36 +1138,10 @@ class Journal:
                         files.append(f)
                 c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fs.id,))
                 c.execute("DELETE FROM filesets WHERE id = ?", (fs.id,))
-                self._history(
-                    c,
-                    "fileset",
-                    fs.id,
-                    "forgotten",
-                    old_state=fs.state,
-                    path=fs.key,
-                    user=fs.user,
-                    reason=reason,
-                    at=now,
-                )
-                written.append(
-                    HistoryEntry(0, now, "fileset", fs.id, fs.key, fs.user, fs.state, "forgotten", reason)
-                )
+                written.append(self._forgotten(c, "fileset", fs.id, fs.key, fs.user, fs.state, reason, now))
             for f in files:
                 c.execute("DELETE FROM files WHERE id = ?", (f.id,))
-                self._history(
-                    c,
-                    "file",
-                    f.path,
-                    "forgotten",
-                    old_state=f.state,
-                    path=f.path,
-                    user=f.user,
-                    reason=reason,
-                    at=now,
-                )
-                written.append(
-                    HistoryEntry(0, now, "file", f.path, f.path, f.user, f.state, "forgotten", reason)
-                )
+                written.append(self._forgotten(c, "file", f.path, f.path, f.user, f.state, reason, now))
             return written
 
     def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
