@@ -542,10 +542,10 @@ class DropBox:
         watcher settles files found by an overflow rescan, which takes a while on a big tree).
         After :data:`MISSING_MEMBER_GRACE` more seconds the fileset goes without it, logged.
         """
-        on_disk = [p for p in fs.missing if os.path.lexists(p)]
+        on_disk, being_written = self._missing_members_on_disk(fs, wait)
         if not on_disk:
             return False
-        if self._missing_member_being_written(fs, wait):
+        if being_written:
             return True
         since = pool.held_since.setdefault(fs.key, now)
         if now - since < wait + MISSING_MEMBER_GRACE:
@@ -559,23 +559,32 @@ class DropBox:
         return False
 
     @staticmethod
-    def _missing_member_being_written(fs: Fileset, wait: float) -> bool:
-        """A member the fileset still lacks is on disk and was written to within ``wait`` seconds.
+    def _missing_members_on_disk(fs: Fileset, wait: float) -> tuple[list[str], bool]:
+        """The members ``fs`` lacks that are on disk, and whether one was written within ``wait`` s.
 
-        Such a member is not READY yet (a large file still being copied): importing the
-        fileset now would import it without that file.  Its writes count as activity,
-        as upstream's "directory quiet for dirImportWait" intends.
+        A recently written member is not READY yet (a large file still being copied): importing
+        the fileset now would import it without that file.  Its writes count as activity, as
+        upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per member (a
+        ``stat`` more for a link, whose target's writes are what count).
         """
+        on_disk: list[str] = []
+        being_written = False
         for path in fs.missing:
             try:
-                mtime = os.stat(path).st_mtime
+                st = os.lstat(path)
             except OSError:
                 continue
+            on_disk.append(path)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
             # abs(): a share's clock may run a little ahead; an mtime far in the future
             # (a `touch -d`) must not keep the fileset waiting for ever.
-            if abs(time.time() - mtime) < wait:
-                return True
-        return False
+            if abs(time.time() - st.st_mtime) < wait:
+                being_written = True
+        return on_disk, being_written
 
     def _wait_for(self, user_cfg: UserMonitorConfig, fs: Fileset) -> float:
         could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
