@@ -28,6 +28,37 @@ impl<T> Ord for Timed<T> {
     }
 }
 
+/// A point in time in 8 bytes: nanoseconds since a [`Clock`]'s epoch. The file map keeps two
+/// per file ever seen, and an `Option<Instant>` takes 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tick(u64);
+
+impl Tick {
+    pub const NONE: Tick = Tick(u64::MAX);
+}
+
+/// Converts between [`Instant`] and [`Tick`].
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    pub fn new(epoch: Instant) -> Self {
+        Clock { epoch }
+    }
+
+    /// `at` as a tick (times before the epoch are the epoch; never [`Tick::NONE`]).
+    pub fn tick(&self, at: Instant) -> Tick {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        Tick(u64::try_from(nanos).unwrap_or(u64::MAX - 1).min(u64::MAX - 1))
+    }
+
+    pub fn instant(&self, t: Tick) -> Option<Instant> {
+        (t != Tick::NONE).then(|| self.epoch + Duration::from_nanos(t.0))
+    }
+}
+
 pub struct Deadlines<T> {
     fifos: Vec<(Duration, VecDeque<(Instant, T)>)>,
     heap: BinaryHeap<Reverse<Timed<T>>>,
@@ -130,6 +161,20 @@ mod tests {
             ["other-duration", "grace-a", "grace-b", "renamed", "settle-a"]
         );
         assert_eq!(q.next_at(), None);
+    }
+
+    #[test]
+    fn ticks_round_trip_instants_to_the_nanosecond() {
+        let t0 = Instant::now();
+        let clock = Clock::new(t0);
+        let at = t0 + Duration::new(86_400 * 400, 123_456_789);
+        assert_eq!(clock.instant(clock.tick(at)), Some(at));
+        assert_eq!(
+            clock.tick(t0 - Duration::from_secs(1).min(t0 - t0)),
+            clock.tick(t0)
+        );
+        assert!(clock.tick(at) > clock.tick(t0));
+        assert_eq!(clock.instant(Tick::NONE), None);
     }
 
     #[test]

@@ -132,10 +132,61 @@ fn lower(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_ascii_lowercase()
 }
 
+/// What a name must show for any rule to match it, taken from the table once: a prefix
+/// rule's first byte, a suffix rule's last two bytes (or last byte), an exact rule's length.
+/// Most names of image data show none of these, and are let through without trying each rule.
+struct Hints {
+    first: [bool; 256],
+    last: [bool; 256],
+    last_two: Vec<[u8; 2]>,
+    lengths: Vec<usize>,
+}
+
+fn hints() -> &'static Hints {
+    static HINTS: std::sync::OnceLock<Hints> = std::sync::OnceLock::new();
+    HINTS.get_or_init(|| {
+        let mut h = Hints {
+            first: [false; 256],
+            last: [false; 256],
+            last_two: Vec::new(),
+            lengths: Vec::new(),
+        };
+        for rule in SYSTEM_FILE_RULES {
+            let pat = rule.pattern.as_bytes();
+            match (rule.how, pat) {
+                (_, []) => {}
+                (Match::Prefix, [first, ..]) => h.first[usize::from(*first)] = true,
+                (Match::Suffix, [last]) => h.last[usize::from(*last)] = true,
+                (Match::Suffix, [.., a, b]) => h.last_two.push([*a, *b]),
+                (Match::Exact, _) => h.lengths.push(pat.len()),
+            }
+        }
+        h
+    })
+}
+
+/// Whether some rule could match `name` (false means none does).
+fn may_be_system(name: &[u8]) -> bool {
+    let h = hints();
+    let lower = |b: &u8| usize::from(b.to_ascii_lowercase());
+    name.first().is_some_and(|b| h.first[lower(b)])
+        || name.last().is_some_and(|b| h.last[lower(b)])
+        || match name {
+            [.., a, b] => h
+                .last_two
+                .contains(&[a.to_ascii_lowercase(), b.to_ascii_lowercase()]),
+            _ => false,
+        }
+        || h.lengths.contains(&name.len())
+}
+
 /// The rule that makes `name` a system file, if any. Patterns are lower case; names are
 /// compared without allocating (this runs for every file event).
 pub fn system_rule(name: &OsStr) -> Option<&'static Rule> {
     let name = name.as_bytes();
+    if !may_be_system(name) {
+        return None;
+    }
     SYSTEM_FILE_RULES.iter().find(|rule| {
         let pat = rule.pattern.as_bytes();
         match rule.how {
@@ -233,6 +284,26 @@ mod tests {
         for rule in SYSTEM_FILE_RULES {
             assert!(rule.pattern.is_ascii(), "{}", rule.pattern);
             assert_eq!(rule.pattern, rule.pattern.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn the_quick_look_never_lets_a_system_name_through() {
+        // Every pattern itself, in both cases, and embedded as each rule allows.
+        for rule in SYSTEM_FILE_RULES {
+            let pat = rule.pattern;
+            let names = match rule.how {
+                Match::Prefix => vec![format!("{pat}x.tif"), pat.to_uppercase() + "X.TIF"],
+                Match::Suffix => vec![format!("x{pat}"), "X".to_string() + &pat.to_uppercase()],
+                Match::Exact => vec![pat.to_string(), pat.to_uppercase()],
+            };
+            for name in names {
+                assert!(may_be_system(name.as_bytes()), "{name}");
+                assert!(system_rule(os(&name)).is_some(), "{name}");
+            }
+        }
+        for name in ["f3.dat", "image.ome.tiff", "scan.czi", "s.nd2", "x.ics", "a"] {
+            assert!(!may_be_system(name.as_bytes()), "{name}");
         }
     }
 

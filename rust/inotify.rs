@@ -36,7 +36,7 @@ impl Default for EventBuf {
 }
 
 impl EventBuf {
-    pub fn iter(&self) -> impl Iterator<Item = Raw<'_>> {
+    pub fn iter(&self) -> impl Iterator<Item = Raw<'_>> + Clone {
         const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
         let bytes = &self.bytes[..self.len];
         let mut at = 0;

@@ -5,6 +5,7 @@ mod deadlines;
 mod filter;
 mod fsinfo;
 mod inotify;
+mod keys;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::core::{BackendChoice, Core, EventTypes, Mode, Options, OutEvent, Shared};
+use crate::core::{BackendChoice, Core, EventTypes, Kind, Mode, Options, OutEvent, Shared};
 use crate::filter::{Filter, SYSTEM_FILE_RULES};
 
 /// One READY event. `path` is a `str` (non-UTF-8 bytes surrogate-escaped, as `os.fsdecode`).
@@ -81,16 +82,41 @@ impl Event {
     }
 }
 
+/// The kind's name, one shared string per kind (interning it anew cost a lookup per event).
+fn kind_name(py: Python<'_>, kind: Kind) -> Py<PyString> {
+    match kind {
+        Kind::Created => pyo3::intern!(py, "created"),
+        Kind::Modified => pyo3::intern!(py, "modified"),
+        Kind::Deleted => pyo3::intern!(py, "deleted"),
+        Kind::Moved => pyo3::intern!(py, "moved"),
+    }
+    .clone()
+    .unbind()
+}
+
 fn to_event(py: Python<'_>, ev: OutEvent) -> PyResult<Event> {
     Ok(Event {
         path: ev.path.as_os_str().into_pyobject(py)?.into_any().unbind(),
-        kind: PyString::intern(py, ev.kind.as_str()).unbind(),
+        kind: kind_name(py, ev.kind),
         is_dir: ev.is_dir,
         src_path: match ev.src {
             Some(src) => Some(src.as_os_str().into_pyobject(py)?.into_any().unbind()),
             None => None,
         },
     })
+}
+
+/// An [`Event`] object, left out of the cycle collector: it holds only strings, a bool and
+/// None, and is frozen, so it can never be part of a cycle. (PyO3 makes every class
+/// collectable, and a burst of tracked events made the collector scan each batch again and
+/// again: a quarter of the consumer thread's time.)
+fn new_event(py: Python<'_>, ev: OutEvent) -> PyResult<Py<Event>> {
+    let event = Py::new(py, to_event(py, ev)?)?;
+    // SAFETY: `event` is a live object we own; untracking an object that cannot reference
+    // itself (directly or through others) is what CPython does for such tuples and dicts,
+    // and its deallocator untracks again, which is allowed.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
+    Ok(event)
 }
 
 enum Wait {
@@ -438,9 +464,9 @@ impl NativeWatcher {
             flush_logs(py, logs, dropped)?;
             match res {
                 Wait::Batch(batch) => {
-                    let events: Vec<Event> = batch
+                    let events: Vec<Py<Event>> = batch
                         .into_iter()
-                        .map(|e| to_event(py, e))
+                        .map(|e| new_event(py, e))
                         .collect::<PyResult<_>>()?;
                     return Ok(Some(PyList::new(py, events)?.unbind()));
                 }

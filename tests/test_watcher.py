@@ -88,6 +88,34 @@ def test_file_created_and_held_open_before_its_first_write_waits_for_the_close(s
     assert [(e.kind, e.path) for e in events] == [("created", str(target))]
 
 
+def test_file_closed_then_reopened_and_appended_within_the_grace_is_one_event(shm_dir: Path) -> None:
+    # Some acquisition software writes a header, closes, and reopens the file to append data.
+    target = shm_dir / "stack.tif"
+    with Watcher(shm_dir, close_grace=0.5) as w:
+        write(target, b"header")
+        with open(target, "ab") as fh:
+            fh.write(b"plane" * 1000)
+            early = collect(w, quiet=1.0)
+            assert early == [], f"reported while being appended: {early}"
+        events = collect(w, until=1, quiet=0.8)
+    assert [(e.kind, e.path) for e in events] == [("created", str(target))]
+
+
+def test_several_roots_each_report_their_complete_files_once(tmp_path: Path, shm_dir: Path) -> None:
+    disk_root = tmp_path / "disk"
+    disk_root.mkdir()
+    roots = [shm_dir, disk_root]
+    with Watcher(roots, settle=0.2) as w:
+        for root in roots:
+            for i in range(20):
+                write(root / f"sub{i % 3}" / f"f{i}.tif")
+        events = collect(w, until=40, quiet=0.5)
+    seen = created(events)
+    expected = {str(root / f"sub{i % 3}" / f"f{i}.tif") for root in roots for i in range(20)}
+    assert set(seen) == expected
+    assert max(seen.values()) == 1
+
+
 def test_file_deleted_before_ready_is_dropped_silently(shm_dir: Path) -> None:
     with Watcher(shm_dir, event_types=["all"]) as w:
         fh = open(shm_dir / "gone.tif", "wb")
@@ -228,18 +256,23 @@ def _set_sysctl(name: str, value: str) -> str:
     return old
 
 
-@pytest.mark.needs_root
-def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path) -> None:
+def _watcher_with_a_tiny_queue(root: Path) -> Watcher:
+    """A watcher whose kernel queue holds 64 events, so that a burst really overflows it."""
     if os.geteuid() != 0:
         pytest.skip("lowering fs.inotify.max_queued_events needs root")
-    for i in range(50):
-        (shm_dir / f"dir{i}").mkdir()
     # The kernel reads the limit when the inotify instance is created: lower it only for that moment.
     old = _set_sysctl("fs.inotify.max_queued_events", "64")
     try:
-        w = Watcher(shm_dir, settle=0.2)
+        return Watcher(root, settle=0.2)
     finally:
         _set_sysctl("fs.inotify.max_queued_events", old)
+
+
+@pytest.mark.needs_root
+def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path) -> None:
+    for i in range(50):
+        (shm_dir / f"dir{i}").mkdir()
+    w = _watcher_with_a_tiny_queue(shm_dir)
     total = 3000
     with w:
         for i in range(total):
@@ -251,6 +284,40 @@ def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path)
     assert stats["rescans"] > 0
     assert len(seen) == total, f"missed {total - len(seen)} files after overflow"
     assert max(seen.values()) == 1, "rescan re-reported files"
+
+
+@pytest.mark.needs_root
+def test_files_reported_before_an_overflow_are_quiet_in_its_rescan_unless_rewritten(shm_dir: Path) -> None:
+    # Closed files are reported without being looked at; a rescan must still tell a rewrite
+    # from a file whose times were set afterwards (cp -p, tar, rsync -t), in the past or the
+    # future, without re-reporting the latter.
+    flood = shm_dir / "flood"
+    flood.mkdir()
+    w = _watcher_with_a_tiny_queue(shm_dir)
+    day = 86_400
+    names = ["plain.tif", "future.tif", "past.tif", "later_future.tif", "rewritten.tif"]
+    with w:
+        for name in names:
+            write(shm_dir / name)
+        now = time.time()
+        os.utime(shm_dir / "future.tif", (now + day, now + day))
+        os.utime(shm_dir / "past.tif", (now - day, now - day))
+        first = collect(w, until=len(names), quiet=0.5)
+        assert sorted(created(first)) == sorted(str(shm_dir / n) for n in names)
+        os.utime(shm_dir / "later_future.tif", (now + day, now + day))
+        collect(w, quiet=0.3)
+        overflows = w.stats()["overflows"]
+        for i in range(3000):
+            write(flood / f"f{i}.tif")
+        with open(shm_dir / "rewritten.tif", "ab") as fh:
+            fh.write(b"more")
+        for i in range(3000, 6000):
+            write(flood / f"f{i}.tif")
+        events = collect(w, until=6001, timeout=60, quiet=1.0)
+        assert w.stats()["overflows"] > overflows, "the test did not force an overflow"
+    again = Counter(e.path for e in events if not e.path.startswith(str(flood)))
+    assert again == {str(shm_dir / "rewritten.tif"): 1}, again
+    assert len(created(events)) == 6000
 
 
 # ------------------------------------------------------------------ options
