@@ -7,6 +7,7 @@ journal is real SQLite, which reports ``database or disk is full``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import subprocess
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from omero_dropbox.import_queue import ImportQueue
+from omero_dropbox.journal import QUEUED, Journal
+
 from .conftest import wait_for
 from .faults_helpers import Service, check_imports, journal_counts, running, write_fileset
+from .test_import_queue import Recorder, add
 
 USERS = ["amy", "zak"]
 
@@ -112,3 +117,38 @@ def test_disk_filling_during_an_import_keeps_its_result_and_never_imports_it_twi
         assert wait_for(lambda: journal_counts(state).get("imported") == 2, 60), service.tail()
     check_imports(service.records(), {**expected, **more}, state)
     assert "has space again" in service.text()
+
+
+@pytest.mark.needs_root
+def test_a_full_journal_disk_is_one_error_a_minute_not_one_per_import_start(
+    small_state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every queued fileset retries its start each second while the disk is full; the operator
+    # needs the reason once, not a screenful a second.
+    journal = Journal(small_state_dir)
+    fileset_ids = [add(journal, f"f{i}") for i in range(20)]
+    for fid in fileset_ids:
+        journal.transition(fid, QUEUED)
+    filler = fill(small_state_dir)
+    importer = Recorder()
+    queue = ImportQueue(journal, importer, max_concurrent=4, backoff_initial=0.0)
+    caplog.set_level(logging.DEBUG, logger="omero_dropbox.queue")
+
+    def failed_starts() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("Cannot start import")]
+
+    queue.start()
+    try:
+        # Each fileset fails to start at least twice (a second apart) ...
+        assert wait_for(lambda: len(failed_starts()) >= 2 * len(fileset_ids), 30), len(failed_starts())
+        errors = [r for r in failed_starts() if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "is full" in errors[0].getMessage() or "disk" in errors[0].getMessage(), errors[0].getMessage()
+        assert importer.calls == []
+        # ... and all start once there is space again.
+        os.unlink(filler)
+        assert wait_for(lambda: journal.counts().get("amy") == {"imported": len(fileset_ids)}, 30)
+    finally:
+        queue.stop()
+        journal.close()
+    assert sorted(fid for fid, _ in importer.calls) == sorted(fileset_ids)

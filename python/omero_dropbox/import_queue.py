@@ -60,6 +60,9 @@ OnDone = Callable[[str, ImportResult], None]
 # While the journal's disk is full, try to record a finished import again this often.
 _FULL_RETRY = 2.0
 
+# At most one "Cannot start import" error per this many seconds (the rest go to debug).
+JOURNAL_ERROR_LOG_EVERY = 60.0
+
 
 class ImportQueue:
     """Runs imports of journal filesets; see the module docstring.
@@ -121,6 +124,10 @@ class ImportQueue:
         self._accepting = True
         self._draining = False
         self._stopping = False
+        # A journal that cannot be written (full disk) fails every start the same way:
+        # one message per JOURNAL_ERROR_LOG_EVERY, with a count of the ones not shown.
+        self._journal_error_logged_at: float | None = None
+        self._journal_errors_not_logged = 0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -325,6 +332,25 @@ class ImportQueue:
     def _backoff(self, attempt: int) -> float:
         return float(min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (attempt - 1)))
 
+    def _log_journal_error(self, fid: str, error: JournalError, delay: float) -> None:
+        now = time.monotonic()
+        with self._cond:
+            last = self._journal_error_logged_at
+            if last is not None and now - last < JOURNAL_ERROR_LOG_EVERY:
+                self._journal_errors_not_logged += 1
+                log.debug("Cannot start import of fileset %s: %s", fid, error)
+                return
+            not_logged, self._journal_errors_not_logged = self._journal_errors_not_logged, 0
+            self._journal_error_logged_at = now
+        log.error(
+            "Cannot start import of fileset %s: %s; trying again in %.3g s (%d more starts failed "
+            "the same way since the last such message)",
+            fid,
+            error,
+            delay,
+            not_logged,
+        )
+
     def _retry_later(self, fid: str, user: str, delay: float) -> None:
         with self._cond:
             self._push_delayed(fid, user, delay)
@@ -355,7 +381,7 @@ class ImportQueue:
             return
         except JournalError as e:
             delay = max(self.backoff_initial, 1.0)
-            log.error("Cannot start import of fileset %s: %s; trying again in %.3g s", fid, e, delay)
+            self._log_journal_error(fid, e, delay)
             self._retry_later(fid, rec.user, delay)
             return
         attempt = rec.attempts + 1
