@@ -25,7 +25,7 @@ use crate::filter::Filter;
 use crate::fsinfo::network_fs_name;
 use crate::inotify::{self as ino, EventBuf, Inotify};
 use crate::keys::{fk, k, FileKey, Key};
-use crate::walk::{walk_parallel, walk_threads, Listed};
+use crate::walk::{read_entries, walk_parallel, walk_threads, FileStat, Found, Listed};
 
 /// Upstream `PathMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -467,11 +467,22 @@ fn phase_length(phase: Phase, settle: Duration, grace: Duration, write_timeout: 
 }
 
 /// Whether a reported file differs on disk from what was reported.
-fn changed_on_disk(path: &Path, e: &Entry) -> bool {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if e.estimated() => mtime_of(&m) > e.mtime,
-        Ok(m) => m.len() != e.size || mtime_of(&m) != e.mtime,
-        Err(_) => false,
+/// `stat`: what a walk just found (else the file is looked at now).
+fn changed_on_disk(path: &Path, e: &Entry, stat: Option<FileStat>) -> bool {
+    let Some(now) = stat.or_else(|| std::fs::symlink_metadata(path).ok().map(|m| file_stat(&m))) else {
+        return false;
+    };
+    if e.estimated() {
+        now.mtime > e.mtime
+    } else {
+        now.size != e.size || now.mtime != e.mtime
+    }
+}
+
+fn file_stat(meta: &std::fs::Metadata) -> FileStat {
+    FileStat {
+        size: meta.len(),
+        mtime: mtime_of(meta),
     }
 }
 
@@ -912,14 +923,21 @@ impl Core {
                     self.emit(Kind::Created, dir.clone(), None, true);
                 }
             }
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
+            let flat = self.opts.mode == Mode::Flat;
+            let mut files = Vec::new();
+            let listing = read_entries(&dir, |found| match found {
+                Found::Dir(path) if !flat => stack.push(path),
+                Found::Dir(_) => {}
+                Found::File(path, stat) => files.push((path, stat)),
+            });
+            match listing {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     self.note_denied(idx, &dir);
                     continue;
                 }
                 Err(_) => continue,
-            };
+            }
             if !self.denied.is_empty() && self.denied.remove(&dir).is_some() {
                 self.stats.denied = self.denied.len() as u64;
                 self.log(
@@ -927,15 +945,9 @@ impl Core {
                     format!("{} is readable now; watching it", dir.display()),
                 );
             }
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(ft) = entry.file_type() else { continue };
-                if ft.is_dir() {
-                    if self.opts.mode != Mode::Flat {
-                        stack.push(path);
-                    }
-                } else if self.opts.filter.child_file_allowed(&path) {
-                    self.on_file(idx, &path, seen);
+            for (path, stat) in files {
+                if self.opts.filter.child_file_allowed(&path) {
+                    self.on_file_meta(idx, &path, seen, Some(stat));
                 }
             }
         }
@@ -1008,7 +1020,7 @@ impl Core {
             Ok(files) => {
                 for (path, meta) in files {
                     if self.opts.filter.child_file_allowed(&path) {
-                        self.on_file_meta(idx, &path, seen, Some(&meta));
+                        self.on_file_meta(idx, &path, seen, Some(meta));
                     }
                 }
             }
@@ -1059,15 +1071,15 @@ impl Core {
     }
 
     /// [`Core::on_file`] with the file's metadata when the caller has it already.
-    fn on_file_meta(&mut self, idx: usize, path: &Path, seen: Seen, meta: Option<&std::fs::Metadata>) {
-        if !self.on_known_file(idx, path, seen) {
-            self.on_new_file(idx, path, seen, meta);
+    fn on_file_meta(&mut self, idx: usize, path: &Path, seen: Seen, stat: Option<FileStat>) {
+        if !self.on_known_file(idx, path, seen, stat) {
+            self.on_new_file(idx, path, seen, stat);
         }
     }
 
     /// Advance a tracked file's state; false when the path is not tracked. One map lookup:
     /// this runs two or three times per file of a burst.
-    fn on_known_file(&mut self, idx: usize, path: &Path, seen: Seen) -> bool {
+    fn on_known_file(&mut self, idx: usize, path: &Path, seen: Seen, stat: Option<FileStat>) -> bool {
         let closes = self.closes(idx);
         let o = &self.opts;
         let (settle, grace, write_timeout) = (o.settle, o.close_grace, o.write_timeout);
@@ -1093,7 +1105,7 @@ impl Core {
                 Some(if closes { Phase::Closing } else { Phase::Settling })
             }
             Seen::Scanned => {
-                if phase == Phase::Done && changed_on_disk(path, e) {
+                if phase == Phase::Done && changed_on_disk(path, e, stat) {
                     Some(Phase::Settling)
                 } else if phase == Phase::Writing || phase == Phase::Created {
                     // A rescan means events were lost, the close among them perhaps:
@@ -1112,15 +1124,15 @@ impl Core {
     }
 
     /// Start tracking a file.
-    fn on_new_file(&mut self, idx: usize, path: &Path, seen: Seen, meta: Option<&std::fs::Metadata>) {
+    fn on_new_file(&mut self, idx: usize, path: &Path, seen: Seen, stat: Option<FileStat>) {
         let closes = self.closes(idx);
         // A kernel event on a closing backend says what the path is; the state is checked on
         // disk when its phase ends. Everything else is looked at now.
         let from_event = closes && matches!(seen, Seen::Created | Seen::Written | Seen::ClosedWrite);
         let (size, mtime) = if from_event {
             (UNKNOWN_SIZE, 0)
-        } else if let Some(m) = meta {
-            (m.len(), mtime_of(m))
+        } else if let Some(st) = stat {
+            (st.size, st.mtime)
         } else {
             match std::fs::symlink_metadata(path) {
                 Ok(m) if !m.is_dir() => (m.len(), mtime_of(&m)),
@@ -1575,7 +1587,7 @@ impl Core {
         let Some(path) = self.event_path(wd, name, scratch) else {
             return false;
         };
-        if self.on_known_file(0, path, seen) {
+        if self.on_known_file(0, path, seen, None) {
             return true;
         }
         if mask & ino::CREATE == 0 {
