@@ -185,6 +185,19 @@ struct Entry {
 }
 
 impl Entry {
+    /// READY: done, and reported from now on; the event's kind.
+    fn complete(&mut self) -> Kind {
+        let kind = if self.reported {
+            Kind::Modified
+        } else {
+            Kind::Created
+        };
+        self.phase = Phase::Done;
+        self.reported = true;
+        self.deadline = Tick::NONE;
+        kind
+    }
+
     /// A file reported after a close-after-write is not looked at (one `lstat` per file was a
     /// third of a burst's cost). What it was is then recorded as an upper bound of its mtime
     /// (`mtime`, with `size == UNKNOWN_SIZE`): its last write came before the close, the close
@@ -376,13 +389,6 @@ const MIN_GRACE_TO_ESTIMATE: Duration = Duration::from_millis(20);
 /// more than it is worth (a create and its close often come in different reads).
 const DUE_SLACK: Duration = Duration::from_millis(5);
 
-/// A file's mtime in nanoseconds since the epoch.
-fn mtime_of(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
-
 fn classify_io(e: &io::Error) -> WatchFail {
     match e.raw_os_error() {
         Some(libc::ENOSPC) => WatchFail::Limit(e.to_string()),
@@ -469,20 +475,13 @@ fn phase_length(phase: Phase, settle: Duration, grace: Duration, write_timeout: 
 /// Whether a reported file differs on disk from what was reported.
 /// `stat`: what a walk just found (else the file is looked at now).
 fn changed_on_disk(path: &Path, e: &Entry, stat: Option<FileStat>) -> bool {
-    let Some(now) = stat.or_else(|| std::fs::symlink_metadata(path).ok().map(|m| file_stat(&m))) else {
+    let Some(now) = stat.or_else(|| std::fs::symlink_metadata(path).ok().map(|m| FileStat::of(&m))) else {
         return false;
     };
     if e.estimated() {
         now.mtime > e.mtime
     } else {
         now.size != e.size || now.mtime != e.mtime
-    }
-}
-
-fn file_stat(meta: &std::fs::Metadata) -> FileStat {
-    FileStat {
-        size: meta.len(),
-        mtime: mtime_of(meta),
     }
 }
 
@@ -1135,7 +1134,7 @@ impl Core {
             (st.size, st.mtime)
         } else {
             match std::fs::symlink_metadata(path) {
-                Ok(m) if !m.is_dir() => (m.len(), mtime_of(&m)),
+                Ok(m) if !m.is_dir() => (m.len(), FileStat::of(&m).mtime),
                 _ => return,
             }
         };
@@ -1193,8 +1192,8 @@ impl Core {
         } else if e.estimated() && !rescan_pending {
             // (With a rescan pending, a rewrite may have been lost: let the rescan compare.)
             if let Ok(m) = std::fs::symlink_metadata(path) {
-                e.size = m.len();
-                e.mtime = mtime_of(&m);
+                let now = FileStat::of(&m);
+                (e.size, e.mtime) = (now.size, now.mtime);
             }
         }
     }
@@ -1233,10 +1232,7 @@ impl Core {
             if e.phase == Phase::Closing && !e.look && grace >= MIN_GRACE_TO_ESTIMATE {
                 // Closed after writing and quiet for the grace: complete, without an lstat.
                 let bound = *estimate.get_or_insert_with(|| written_before(grace));
-                let kind = if e.reported { Kind::Modified } else { Kind::Created };
-                e.phase = Phase::Done;
-                e.reported = true;
-                e.deadline = Tick::NONE;
+                let kind = e.complete();
                 e.size = UNKNOWN_SIZE;
                 e.mtime = bound;
                 push_event(&self.opts, &mut self.out, kind, path.path, None, false);
@@ -1246,7 +1242,7 @@ impl Core {
                 gone.push(path);
                 continue;
             };
-            let (size, mtime) = (meta.len(), mtime_of(&meta));
+            let FileStat { size, mtime } = FileStat::of(&meta);
             let stable = size == e.size && mtime == e.mtime;
             let phase = e.phase;
             e.size = size;
@@ -1262,10 +1258,7 @@ impl Core {
                 other => other,
             };
             if next == Phase::Done {
-                let kind = if e.reported { Kind::Modified } else { Kind::Created };
-                e.phase = Phase::Done;
-                e.reported = true;
-                e.deadline = Tick::NONE;
+                let kind = e.complete();
                 push_event(&self.opts, &mut self.out, kind, path.path, None, false);
             } else {
                 let after = phase_length(next, settle, grace, write_timeout);

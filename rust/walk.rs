@@ -32,6 +32,21 @@ pub struct FileStat {
     pub mtime: i64,
 }
 
+impl FileStat {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            size: meta.len(),
+            mtime: nanos(meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+/// A time as nanoseconds since the epoch (saturating, ~292 years either way).
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
 /// What a directory holds: its subdirectories and its other entries (files, links, ...).
 pub enum Found {
     Dir(PathBuf),
@@ -230,10 +245,7 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
                         path,
                         FileStat {
                             size: u64::try_from(st.st_size).unwrap_or(0),
-                            mtime: st
-                                .st_mtime
-                                .saturating_mul(1_000_000_000)
-                                .saturating_add(st.st_mtime_nsec),
+                            mtime: nanos(st.st_mtime, st.st_mtime_nsec),
                         },
                     )),
                 }
@@ -263,20 +275,12 @@ fn stat_at(dir_fd: std::os::fd::RawFd, name: &[u8]) -> Option<libc::stat> {
 /// The portable version: std's directory reader.
 #[cfg(not(target_os = "linux"))]
 pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_dir() {
             found(Found::Dir(entry.path()));
         } else {
-            let stat = FileStat {
-                size: meta.len(),
-                mtime: meta
-                    .mtime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(meta.mtime_nsec()),
-            };
-            found(Found::File(entry.path(), stat));
+            found(Found::File(entry.path(), FileStat::of(&meta)));
         }
     }
     Ok(())
