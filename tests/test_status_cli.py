@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from omero_dropbox.config import load_config
+from omero_dropbox.engine import DropBox, UserList
 from omero_dropbox.journal import Journal
+from omero_dropbox.status import collect
 
 from .conftest import sigint_as_a_terminal_sends_it, wait_for
 from .ops_helpers import CLI, Service, run_cli
@@ -218,3 +221,32 @@ def test_forget_refuses_a_queued_fileset(tmp_path: Path) -> None:
     out = run_cli("forget", "--state-dir", str(tmp_path / "state"), str(path))
     assert out.returncode == 1
     assert "is queued; wait until it is imported or failed" in out.stderr
+
+
+def test_status_never_counts_a_submitted_file_as_still_waiting(shm_dir: Path) -> None:
+    # `status` adds the files the running service holds in memory (its snapshot) to what the
+    # journal says. The snapshot is refreshed every 2 s; a fileset submitted in between must
+    # not be counted both as waiting (snapshot) and as queued or imported (journal).
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    (dropbox / "amy").mkdir(parents=True)
+    props = {"watchDir": str(dropbox), "dirImportWait": "3", "ng.settle": "0.2", "throttleImport": "0"}
+    config = load_config(overrides=[f"omero.fs.{k}={v}" for k, v in props.items()])
+    box = DropBox(config, lambda request: True, state_dir=state, users=UserList(["amy"]))
+    box.start()
+    try:
+        (dropbox / "amy" / "scan.tif").write_bytes(b"II*\0" + bytes(200))
+        counted: list[int] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            box.step()  # one engine step: events, submission, snapshot; as `run` does
+            with Journal(state, readonly=True, check=False) as journal:
+                amy = collect(journal, state)["users"].get("amy", {})
+            counted.append(sum(amy.get(k, 0) for k in ("waiting", "queued", "importing", "imported_today")))
+            if amy.get("imported_today") == 1:
+                break
+        assert counted and counted[-1] == 1, counted
+        assert 1 in counted[:-1], "the snapshot never showed the file waiting: the test proves nothing"
+        assert max(counted) == 1, f"counted twice at some step: {counted}"
+    finally:
+        box.stop()
+        box.shutdown(drain_timeout=10)

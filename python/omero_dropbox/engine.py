@@ -492,6 +492,9 @@ class DropBox:
         """
         try:
             self._submit(user, fs)
+            # The journal now has what the snapshot still counts as waiting: refresh it in
+            # this step, or `status` counts the files twice until the next refresh.
+            self._published = float("-inf")
         except JournalFullError as exc:
             if not self._journal_full:
                 log.error(
