@@ -40,6 +40,7 @@ from omero_dropbox.journal import (
     IMPORTING,
     QUEUED,
     SKIPPED,
+    TERMINAL_STATES,
     WAITING,
     FileIdentity,
     FilesetRecord,
@@ -561,14 +562,15 @@ class DropBox:
         )
         return False
 
-    @staticmethod
-    def _missing_members_on_disk(fs: Fileset, wait: float) -> tuple[list[str], bool]:
+    def _missing_members_on_disk(self, fs: Fileset, wait: float) -> tuple[list[str], bool]:
         """The members ``fs`` lacks that are on disk, and whether one was written within ``wait`` s.
 
         A recently written member is not READY yet (a large file still being copied): importing
         the fileset now would import it without that file.  Its writes count as activity, as
         upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per member (a
-        ``stat`` more for a link, whose target's writes are what count).
+        ``stat`` more for a link, whose target's writes are what count).  A member the journal
+        already settled (skipped, imported or failed) is not waited for: it will not be
+        reported again.
         """
         on_disk: list[str] = []
         being_written = False
@@ -576,6 +578,9 @@ class DropBox:
             try:
                 st = os.lstat(path)
             except OSError:
+                continue
+            settled = self.journal.file_state(path)
+            if settled is not None and settled.state in TERMINAL_STATES:
                 continue
             on_disk.append(path)
             if stat.S_ISLNK(st.st_mode):
