@@ -179,7 +179,7 @@ fn list(
 #[cfg(target_os = "linux")]
 pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> {
     use std::cell::RefCell;
-    use std::ffi::{CString, OsStr};
+    use std::ffi::{CStr, CString, OsStr};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
 
@@ -223,16 +223,20 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
                     break;
                 }
                 let d_type = buf[at + 18];
-                let raw_name = &buf[at + 19..at + reclen];
-                let name = &raw_name[..raw_name.iter().position(|&b| b == 0).unwrap_or(raw_name.len())];
+                let record = &buf[at + 19..at + reclen];
                 at += reclen;
+                // The kernel NUL-terminates the name inside the record: it is used in place.
+                let Ok(c_name) = CStr::from_bytes_until_nul(record) else {
+                    continue;
+                };
+                let name = c_name.to_bytes();
                 if name == b"." || name == b".." {
                     continue;
                 }
                 let stat = if d_type == libc::DT_DIR {
                     None
                 } else {
-                    match stat_at(fd.as_raw_fd(), name) {
+                    match stat_at(fd.as_raw_fd(), c_name) {
                         Some(st) => Some(st),
                         None => continue, // vanished
                     }
@@ -256,18 +260,10 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
 
 /// `lstat` of `name` inside the open directory `dir_fd`; None if it cannot be looked at.
 #[cfg(target_os = "linux")]
-fn stat_at(dir_fd: std::os::fd::RawFd, name: &[u8]) -> Option<libc::stat> {
-    let c_name = std::ffi::CString::new(name).ok()?;
+fn stat_at(dir_fd: std::os::fd::RawFd, name: &std::ffi::CStr) -> Option<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a valid directory descriptor, a NUL-terminated name and room for the result.
-    let rc = unsafe {
-        libc::fstatat(
-            dir_fd,
-            c_name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
+    let rc = unsafe { libc::fstatat(dir_fd, name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     // SAFETY: fstatat filled the struct when it returned 0.
     (rc == 0).then(|| unsafe { st.assume_init() })
 }
