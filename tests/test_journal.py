@@ -431,6 +431,23 @@ def test_readonly_open_for_status(tmp_path: Path) -> None:
                 reader.transition("f", "queued")
 
 
+def test_status_reads_one_state_while_an_import_finishes(journal: Journal, tmp_path: Path) -> None:
+    # `status` reads the fileset counts, then today's imports. An import finishing between the
+    # two reads (the service's worker, another connection) was counted as both importing and
+    # imported today: CI saw "2" for one file. Inside snapshot() both reads see one state.
+    fid = _fileset(journal, tmp_path, "scan")
+    journal.transition(fid, "queued")
+    journal.transition(fid, "importing")
+    with Journal(journal.state_dir, readonly=True) as reader:
+        with reader.snapshot():
+            importing = reader.counts()["amy"]
+            journal.transition(fid, "imported")  # the service commits meanwhile
+            imported_today = reader.imported_since(0)
+        assert (importing, imported_today) == ({"importing": 1}, {})
+        assert reader.counts()["amy"] == {"imported": 1}  # the next report sees the import
+        assert reader.imported_since(0) == {"amy": 1}
+
+
 def test_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

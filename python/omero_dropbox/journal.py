@@ -517,6 +517,29 @@ class Journal:
                 raise self._translate(e, "cannot read") from e
 
     @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Make the reads inside see one state of the journal: what was committed at the first.
+
+        Without it, an import finishing between two reads is counted twice (still
+        importing in one, imported in the next).  Reads only; WAL keeps writers of other
+        connections going meanwhile.  Inside a write transaction it is that transaction.
+        """
+        with self._lock:
+            c = self._conn
+            if self._depth or c.in_transaction:
+                yield
+                return
+            try:
+                c.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise self._translate(e, "cannot read") from e
+            try:
+                yield
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("COMMIT")
+
+    @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Make the writes inside one transaction: one commit (and fsync) instead of one each.
 

@@ -174,9 +174,12 @@ def collect(
     history entries.  The running service passes its own ``service`` snapshot (status page).
     """
     service = dict(service) if service is not None else read_service(state_dir)
-    filesets = journal.counts("filesets")
-    files = journal.counts("files")
-    today = journal.imported_since(start_of_today())
+    with journal.snapshot():  # one state: an import finishing mid-report is not counted twice
+        filesets = journal.counts("filesets")
+        files = journal.counts("files")
+        today = journal.imported_since(start_of_today())
+        failed_rows = journal.filesets(FAILED, limit=limit)
+        history = journal.recent(limit=limit)
     live_waiting: Mapping[str, int] = service.get("waiting", {}) if service["running"] else {}
     users: dict[str, dict[str, int]] = {}
     names = set(filesets) | set(today) | set(live_waiting) | {u for u, c in files.items() if c.get(SKIPPED)}
@@ -203,7 +206,7 @@ def collect(
             "at": r.finished or r.updated,
             "reason": r.last_error,
         }
-        for r in journal.filesets(FAILED, limit=limit)
+        for r in failed_rows
     ]
     recent = [
         {
@@ -216,7 +219,7 @@ def collect(
             "to": e.new_state,
             "reason": e.reason,
         }
-        for e in journal.recent(limit=limit)
+        for e in history
     ]
     return {
         "schema": STATUS_SCHEMA,
