@@ -13,6 +13,12 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
+from omero_dropbox import engine
+from omero_dropbox.config import load_config
+from omero_dropbox.engine import DropBox, UserList
+
 from .conftest import wait_for
 from .faults_helpers import Key, Record, Service, check_imports, running, write_file, write_fileset
 
@@ -174,6 +180,73 @@ def test_companion_still_being_copied_after_dir_import_wait_keeps_its_fileset_wa
     check_imports(service.records(), expected, service.state)
     (record,) = service.records()
     assert sorted(record.sizes) == sorted([os.path.getsize(header), 120_000])
+
+
+def test_data_file_first_then_a_header_written_longer_than_dir_import_wait_import_together(
+    shm_dir: Path,
+) -> None:
+    """The data file (.ids) of a two-file fileset is complete first, its header (.ics) is still
+    being written after dirImportWait: the data file must wait for the header on disk, not be
+    skipped as a companion whose key never came (the header would then go alone). A mass copy
+    whose overflow rescan reports the header late is the same case."""
+    service = _service(shm_dir, dirImportWait="1.5")
+    amy = service.dropbox / "amy"
+    amy.mkdir(parents=True)
+    with running(service):
+        data = write_file(amy / "late.ids", random.Random(25).randbytes(50_000))
+        _waiting(service, data)
+        with open(amy / "late.ics", "wb") as fh:
+            fh.write(b"\t\nics_version\t1.0\n")
+            for i in range(10):  # 3 s in all, twice dirImportWait
+                fh.write(f"history\tline {i}\n".encode())
+                fh.flush()
+                time.sleep(0.3)
+        expected = {frozenset({data, os.fsencode(amy / "late.ics")}): "amy"}
+        assert wait_for(lambda: len(service.records()) >= 1, 30), service.tail()
+        time.sleep(2.5)  # one more dirImportWait: a second import would show up now
+    check_imports(service.records(), expected, service.state)
+    assert "never arrived" not in service.text()
+
+
+def test_companion_whose_key_is_on_disk_but_never_reported_is_skipped_naming_the_key(
+    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header left open by its writer is never reported complete; its data file gives up
+    after dirImportWait plus the missing-member grace, with a reason that names the header.
+    In-process (the real engine, watcher and journal) to shorten the 60 s grace to 1 s."""
+    monkeypatch.setattr(engine, "MISSING_MEMBER_GRACE", 1.0)
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    amy = dropbox / "amy"
+    amy.mkdir(parents=True)
+    props = {"watchDir": str(dropbox), "dirImportWait": "1", "ng.settle": "0.2", "throttleImport": "0"}
+    config = load_config(overrides=[f"omero.fs.{k}={v}" for k, v in props.items()])
+    imported: list[tuple[str, ...]] = []
+    box = DropBox(config, lambda r: not imported.append(r.files), state_dir=state, users=UserList(["amy"]))
+    box.start()
+    try:
+        data = os.fsdecode(write_file(amy / "held.ids", b"\0" * 5000))
+        header = amy / "held.ics"
+        with open(header, "wb") as fh:
+            fh.write(b"\t\nics_version\t1.0\n")
+            fh.flush()
+            os.utime(header, (time.time() - 3600, time.time() - 3600))  # not being written
+            deadline = time.monotonic() + 30
+            skipped = None
+            while time.monotonic() < deadline and skipped is None:
+                box.step()
+                rec = box.journal.file_state(data)
+                skipped = rec if rec is not None and rec.state == "skipped" else None
+            assert skipped is not None, "the data file never gave up waiting"
+            assert "key file held.ics is on disk but was not reported complete within 2 s" in skipped.reason
+            assert imported == []
+        # Closed at last: the header is imported, without the data file it no longer waits for.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not imported:
+            box.step()
+        assert imported == [(str(header),)]
+    finally:
+        box.stop()
+        box.shutdown(drain_timeout=10)
 
 
 def test_poll_backend_on_a_share_never_imports_partial_writes_and_imports_everything_once(

@@ -101,6 +101,8 @@ class _Pool:
     waiting_since: dict[str, float] = field(default_factory=dict)
     # fileset key -> when it was first held back for a member that is on disk but not READY
     held_since: dict[str, float] = field(default_factory=dict)
+    # waiting companion -> the key files that would claim it (from the last grouping)
+    awaited_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 #: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
@@ -456,6 +458,7 @@ class DropBox:
                 pool.filesets = list(result.filesets)
                 keys = {fs.key for fs in pool.filesets}
                 pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
+                pool.awaited_keys = dict(result.awaited)
                 for path, reason in result.unclaimed:
                     if "waiting" in reason:
                         pool.waiting_since.setdefault(path, now)
@@ -474,16 +477,32 @@ class DropBox:
                     pool.waiting_since.pop(f, None)
                 if not self._submit_unless_full(user, fs):
                     return
-            # Companions whose key never came: give up after the full wait, with a reason.
-            for path, since in list(pool.waiting_since.items()):
-                if (
-                    path in pool.files
-                    and now - since >= user_cfg.dir_import_wait
-                    and not any(path in fs.files for fs in pool.filesets)
-                ):
-                    pool.files.discard(path)
-                    del pool.waiting_since[path]
-                    self._skip(path, user, "companion file whose key file never arrived")
+            self._give_up_on_companions(user, pool, user_cfg.dir_import_wait, now)
+
+    def _give_up_on_companions(self, user: str, pool: _Pool, wait: float, now: float) -> None:
+        """Skip, with a reason, companions whose key file did not come within ``wait`` s.
+
+        A key that is on disk but not reported yet (an overflow rescan on a big tree reports
+        it late, or it is still being written) is waited for as a fileset waits for a missing
+        member: giving up would skip the companion for good and import the key alone.
+        """
+        for path, since in list(pool.waiting_since.items()):
+            if path not in pool.files or now - since < wait or any(path in fs.files for fs in pool.filesets):
+                continue
+            on_disk, being_written = self._unsettled_on_disk(pool.awaited_keys.get(path, ()), wait)
+            if on_disk and (being_written or now - since < wait + MISSING_MEMBER_GRACE):
+                continue
+            pool.files.discard(path)
+            del pool.waiting_since[path]
+            if not on_disk:
+                self._skip(path, user, "companion file whose key file never arrived")
+            else:
+                self._skip(
+                    path,
+                    user,
+                    f"companion file whose key file {os.path.basename(on_disk[0])} is on disk but was "
+                    f"not reported complete within {wait + MISSING_MEMBER_GRACE:g} s",
+                )
 
     def _submit_unless_full(self, user: str, fs: Fileset) -> bool:
         """Submit ``fs``; if the state disk is full, keep its files waiting and pause new work.
@@ -546,7 +565,7 @@ class DropBox:
         watcher settles files found by an overflow rescan, which takes a while on a big tree).
         After :data:`MISSING_MEMBER_GRACE` more seconds the fileset goes without it, logged.
         """
-        on_disk, being_written = self._missing_members_on_disk(fs, wait)
+        on_disk, being_written = self._unsettled_on_disk(fs.missing, wait)
         if not on_disk:
             return False
         if being_written:
@@ -562,19 +581,20 @@ class DropBox:
         )
         return False
 
-    def _missing_members_on_disk(self, fs: Fileset, wait: float) -> tuple[list[str], bool]:
-        """The members ``fs`` lacks that are on disk, and whether one was written within ``wait`` s.
+    def _unsettled_on_disk(self, paths: Iterable[str], wait: float) -> tuple[list[str], bool]:
+        """Which of ``paths`` (files not reported yet) are on disk, and whether one was written
+        within ``wait`` s.
 
-        A recently written member is not READY yet (a large file still being copied): importing
-        the fileset now would import it without that file.  Its writes count as activity, as
-        upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per member (a
-        ``stat`` more for a link, whose target's writes are what count).  A member the journal
+        A recently written file is not READY yet (a large file still being copied): importing
+        its fileset now would import it without that file.  Its writes count as activity, as
+        upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per file (a
+        ``stat`` more for a link, whose target's writes are what count).  A file the journal
         already settled (skipped, imported or failed) is not waited for: it will not be
         reported again.
         """
         on_disk: list[str] = []
         being_written = False
-        for path in fs.missing:
+        for path in paths:
             try:
                 st = os.lstat(path)
             except OSError:

@@ -93,6 +93,15 @@ class Fileset:
 class GroupingResult:
     filesets: tuple[Fileset, ...]
     unclaimed: tuple[tuple[str, str], ...]  # (path, reason)
+    # (waiting companion, the key files that would claim it): the engine keeps a companion
+    # waiting while one of these is on disk but not reported yet (an overflow rescan, a copy).
+    awaited: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def keys_awaited_by(self, path: str) -> tuple[str, ...]:
+        for companion, keys in self.awaited:
+            if companion == path:
+                return keys
+        return ()
 
     def fileset_of(self, path: str) -> Fileset | None:
         for fs in self.filesets:
@@ -680,7 +689,10 @@ class FilesetGrouper:
                 return True
         return False
 
-    def _companion_reason(self, path: str, name: str, given: Mapping[str, str]) -> str | None:
+    def _companion_reason(
+        self, path: str, name: str, given: Mapping[str, str]
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """Why a companion is unclaimed, and the key files it waits for (none if one is given)."""
         entries = self._companions.get(_last_token(name))
         if not entries:
             return None
@@ -702,9 +714,9 @@ class FilesetGrouper:
             keys = [_norm(os.path.join(where, _render(t, values))) for t in entry.companion.keys]
             present = [k for k in keys if k in given]
             if present:
-                return f"companion not used by its key file ({os.path.basename(present[0])})"
+                return f"companion not used by its key file ({os.path.basename(present[0])})", ()
             wanted = os.path.basename(keys[0]) if keys else "its key file"
-            return f"companion waiting for its key file ({name} needs {wanted})"
+            return f"companion waiting for its key file ({name} needs {wanted})", tuple(keys)
         return None
 
     # -- members of one candidate
@@ -796,6 +808,7 @@ class FilesetGrouper:
         for f in files:
             given.setdefault(_norm(f), f)
         unclaimed: list[tuple[str, str]] = []
+        awaited: list[tuple[str, tuple[str, ...]]] = []
         eligible: list[tuple[str, str]] = []  # (normalised path, base name), sorted
         system: list[str] = []  # never keys; members only if a rule names them
         sep = os.sep
@@ -866,11 +879,14 @@ class FilesetGrouper:
                     reason = f"companion not used by its key file ({os.path.basename(target)})"
                 else:
                     reason = f"companion waiting for its key file ({name} needs {os.path.basename(target)})"
+                    awaited.append((original, (target,)))
                 unclaimed.append((original, reason))
                 continue
-            reason_ = self._companion_reason(path, name, given)
-            if reason_ is not None:
-                unclaimed.append((original, reason_))
+            companion = self._companion_reason(path, name, given)
+            if companion is not None:
+                unclaimed.append((original, companion[0]))
+                if companion[1]:
+                    awaited.append((original, companion[1]))
             elif (companion_of := COMPANION_SUFFIXES.get(_last_token(name))) is not None:
                 unclaimed.append((original, f"metadata file of a {companion_of} dataset"))
             elif self._is_single_name(name):
@@ -881,6 +897,7 @@ class FilesetGrouper:
         return GroupingResult(
             filesets=tuple(sorted(filesets, key=lambda fs: fs.key)),
             unclaimed=tuple(sorted(unclaimed)),
+            awaited=tuple(awaited),
         )
 
 
