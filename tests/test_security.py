@@ -102,6 +102,7 @@ def test_files_under_a_symlinked_directory_are_not_imported_as_the_linking_user(
         (b"trailing ", "is not a valid OMERO user name"),
         (b"new\nline", "is not a valid OMERO user name"),
         (b"back\\slash", "is not a valid OMERO user name"),
+        (b"-rf", "is not a valid OMERO user name"),  # would be an option to the importer
     ],
     ids=repr,
 )

@@ -62,7 +62,8 @@ log = logging.getLogger("omero_dropbox.dropbox")
 # fileset whose key has not arrived yet (MetaMorph .nd, Leica .lei, OME companion,
 # .pattern, Analyze/ICS pairs); such files always get the full dirImportWait.
 _MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
-_BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^\.|^\s|\s$")
+# A leading "-" would reach an importer command line (``--user {user}``) as an option.
+_BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^[.\-]|^\s|\s$")
 _TICK = 0.25
 _PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropbox status`)
 # While the state directory's disk is full, try to record new work again this often.
