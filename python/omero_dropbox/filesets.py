@@ -97,12 +97,6 @@ class GroupingResult:
     # waiting while one of these is on disk but not reported yet (an overflow rescan, a copy).
     awaited: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    def keys_awaited_by(self, path: str) -> tuple[str, ...]:
-        for companion, keys in self.awaited:
-            if companion == path:
-                return keys
-        return ()
-
     def fileset_of(self, path: str) -> Fileset | None:
         for fs in self.filesets:
             if path in fs.files:
