@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// How a rule matches a file or directory name (case-insensitive, ASCII).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +250,32 @@ impl Filter {
         self.whitelist.iter().any(|suffix| name.ends_with(suffix))
     }
 
+    /// Whether a file at `path` would be reported from `root`, by its path alone: it lies below
+    /// `root` (directly, unless `recursive`), no directory between them is filtered out (the
+    /// watcher never enters one), and the file itself is allowed.
+    pub fn reaches_file(&self, root: &Path, path: &Path, recursive: bool) -> bool {
+        let Ok(rel) = path.strip_prefix(root) else {
+            return false;
+        };
+        let mut parts = rel.components().peekable();
+        let mut dir = root.to_path_buf();
+        let mut depth = 0;
+        while let Some(part) = parts.next() {
+            if !matches!(part, Component::Normal(_)) {
+                return false; // `..` or `.`: not a path the watcher produces
+            }
+            depth += 1;
+            if parts.peek().is_none() {
+                break;
+            }
+            dir.push(part);
+            if !recursive || !self.child_dir_allowed(&dir) {
+                return false;
+            }
+        }
+        depth > 0 && self.child_file_allowed(path)
+    }
+
     /// Why a directory (whose parent is watched) is not watched, for the log; None if it is.
     pub fn why_dir_ignored(&self, path: &Path) -> Option<String> {
         if self.is_blacklisted(path) {
@@ -305,6 +331,42 @@ mod tests {
         for name in ["f3.dat", "image.ome.tiff", "scan.czi", "s.nd2", "x.ics", "a"] {
             assert!(!may_be_system(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_is_in_reach_only_if_it_and_every_directory_above_it_pass() {
+        let f = Filter {
+            ignore_sys_files: true,
+            whitelist: Vec::new(),
+            blacklist: vec![PathBuf::from("/r/amy/skip")],
+        };
+        let root = Path::new("/r");
+        let reach = |p: &str, recursive: bool| f.reaches_file(root, Path::new(p), recursive);
+        assert!(reach("/r/amy/a/b.ics", true));
+        assert!(!reach("/r/amy/a/.hidden.ics", true), "a system file");
+        assert!(!reach("/r/amy/.snapshot/b.ics", true), "inside a system folder");
+        assert!(!reach("/r/amy/skip/b.ics", true), "inside a blacklisted folder");
+        assert!(!reach("/other/amy/b.ics", true), "outside the root");
+        assert!(
+            !reach("/r/amy/../zak/b.ics", true),
+            "not a path the watcher produces"
+        );
+        assert!(!reach("/r", true), "the root itself");
+        assert!(
+            reach("/r/b.ics", false) && !reach("/r/amy/b.ics", false),
+            "flat: the root's files only"
+        );
+        let tif_only = Filter {
+            whitelist: vec![b".tif".to_vec()],
+            ..f.clone()
+        };
+        assert!(tif_only.reaches_file(root, Path::new("/r/amy/x.TIF"), true));
+        assert!(!tif_only.reaches_file(root, Path::new("/r/amy/x.ics"), true));
+        let no_sys = Filter {
+            ignore_sys_files: false,
+            ..f
+        };
+        assert!(no_sys.reaches_file(root, Path::new("/r/amy/.snapshot/.hidden.ics"), true));
     }
 
     #[test]

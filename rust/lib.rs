@@ -138,6 +138,8 @@ pub struct NativeWatcher {
     thread: Mutex<Option<JoinHandle<()>>>,
     batching: Batching,
     roots: Vec<PathBuf>,
+    filter: Filter,
+    recursive: bool,
 }
 
 fn parse_mode(mode: &str) -> PyResult<Mode> {
@@ -402,6 +404,8 @@ impl NativeWatcher {
         };
         let shared = Arc::new(Shared::default());
         shared.lock().wake_at = block_size;
+        let filter = opts.filter.clone();
+        let recursive = opts.mode != Mode::Flat;
         let core = Core::new(opts, shared.clone());
         let handle = std::thread::Builder::new()
             .name("omero-dropbox-watch".into())
@@ -412,6 +416,8 @@ impl NativeWatcher {
             thread: Mutex::new(Some(handle)),
             batching,
             roots: abs_roots,
+            filter,
+            recursive,
         };
         // Wait for the watches to be in place, so that anything written after this returns is seen.
         loop {
@@ -495,6 +501,17 @@ impl NativeWatcher {
     #[getter]
     fn roots(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
         Ok(PyList::new(py, self.roots.iter().map(|r| r.as_os_str()))?.unbind())
+    }
+
+    /// Whether a file at `path` would be reported once complete, by its path alone: it lies
+    /// under a root, within reach of the mode, and no filter (system names, whitelist,
+    /// blacklist) drops it or a directory above it. The file need not exist.
+    fn reports(&self, path: PathBuf) -> PyResult<bool> {
+        let path = absolute(&path)?;
+        Ok(self
+            .roots
+            .iter()
+            .any(|root| self.filter.reaches_file(root, &path, self.recursive)))
     }
 
     /// The backend serving each root: a list of (root, "native" | "poll").

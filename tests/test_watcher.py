@@ -60,6 +60,22 @@ def test_created_file_is_reported_once_when_complete(shm_dir: Path) -> None:
     assert [(e.kind, e.path, e.is_dir) for e in events] == [("created", str(shm_dir / "a.tif"), False)]
 
 
+def test_reports_tells_in_advance_which_paths_the_watcher_will_report(shm_dir: Path) -> None:
+    # The engine asks this before waiting for a file it has not seen (a fileset member, a
+    # companion's key): a file the watcher drops by its name must not be waited for.
+    root = os.fsencode(shm_dir)
+    names = [b"amy/a.ics", b"amy/b.TIF", b"amy/\xff.tif", b"amy/.x.ics", b"amy/.snap/a.ics",
+             b"amy/skip/a.ics", b"amy/a.txt", b"amy/a.tif~"]  # fmt: skip
+    with Watcher(shm_dir, whitelist=[".tif", "ics"], blacklist=["amy/skip"], settle=0.2) as w:
+        predicted = {os.fsdecode(root + b"/" + n) for n in names if w.reports(root + b"/" + n)}
+        for n in names:
+            write(Path(os.fsdecode(root + b"/" + n)))
+        events = collect(w, until=len(predicted), quiet=0.5)
+    assert set(created(events)) == predicted
+    assert len(predicted) == 3  # a.ics, b.TIF and the non-UTF-8 .tif
+    assert not w.reports(os.fsdecode(root) + "/../elsewhere/a.tif")
+
+
 def test_file_written_in_chunks_over_seconds_is_one_event_after_last_chunk(shm_dir: Path) -> None:
     target = shm_dir / "slow.tif"
     with Watcher(shm_dir, settle=0.3) as w:

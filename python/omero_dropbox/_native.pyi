@@ -67,6 +67,8 @@ class NativeWatcher:
     def closed(self) -> bool: ...
     @property
     def roots(self) -> list[str]: ...
+    def reports(self, path: str) -> bool:
+        """Whether a file at ``path`` would be reported once complete, by its path alone."""
     def backends(self) -> list[tuple[str, str]]:
         """(root, "native" | "poll") for each root."""
     def stats(self) -> dict[str, int]:

@@ -590,8 +590,8 @@ class DropBox:
         its fileset now would import it without that file.  Its writes count as activity, as
         upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per file (a
         ``stat`` more for a link, whose target's writes are what count).  A file the journal
-        already settled (skipped, imported or failed) is not waited for: it will not be
-        reported again.
+        already settled (skipped, imported or failed), or one the watchers drop by its name
+        (a system file, off the whitelist), is not waited for: it will not be reported.
         """
         on_disk: list[str] = []
         being_written = False
@@ -599,6 +599,8 @@ class DropBox:
             try:
                 st = os.lstat(path)
             except OSError:
+                continue
+            if self._watchers and not any(w.reports(path) for w in self._watchers):
                 continue
             settled = self.journal.file_state(path)
             if settled is not None and settled.state in TERMINAL_STATES:

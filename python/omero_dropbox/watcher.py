@@ -148,6 +148,13 @@ class Watcher:
         """Counters from the native core (watches, overflows, rescans, pending, ...)."""
         return self._native.stats()
 
+    def reports(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bool:
+        """Whether a file at ``path`` would be reported once complete, judged by its path alone:
+        it lies under a root (directly, in ``flat`` mode) and neither it nor a directory above
+        it is dropped by the system-file rules, the whitelist or the blacklist.
+        """
+        return self._native.reports(os.fsdecode(path))
+
     def backends(self) -> list[tuple[str, str]]:
         """(root, "native" | "poll") for each root."""
         return self._native.backends()
