@@ -257,23 +257,24 @@ impl Filter {
         let Ok(rel) = path.strip_prefix(root) else {
             return false;
         };
-        let mut parts = rel.components().peekable();
+        let parts: Vec<Component<'_>> = rel.components().collect();
+        let Some((_file, dirs)) = parts.split_last() else {
+            return false; // the root itself
+        };
+        if parts.iter().any(|p| !matches!(p, Component::Normal(_))) {
+            return false; // `..` or `.`: not a path the watcher produces
+        }
+        if !dirs.is_empty() && !recursive {
+            return false;
+        }
         let mut dir = root.to_path_buf();
-        let mut depth = 0;
-        while let Some(part) = parts.next() {
-            if !matches!(part, Component::Normal(_)) {
-                return false; // `..` or `.`: not a path the watcher produces
-            }
-            depth += 1;
-            if parts.peek().is_none() {
-                break;
-            }
+        for part in dirs {
             dir.push(part);
-            if !recursive || !self.child_dir_allowed(&dir) {
+            if !self.child_dir_allowed(&dir) {
                 return false;
             }
         }
-        depth > 0 && self.child_file_allowed(path)
+        self.child_file_allowed(path)
     }
 
     /// Why a directory (whose parent is watched) is not watched, for the log; None if it is.

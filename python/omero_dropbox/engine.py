@@ -596,11 +596,11 @@ class DropBox:
         on_disk: list[str] = []
         being_written = False
         for path in paths:
+            if self._watchers and not any(w.reports(path) for w in self._watchers):
+                continue  # by its name alone: no system call
             try:
                 st = os.lstat(path)
             except OSError:
-                continue
-            if self._watchers and not any(w.reports(path) for w in self._watchers):
                 continue
             settled = self.journal.file_state(path)
             if settled is not None and settled.state in TERMINAL_STATES:
