@@ -19,6 +19,7 @@ engine thread. The engine
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -26,10 +27,11 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
 from omero_dropbox.filesets import Fileset, FilesetGrouper
 from omero_dropbox.import_queue import ImportQueue
@@ -45,12 +47,14 @@ from omero_dropbox.journal import (
     FileIdentity,
     FilesetRecord,
     Journal,
+    JournalError,
     JournalFullError,
     display_path,
-    file_identity,
+    fd_identity,
     fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
+from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.status import ServiceSnapshot, parse_omero_objects
 from omero_dropbox.watcher import Event, Watcher
 
@@ -141,25 +145,26 @@ class DropBox:
         self.users = users or AnyUser()
         self.dry_run = dry_run
         self.journal = Journal(state_dir)
-        self._importer = self._dry_run_importer if dry_run else importer
+        self._importer = as_importer(self._dry_run_importer if dry_run else importer)
         self._stop = threading.Event()
         self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
         self._watchers: list[Watcher] = []
         self._threads: list[threading.Thread] = []
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
-        self._skip_logged: set[str] = set()
+        self._regroup_turn = 0
         self._journal_full_until = 0.0  # monotonic time before which no new work is taken
         self._journal_full = False
         # Operator view (status, metrics, status page): counters fed cheaply here.
         self.metrics = EngineMetrics()
+        self._skips = SkipLog(self.journal, on_skip=self.metrics.skip)
         self.http_url: str | None = None  # set by `run --http`, shown by `status`
         self._snapshot = ServiceSnapshot(state_dir)
         self._published = 0.0
         self._journal_version = self.journal.data_version()
         self.queue = ImportQueue(
             self.journal,
-            InstrumentedImporter(as_importer(self._importer), self.metrics),
+            InstrumentedImporter(self._checked_import, self.metrics),
             max_concurrent=config.max_concurrent_imports,
             throttle=min((u.throttle_import for u in config.users), default=0.0),
             max_attempts=config.max_attempts,
@@ -266,8 +271,9 @@ class DropBox:
                 user_cfg, batch = self._events.get(timeout=max(0.0, remaining))
             except queue.Empty:
                 break
-            for event in batch:
-                self._on_event(user_cfg, event)
+            with self._journal_batch():  # a burst of skipped files is one commit, not one each
+                for event in batch:
+                    self._on_event(user_cfg, event)
             if remaining <= 0:
                 break
         self._regroup_and_submit()
@@ -297,6 +303,8 @@ class DropBox:
         if self._already_done(path):
             return
         if not self._acceptable(user_cfg, user, path):
+            # It may have been waiting as a good file that a link or FIFO was renamed over.
+            self._drop_from_pools(path)
             return
         pool = self._pools.setdefault(user, _Pool())
         pool.files.add(path)
@@ -326,6 +334,10 @@ class DropBox:
         return same
 
     def _forget(self, path: str) -> None:
+        self._skips.forget(path)
+        self._drop_from_pools(path)
+
+    def _drop_from_pools(self, path: str) -> None:
         for pool in self._pools.values():
             if path in pool.files:
                 pool.files.discard(path)
@@ -397,6 +409,20 @@ class DropBox:
                 "copy the file instead",
             )
             return False
+        try:
+            # No link on the way either: a directory above may be a link into another user's tree.
+            check_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, user), path)
+        except FileRefused as exc:
+            self._skip(path, user, str(exc))
+            return False
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            self._skip(path, user, "unreadable by the DropBox service (check permissions)")
+            return False
+        except OSError as exc:
+            self._skip(path, user, f"cannot open: {exc.strerror}")
+            return False
         if not os.access(path, os.R_OK):
             self._skip(path, user, "unreadable by the DropBox service (check permissions)")
             return False
@@ -414,16 +440,8 @@ class DropBox:
         return True
 
     def _skip(self, path: str, user: str | None, reason: str) -> None:
-        if path in self._skip_logged:
-            return
-        self._skip_logged.add(path)
-        self.metrics.skip()
-        # Journal first: whoever reads the log line (an operator, `status`) finds the entry.
-        try:
-            self.journal.skip_file(path, user, reason)
-        except Exception as exc:  # the journal reports its own problems; never lose the log line
-            log.error("Could not record the skip of %s: %s", display_path(path), exc)
-        log.warning("Not importing %s: %s", display_path(path), reason)
+        # The summary line counts by the reason's kind: the text before a file name in brackets.
+        self._skips.skip(path, user, reason, summary=reason.split(" (", 1)[0])
 
     # ------------------------------------------------------------- grouping
 
@@ -444,41 +462,103 @@ class DropBox:
         return self.config.users[0]
 
     def _regroup_and_submit(self) -> None:
+        """Submit what is due, then regroup what changed: a user whose pool is expensive to
+        regroup (thousands of files, a huge key file) delays no other user's due fileset by
+        more than one of its regroups."""
         now = time.monotonic()
         if now < self._journal_full_until:
             return  # the journal cannot record new work yet; the pools keep every file
-        for user, pool in self._pools.items():
-            if not pool.files:
-                continue
-            user_cfg = self._config_for_user(user)
-            if pool.dirty:
-                pool.dirty = False
-                existing = [p for p in pool.files if os.path.lexists(p)]
-                pool.files = set(existing)
-                result = self._grouper(user_cfg).group(existing)
-                pool.filesets = list(result.filesets)
-                keys = {fs.key for fs in pool.filesets}
-                pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
-                pool.awaited_keys = dict(result.awaited)
-                for path, reason in result.unclaimed:
-                    if "waiting" in reason:
-                        pool.waiting_since.setdefault(path, now)
-                    else:
-                        pool.files.discard(path)
-                        self._skip(path, user, reason)
-            for fs in list(pool.filesets):
-                wait = self._wait_for(user_cfg, fs)
-                last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
-                if now - last < wait or self._held_for_missing_member(pool, fs, wait, now):
-                    continue
-                pool.held_since.pop(fs.key, None)
-                pool.filesets.remove(fs)
-                for f in fs.files:
-                    pool.files.discard(f)
-                    pool.waiting_since.pop(f, None)
-                if not self._submit_unless_full(user, fs):
+        for user, pool in list(self._pools.items()):
+            if pool.files and not self._submit_due(user, pool, now):
+                return
+        for user in self._regroup_order():
+            pool = self._pools[user]
+            if pool.files and pool.dirty:
+                self._regroup(user, pool, time.monotonic())
+                if not self._submit_due(user, pool, time.monotonic()):
                     return
-            self._give_up_on_companions(user, pool, user_cfg.dir_import_wait, now)
+        self._skips.flush()
+
+    def _regroup_order(self) -> list[str]:
+        """Users in turn, starting one further each step, so that no user always goes last."""
+        users = list(self._pools)
+        if not users:
+            return users
+        self._regroup_turn = (self._regroup_turn + 1) % len(users)
+        return users[self._regroup_turn :] + users[: self._regroup_turn]
+
+    def _regroup(self, user: str, pool: _Pool, now: float) -> None:
+        user_cfg = self._config_for_user(user)
+        pool.dirty = False
+        # One commit for the skips of each stage, none held while grouping reads key files.
+        with self._journal_batch():
+            pool.files = {p for p in pool.files if self._still_acceptable(user, p)}
+        result = self._grouper(user_cfg).group(pool.files)
+        pool.filesets = list(result.filesets)
+        keys = {fs.key for fs in pool.filesets}
+        pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
+        pool.awaited_keys = dict(result.awaited)
+        with self._journal_batch():
+            for path, reason in result.unclaimed:
+                if "waiting" in reason:
+                    pool.waiting_since.setdefault(path, now)
+                else:
+                    pool.files.discard(path)
+                    self._skip(path, user, reason)
+
+    def _still_acceptable(self, user: str, path: str) -> bool:
+        """Whether a waiting file is still there and still a plain file (one ``lstat``).
+
+        A link or FIFO renamed over a waiting file leaves the pool with a journaled reason;
+        a file that is gone leaves it silently. The full walk from the watch directory is
+        made again when the fileset is submitted and right before and after its import.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return True
+        if stat.S_ISLNK(st.st_mode):
+            what = "a symbolic link"
+        elif stat.S_ISREG(st.st_mode):
+            what = f"a file with {st.st_nlink} hard links"
+        else:
+            what = "something that is not a regular file"
+        self._skips.forget(path)  # it was reported as waiting; this is news
+        self._skip(path, user, f"replaced by {what} while it waited for import; links are never imported")
+        return False
+
+    @contextlib.contextmanager
+    def _journal_batch(self) -> Iterator[None]:
+        """Skips journaled in one transaction; a journal that cannot commit loses no file.
+
+        The skipped files stay on disk and are found again after a restart; the log lines
+        were written either way.
+        """
+        try:
+            with self.journal.batch():
+                yield
+        except JournalError as exc:
+            log.error("Could not record skipped files in the journal: %s", exc)
+
+    def _submit_due(self, user: str, pool: _Pool, now: float) -> bool:
+        """Submit the filesets of ``pool`` whose wait is over; False while the journal is full."""
+        user_cfg = self._config_for_user(user)
+        for fs in list(pool.filesets):
+            wait = self._wait_for(user_cfg, fs)
+            last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
+            if now - last < wait or self._held_for_missing_member(pool, fs, wait, now):
+                continue
+            pool.held_since.pop(fs.key, None)
+            pool.filesets.remove(fs)
+            for f in fs.files:
+                pool.files.discard(f)
+                pool.waiting_since.pop(f, None)
+            if not self._submit_unless_full(user, fs):
+                return False
+        self._give_up_on_companions(user, pool, user_cfg.dir_import_wait, now)
+        return True
 
     def _give_up_on_companions(self, user: str, pool: _Pool, wait: float, now: float) -> None:
         """Skip, with a reason, companions whose key file did not come within ``wait`` s.
@@ -623,14 +703,24 @@ class DropBox:
             return min(self.config.complete_wait, user_cfg.dir_import_wait)
         return user_cfg.dir_import_wait
 
+    def _identity(self, user: str, path: str) -> FileIdentity:
+        """The journal identity of a member, read through the walk from the watch directory."""
+        user_cfg = self._config_for_user(user)
+        with open_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, user), path) as (fd, st):
+            return fd_identity(fd, st)
+
     def _submit(self, user: str, fs: Fileset) -> None:
         try:
-            identities = [file_identity(f) for f in fs.files]
+            identities = [self._identity(user, f) for f in fs.files]
+        except FileRefused as exc:
+            # A link renamed over a member (or over a directory above it) since it was reported.
+            bad = next(f for f in fs.files if not self._usable(user, f))
+            self._skip(bad, user, f"not imported: {exc}")
+            self._return_to_pool(user, [f for f in fs.files if f != bad])
+            return
         except (OSError, ValueError) as exc:
             log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
-            pool = self._pools[user]
-            pool.files.update(f for f in fs.files if os.path.lexists(f))
-            pool.dirty = True
+            self._return_to_pool(user, fs.files)
             return
         fid = fileset_id(identities)
         # One transaction for the files, the fileset and its `queued` state: a mass copy is bound by
@@ -652,6 +742,66 @@ class DropBox:
             self.queue.submit(record)
         elif record.state == SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
+
+    def _usable(self, user: str, path: str) -> bool:
+        try:
+            self._identity(user, path)
+        except (OSError, ValueError, FileRefused):
+            return False
+        return True
+
+    def _return_to_pool(self, user: str, files: Iterable[str]) -> None:
+        pool = self._pools[user]
+        pool.files.update(f for f in files if os.path.lexists(f))
+        pool.dirty = True
+
+    # ------------------------------------------------------------- at use
+
+    def _checked_import(self, request: ImportRequest) -> ImportResult:
+        """Run the importer only on the very files that were grouped, and look again after.
+
+        Right before the import every member is opened again from the watch directory
+        without following links and must be the same file (device and inode) that was
+        journaled; right after, the same check tells whether a member was swapped while
+        the importer read it. What remains is the window between two checks in which a
+        member is swapped and swapped back (RELIABILITY.md, "Threat model").
+        """
+        before = self._members_changed(request)
+        if before:
+            reason = f"not imported: {before}; copy the files in again to import them"
+            log.error("Not importing %s: %s", display_path(request.key), before)
+            return ImportResult.failure(reason, transient=False)
+        result = self._importer(request)
+        after = self._members_changed(request)
+        if after:
+            log.error(
+                "A member of %s (fileset=%s) changed while it was imported: %s",
+                display_path(request.key),
+                request.fileset_id,
+                after,
+            )
+            reason = (
+                f"a member changed while it was imported: {after}; the import may hold other data, "
+                "check it in OMERO before retrying"
+            )
+            return ImportResult.failure(reason, transient=False, output=result.output, stderr=result.stderr)
+        return result
+
+    def _members_changed(self, request: ImportRequest) -> str:
+        """Why a member is not the file that was journaled, or "" if every member is."""
+        for path in request.files:
+            try:
+                user_cfg = self._config_for_user(request.user)
+                found = check_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, request.user), path)
+            except FileRefused as exc:
+                return str(exc)
+            except OSError as exc:
+                return f"{display_path(path)} cannot be opened ({exc.strerror or exc})"
+            record = self.journal.file_state(path)
+            known = record.identity if record is not None else None
+            if known is None or (found.ino, found.size) != (known.ino, known.size):
+                return f"{display_path(path)} is not the file that was grouped (replaced or rewritten)"
+        return ""
 
     # ------------------------------------------------------- operator view
 

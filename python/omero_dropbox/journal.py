@@ -58,6 +58,7 @@ __all__ = [
     "JournalError",
     "JournalFullError",
     "display_path",
+    "fd_identity",
     "file_identity",
     "fileset_id",
 ]
@@ -180,28 +181,40 @@ class HistoryEntry:
 
 
 def file_identity(path: str) -> FileIdentity:
-    """Stat and fingerprint ``path``.
+    """Stat and fingerprint ``path``, never through a link.
 
     Reads at most 128 KiB.  ``FileNotFoundError`` and ``PermissionError`` propagate
-    unchanged; a path that is not a regular file raises ``ValueError``.
+    unchanged; a path that is not a regular file (a symbolic link included) raises
+    ``ValueError``.
     """
-    # O_NONBLOCK so that a FIFO dropped into the tree cannot hang us in open().
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    # O_NONBLOCK so that a FIFO dropped into the tree cannot hang us in open(); O_NOFOLLOW so
+    # that a link renamed over a file is never fingerprinted as its target (another user's file).
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{display_path(path)} is a symbolic link") from e
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{display_path(path)} is not a regular file")
-        size = st.st_size
-        h = hashlib.blake2b(digest_size=16)
-        h.update(size.to_bytes(8, "little"))
-        h.update(_read_at(fd, 0, FINGERPRINT_CHUNK))
-        if size > FINGERPRINT_CHUNK:
-            tail_at = max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK)
-            h.update(_read_at(fd, tail_at, FINGERPRINT_CHUNK))
-        return FileIdentity(st.st_dev, st.st_ino, size, h.hexdigest())
+        return fd_identity(fd, st)
     finally:
         os.close(fd)
+
+
+def fd_identity(fd: int, st: os.stat_result) -> FileIdentity:
+    """The identity of the regular file open at ``fd`` (``st`` is its ``fstat``)."""
+    size = st.st_size
+    h = hashlib.blake2b(digest_size=16)
+    h.update(size.to_bytes(8, "little"))
+    h.update(_read_at(fd, 0, FINGERPRINT_CHUNK))
+    if size > FINGERPRINT_CHUNK:
+        tail_at = max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK)
+        h.update(_read_at(fd, tail_at, FINGERPRINT_CHUNK))
+    return FileIdentity(st.st_dev, st.st_ino, size, h.hexdigest())
 
 
 def _read_at(fd: int, offset: int, n: int) -> bytes:

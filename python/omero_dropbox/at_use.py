@@ -1,0 +1,123 @@
+"""Checks made on a user's file at the moment it is used, not only when it arrived.
+
+A lab user controls every name under ``DropBox/<user>/``: between the moment a file is
+reported and the moment the importer reads it, she can rename a symbolic link or a hard
+link over it, or replace a directory on its path by a link to someone else's folder.  So
+every use goes through :func:`open_beneath`, which opens the file the way
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` would: component by component from the
+user's root, each one opened relative to the one above with ``O_NOFOLLOW``, so no symbolic
+link anywhere on the way is followed and no ``..`` leaves the root; the file itself is opened
+``O_NONBLOCK`` (a FIFO cannot hang us) and checked with ``fstat``: a regular file with one
+link.  Holding directory descriptors makes the walk immune to renames made while it runs.
+
+The user's root (``<watchDir>/<user>``) is checked too: only the watch directory, which the
+operator configured, is trusted as it is (it may be a link, e.g. ``/OMERO/DropBox``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from omero_dropbox.journal import display_path
+
+__all__ = ["FileRefused", "Found", "check_beneath", "open_beneath"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class FileRefused(Exception):
+    """The file may not be used; ``str()`` is a reason for the journal and the log."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What :func:`check_beneath` saw: enough to tell the same file from a swapped one."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+def _below(top: str, path: str) -> list[str]:
+    """The components of ``path`` below ``top``, taken as written: no ``..``, ``.`` or empty one."""
+    top = top.rstrip(os.sep) or os.sep
+    prefix = top if top.endswith(os.sep) else top + os.sep
+    if path == top:
+        return []
+    if not path.startswith(prefix):
+        raise FileRefused(f"{display_path(path)} is not inside {display_path(top)}")
+    parts = path[len(prefix) :].split(os.sep)
+    if any(p in ("", ".", "..") for p in parts):
+        raise FileRefused(f"{display_path(path)} is not a plain path inside {display_path(top)}")
+    return parts
+
+
+@contextlib.contextmanager
+def open_beneath(trusted: str, root: str, path: str) -> Iterator[tuple[int, os.stat_result]]:
+    """Open ``path``, which must lie in ``root``, without following any link below ``trusted``.
+
+    ``trusted`` is the watch directory, ``root`` the user's folder in it (or the same
+    directory for a named user). Yields ``(fd, fstat)`` of a regular file with exactly one
+    link; raises :class:`FileRefused` with the reason otherwise (``FileNotFoundError`` and
+    other ``OSError`` when it is gone or unreadable).
+    """
+    _below(root, path)  # lexically inside the user's folder: no "..", no other user
+    parts = _below(trusted, path)
+    if not parts:
+        raise FileRefused(f"{display_path(path)} is the watch directory itself")
+    dir_fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts[:-1]):
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                _refuse_component(exc, trusted, parts[: i + 1], dir_fd, part)
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+        try:
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            _refuse_component(exc, trusted, parts, dir_fd, parts[-1])
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(f"{display_path(path)} is not a regular file")
+        if st.st_nlink != 1:
+            raise FileRefused(
+                f"{display_path(path)} has {st.st_nlink} hard links (other links may lie outside the "
+                "user's folder); copy the file instead"
+            )
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def _refuse_component(exc: OSError, trusted: str, parts: list[str], dir_fd: int, name: str) -> None:
+    """Turn "a link (or a FIFO, socket...) where a directory or file should be" into :class:`FileRefused`."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return  # gone, or unreadable: the caller's OSError says so
+    where = display_path(os.path.join(trusted, *parts))
+    if stat.S_ISLNK(st.st_mode):
+        raise FileRefused(
+            f"{where} is a symbolic link; links are never followed (copy the files instead)"
+        ) from exc
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise FileRefused(f"{where} is not a regular file") from exc
+
+
+def check_beneath(trusted: str, root: str, path: str) -> Found:
+    """:func:`open_beneath`, keeping only what identifies the file."""
+    with open_beneath(trusted, root, path) as (_fd, st):
+        return Found(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
