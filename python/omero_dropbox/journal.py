@@ -250,23 +250,24 @@ def private_dir(path: Path | str) -> Path:
     path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
+        was, now = f"{mode:04o}", f"{mode & STATE_DIR_MODE:04o}"
         try:
             os.chmod(path, mode & STATE_DIR_MODE)
         except OSError as e:
             log.warning(
-                "State directory %s is mode %04o (group or others can read the journal) and could not "
+                "State directory %s is mode %s (group or others can read the journal) and could not "
                 "be made private: %s; run chmod go= %s",
                 path,
-                mode,
+                was,
                 e.strerror or e,
                 path,
             )
         else:
             log.warning(
-                "State directory %s was mode %04o (group or others could read the journal); made it %04o",
+                "State directory %s was mode %s (group or others could read the journal); made it %s",
                 path,
-                mode,
-                mode & STATE_DIR_MODE,
+                was,
+                now,
             )
     return path
 
