@@ -58,7 +58,10 @@ object; with `--watch`, one such object per line. Schema 1:
 `waiting` counts filesets (and companion files waiting for their key file) that the running
 service holds until they are complete and quiet (`dirImportWait`); they reach the journal
 when queued. `imported_today` counts imports since local midnight from the history (a file
-forgotten and imported again counts twice). Paths with undecodable bytes show them as `\\xNN`.
+forgotten and imported again counts twice). Every string in the document, keys included, is
+escaped as in every log line (`omero_dropbox.text.printable`): control characters (C0, DEL, C1)
+and undecodable bytes as `\\xNN`, Unicode format characters (bidi controls such as U+202E, zero-width
+characters) and U+2028/U+2029 as `\\uNNNN`; a multi-line reason therefore reads `...\\x0a...`.
 """
 
 
@@ -164,6 +167,10 @@ def render_reference() -> str:
         "```",
         "",
         "## Files in the state directory",
+        "",
+        "They hold every user's file names and the importers' output: `run` creates the directory 0700",
+        "(and takes group and other access away from an existing one, with a warning naming its old",
+        "mode) and creates every file in it 0600, whatever the umask.",
         "",
         "| file | written by | meaning |",
         "|---|---|---|",

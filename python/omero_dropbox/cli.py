@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import logging.handlers
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -18,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from omero_dropbox.config import ConfigError, DropBoxConfig, format_config, load_config
+from omero_dropbox.text import EscapingFormatter, printable
 
 if TYPE_CHECKING:
     from omero_dropbox.http_status import StatusServer
@@ -175,23 +178,56 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------- logging
 
 
+#: DropBox.log holds every user's file names: not for others.  0640 as packaging/logrotate's
+#: ``create`` (group: the service's own, for log readers), whatever the umask.
+LOG_FILE_MODE = 0o640
+LOG_DIR_MODE = 0o750
+
+
+class _PrivateLogFile:
+    """Opens (and reopens, after a rotation) the log file with :data:`LOG_FILE_MODE`."""
+
+    baseFilename: str
+    mode: str
+    encoding: str | None
+    errors: str | None
+
+    def _open(self) -> io.TextIOWrapper:  # logging.FileHandler's hook
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & ~LOG_FILE_MODE:
+                os.fchmod(fd, mode & LOG_FILE_MODE)
+        except OSError:
+            pass  # not ours to change (another owner): log to it as it is
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+class _RotatingLog(_PrivateLogFile, logging.handlers.RotatingFileHandler):
+    pass
+
+
+class _WatchedLog(_PrivateLogFile, logging.handlers.WatchedFileHandler):
+    pass
+
+
 def setup_logging(level: str, log_dir: Path | None, external_rotation: bool = False) -> None:
+    """Log to stderr and, with ``log_dir``, to DropBox.log; every line escaped (:mod:`omero_dropbox.text`)."""
     root = logging.getLogger()
     root.setLevel(level)
-    formatter = logging.Formatter(LOG_FORMAT)
+    formatter = EscapingFormatter(LOG_FORMAT)
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(formatter)
     root.addHandler(stream)
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
         handler: logging.Handler
         if external_rotation:
             # logrotate moves the file away; WatchedFileHandler notices and reopens it.
-            handler = logging.handlers.WatchedFileHandler(log_dir / "DropBox.log")
+            handler = _WatchedLog(log_dir / "DropBox.log")
         else:
-            handler = logging.handlers.RotatingFileHandler(
-                log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9
-            )
+            handler = _RotatingLog(log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9)
         handler.setFormatter(formatter)
         root.addHandler(handler)
 
@@ -203,8 +239,10 @@ class RecordImporter:
     """Imports nothing: appends one JSON line per fileset to a file. Works without OMERO."""
 
     def __init__(self, path: Path) -> None:
+        from omero_dropbox.journal import private_dir
+
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
 
     def __call__(self, request: object) -> bool:
         from omero_dropbox.importers import ImportRequest
@@ -218,7 +256,10 @@ class RecordImporter:
             "format": request.format,
             "at": time.time(),
         }
-        with open(self.path, "a", encoding="utf-8") as fh:
+        from omero_dropbox.journal import open_private
+
+        # Every user's file names: 0600 like the journal, whatever the umask.
+        with os.fdopen(open_private(self.path), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -237,7 +278,7 @@ def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
             raise ConfigError(f"--importer-command conflicts with --importer {kind}")
         kind = "command"
     if kind == "auto":
-        has_login = bool(args.omero_password_file or os.environ.get("OMERO_DROPBOX_ADMIN_PASSWORD"))
+        has_login = bool(args.omero_password_file or getattr(args, "admin_password", None))
         kind = "omero" if shutil.which("omero") and has_login else "record"
         if kind == "record":
             log.warning(
@@ -269,9 +310,8 @@ def _omero_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
         raise ConfigError(f"--importer omero: {exc}") from None
     if args.omero_password_file:
         password = read_password_file(args.omero_password_file)
-    elif os.environ.get(ADMIN_PASSWORD_ENV):
-        # Taken out of the environment so that no importer or other child process inherits it.
-        password = os.environ.pop(ADMIN_PASSWORD_ENV)
+    elif getattr(args, "admin_password", None):
+        password = args.admin_password  # taken out of the environment by cmd_run
     else:
         raise ConfigError(
             "--importer omero needs an OMERO admin login to create each user's session: pass "
@@ -302,12 +342,24 @@ def _read_users(spec: str | None) -> object:
 # ---------------------------------------------------------------- commands
 
 
+ADMIN_PASSWORD_ENV = "OMERO_DROPBOX_ADMIN_PASSWORD"
+
+
+def take_admin_password() -> str | None:
+    """$OMERO_DROPBOX_ADMIN_PASSWORD, removed from the environment so that no child process (an
+    importer command, Java, the OMERO CLI) inherits it; kept in memory for the OMERO importer."""
+    return os.environ.pop(ADMIN_PASSWORD_ENV, None) or None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from omero_dropbox.engine import DropBox
-    from omero_dropbox.journal import JournalError
+    from omero_dropbox.journal import JournalError, private_dir
 
+    args.admin_password = take_admin_password()  # first: before anything can start a child
     config = load_config(templates=args.templates, toml_file=args.config, overrides=args.overrides)
     setup_logging(args.log_level, args.log_dir or config.log_dir, args.external_logrotate)
+    if not args.dry_run:
+        private_dir(args.state_dir)  # before anything creates a file in it
     importer = make_importer(args, config)
     state_dir = args.state_dir
     if args.dry_run:
@@ -427,16 +479,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
                     try:
                         targets.append(journal.resolve_fileset(ref).id)
                     except JournalError as exc:
-                        print(f"omero-dropbox retry: {exc}", file=sys.stderr)
+                        print(f"omero-dropbox retry: {printable(str(exc))}", file=sys.stderr)
                         errors += 1
             for fid in targets:
                 try:
                     rec = journal.retry(fid, actor)
                 except JournalError as exc:
-                    print(f"omero-dropbox retry: {exc}", file=sys.stderr)
+                    print(f"omero-dropbox retry: {printable(str(exc))}", file=sys.stderr)
                     errors += 1
                     continue
-                print(f"Re-queued {fid[:12]} {rec.user} {display_path(rec.key)}")
+                print(f"Re-queued {fid[:12]} {printable(rec.user)} {display_path(rec.key)}")
     except JournalError as exc:
         print(f"omero-dropbox: error: {exc}", file=sys.stderr)
         return 1
@@ -463,14 +515,15 @@ def cmd_forget(args: argparse.Namespace) -> int:
                     except JournalError as exc:
                         last = exc
                 else:
-                    print(f"omero-dropbox forget: {last}", file=sys.stderr)
+                    print(f"omero-dropbox forget: {printable(str(last))}", file=sys.stderr)
                     errors += 1
                     continue
                 filesets = [e for e in entries if e.kind == "fileset"]
                 files = [e for e in entries if e.kind == "file"]
                 for e in filesets:
                     key = display_path(e.path or "")
-                    print(f"Forgot fileset {e.subject[:12]} ({e.old_state}) of {e.user}: {key}")
+                    owner = printable(e.user or "")
+                    print(f"Forgot fileset {e.subject[:12]} ({e.old_state}) of {owner}: {key}")
                 shown = display_path(path)
                 print(f"Forgot {len(files)} file(s) under {shown}; a copy dropped again is imported again.")
     except JournalError as exc:

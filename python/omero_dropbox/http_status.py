@@ -13,7 +13,8 @@ Read-only unless the request carries the token kept in ``<state-dir>/http-token`
 (a new one at every start, mode 0600): as the form field ``token`` or the header
 ``Authorization: Bearer TOKEN``.  The listener is loopback by default; bound to
 loopback, requests naming another host (DNS rebinding) are refused.  Every value on
-the page is HTML-escaped (file names are user-controlled).
+the page is escaped by :func:`omero_dropbox.text.printable` and then HTML-escaped (file names
+are user-controlled).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from omero_dropbox.journal import FILESET_STATES, IMPORTED, Journal, JournalErro
 from omero_dropbox.metrics import CONTENT_TYPE, collect, exposition
 from omero_dropbox.status import collect as collect_status
 from omero_dropbox.status import omero_web_link, one_line
+from omero_dropbox.text import printable
 
 if TYPE_CHECKING:
     from omero_dropbox.engine import DropBox
@@ -257,7 +259,8 @@ td.n,th.n{text-align:right}.reason{white-space:pre-wrap;font-family:monospace;fo
 
 
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """``value`` for HTML: escaped by :func:`printable` (controls, bidi), then HTML-escaped."""
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _when(at: float | None) -> str:
@@ -401,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
         return _is_loopback(name.lower())
 
     def _plain(self, status: int, text: str) -> None:
-        self._send(status, text + "\n", "text/plain; charset=utf-8")
+        self._send(status, printable(text) + "\n", "text/plain; charset=utf-8")
 
     # -- GET ----------------------------------------------------------------------------
 

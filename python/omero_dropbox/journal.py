@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omero_dropbox.text import printable
+
 __all__ = [
     "FILESET_STATES",
     "FILE_STATES",
@@ -61,6 +63,8 @@ __all__ = [
     "fd_identity",
     "file_identity",
     "fileset_id",
+    "open_private",
+    "private_dir",
 ]
 
 log = logging.getLogger("omero_dropbox.journal")
@@ -241,14 +245,67 @@ def fileset_id(identities: Iterable[FileIdentity]) -> str:
     return hashlib.blake2b("\n".join(keys).encode("ascii"), digest_size=16).hexdigest()
 
 
-# Control characters in names are shown escaped: a file named "x\n<forged log line>" must not
-# be able to write lines of its own into the log.
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+# Names are shown escaped (see omero_dropbox.text): a file named "x\n<forged log line>" must not
+# be able to write lines of its own into the log.  The name stays importable from here.
+display_path = printable
 
 
-def display_path(path: str) -> str:
-    """``path`` printable in logs: undecodable bytes and control characters shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
+#: The state directory and every file in it hold every user's file names and the importers'
+#: output: private to the service's user, whatever its umask.
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path | str) -> Path:
+    """Create the state directory ``path`` (mode 0700), or take group and other access away
+    from an existing one (its owner's bits kept).  Narrowing is logged, naming the old mode."""
+    path = Path(path)
+    path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        was, now = f"{mode:04o}", f"{mode & STATE_DIR_MODE:04o}"
+        try:
+            os.chmod(path, mode & STATE_DIR_MODE)
+        except OSError as e:
+            log.warning(
+                "State directory %s is mode %s (group or others can read the journal) and could not "
+                "be made private: %s; run chmod go= %s",
+                path,
+                was,
+                e.strerror or e,
+                path,
+            )
+        else:
+            log.warning(
+                "State directory %s was mode %s (group or others could read the journal); made it %s",
+                path,
+                was,
+                now,
+            )
+    return path
+
+
+def open_private(path: Path | str, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
+    """Open (creating) the state file ``path`` mode 0600 whatever the umask; an existing file
+    that others could read is narrowed to 0600.  Returns the file descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), STATE_FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, STATE_FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _private_files(db: Path) -> None:
+    """The journal file made 0600 before SQLite opens it (SQLite gives its -wal and -shm files
+    the journal's mode); -wal/-shm left wider by an older version are narrowed."""
+    os.close(open_private(db, os.O_RDWR))
+    for extra in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(extra.stat().st_mode) & 0o077:
+                os.chmod(extra, STATE_FILE_MODE)
 
 
 def _enc(path: str) -> bytes:
@@ -262,8 +319,13 @@ def _txt(value: str | None) -> str | None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return display_path(value)
+        return printable(value)
     return value
+
+
+def _reason(value: str) -> str:
+    """A reason or error for the journal, stored escaped: whoever reads it gets one safe line."""
+    return printable(value)
 
 
 def _dec(blob: bytes | None) -> str:
@@ -372,7 +434,7 @@ class Journal:
                 raise JournalError(f"cannot open state file {self.path}: {e}") from e
         else:
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self.state_dir)
             except OSError as e:
                 raise self._os_error(e, f"cannot create state directory {self.state_dir}") from e
             if not os.access(self.state_dir, os.W_OK | os.X_OK):
@@ -380,6 +442,10 @@ class Journal:
                     f"state directory {self.state_dir} is not writable by this user; "
                     "fix its permissions or choose another --state-dir"
                 )
+            try:
+                _private_files(self.path)
+            except OSError as e:
+                raise self._os_error(e, f"cannot create state file {self.path}") from e
             try:
                 self._conn = sqlite3.connect(
                     str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -598,7 +664,7 @@ class Journal:
                 _txt(user),
                 old_state,
                 new_state,
-                _txt(reason),
+                _reason(reason),
             ),
         )
 
@@ -757,14 +823,14 @@ class Journal:
                 # Never rewrite an imported/importing file's record: add a new row.
                 c.execute(
                     "INSERT INTO files(path, user, state, reason, created, updated) VALUES (?,?,?,?,?,?)",
-                    (_enc(path), _txt(user), SKIPPED, _txt(reason), now, now),
+                    (_enc(path), _txt(user), SKIPPED, _reason(reason), now, now),
                 )
                 old_state = None
             else:
                 c.execute(
                     "UPDATE files SET state = ?, reason = ?, user = COALESCE(?, user),"
                     " updated = ? WHERE id = ?",
-                    (SKIPPED, _txt(reason), _txt(user), now, old.id),
+                    (SKIPPED, _reason(reason), _txt(user), now, old.id),
                 )
                 old_state = old.state
             self._history(
@@ -911,7 +977,7 @@ class Journal:
                 continue  # belongs to another fileset that already used it
             c.execute(
                 "UPDATE files SET fileset_id = ?, state = ?, reason = ?, updated = ? WHERE id = ?",
-                (fid, state, _txt(reason), now, rec.id),
+                (fid, state, _reason(reason), now, rec.id),
             )
 
     def transition(
@@ -955,7 +1021,7 @@ class Journal:
                 new_state in (FAILED, SKIPPED) or (old_state == IMPORTING and new_state == QUEUED)
             ):
                 sets.append("last_error = ?")
-                args.append(_txt(reason))
+                args.append(_reason(reason))
             args.append(fileset_id)
             c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
             self._propagate(c, fileset_id, new_state, reason, now)
@@ -975,7 +1041,7 @@ class Journal:
         file_reason = reason if state in (FAILED, SKIPPED) else ""
         c.execute(
             "UPDATE files SET state = ?, reason = ?, updated = ? WHERE fileset_id = ?",
-            (state, _txt(file_reason), now, fid),
+            (state, _reason(file_reason), now, fid),
         )
 
     def requeue(self, fileset_id: str, reason: str = "re-queued by operator") -> None:

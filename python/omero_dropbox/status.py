@@ -36,7 +36,9 @@ from omero_dropbox.journal import (
     Journal,
     JournalError,
     display_path,
+    open_private,
 )
+from omero_dropbox.text import printable, printable_tree
 
 __all__ = [
     "SERVICE_FILE",
@@ -58,6 +60,8 @@ COLUMNS = ("waiting", "queued", "importing", "imported_today", "failed")
 _HEARTBEAT = 30.0  # rewrite service.json at least this often, so readers can tell it is alive
 
 # What `omero import` prints on stdout for what it created ("Image:12,13", "Plate:4").
+# A line break as the journal stores it (escaped; \r\n, \n or \r).
+_ESCAPED_LINE_BREAK = re.compile(r"\\x0d\\x0a|\\x0a|\\x0d")
 _OBJECT_LINE = re.compile(r"^\s*(Image|Plate|Fileset|Screen|Dataset|Project|Well):(\d+(?:\s*,\s*\d+)*)\s*$")
 
 
@@ -113,7 +117,8 @@ class ServiceSnapshot:
         }
         tmp = self.path.with_name(f".{SERVICE_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(doc))
             os.replace(tmp, self.path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -165,7 +170,8 @@ def start_of_today(now: float | None = None) -> float:
 def collect(
     journal: Journal, state_dir: Path, *, limit: int = 20, service: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``status --json`` document (schema 1).
+    """The ``status --json`` document (schema 1), every string in it escaped by
+    :func:`~omero_dropbox.text.printable` (names come from lab users).
 
     ``users``: ``{user: {waiting, queued, importing, imported_today, failed, imported,
     skipped_files}}``; ``failures``: the newest ``failed`` filesets with their reasons;
@@ -221,23 +227,28 @@ def collect(
         }
         for e in history
     ]
-    return {
-        "schema": STATUS_SCHEMA,
-        "generated_at": time.time(),
-        "state_dir": str(state_dir),
-        "service": service,
-        "users": users,
-        "totals": totals,
-        "failures": failures,
-        "filesets": filesets,
-        "files": files,
-        "recent": recent,
-    }
+    return printable_tree(
+        {
+            "schema": STATUS_SCHEMA,
+            "generated_at": time.time(),
+            "state_dir": str(state_dir),
+            "service": service,
+            "users": users,
+            "totals": totals,
+            "failures": failures,
+            "filesets": filesets,
+            "files": files,
+            "recent": recent,
+        }
+    )
 
 
 def one_line(text: str, limit: int = 160) -> str:
-    """A multi-line reason (importer stderr) as one line: its first and last lines."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    """A multi-line reason (importer stderr) as one line: its first and last lines.
+
+    The journal stores reasons escaped, their line breaks as ``\\x0a``; those separate lines too.
+    """
+    lines = [ln.strip() for ln in _ESCAPED_LINE_BREAK.split(printable(text)) if ln.strip()]
     if not lines:
         return ""
     line = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"

@@ -50,7 +50,7 @@ from omero_dropbox.config import ConfigError, DropBoxConfig, UserMonitorConfig, 
 from omero_dropbox.engine import DropBox, UserDirectory, UserList  # noqa: E402
 from omero_dropbox.ice.monitor_server import configure_logging, take_command_line_properties  # noqa: E402
 from omero_dropbox.importers import CommandImporter  # noqa: E402
-from omero_dropbox.journal import JournalError  # noqa: E402
+from omero_dropbox.journal import JournalError, open_private, private_dir  # noqa: E402
 from omero_dropbox.properties import property_by_name  # noqa: E402
 from omero_dropbox.watcher import system_file_rules  # noqa: E402
 
@@ -296,7 +296,8 @@ def config_from_properties(props: Any) -> DropBoxConfig:
 def _save_monitor_ids(state_dir: Path, ids: list[str]) -> None:
     path = state_dir / "monitors.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ids))
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(ids))
     os.replace(tmp, path)
 
 
@@ -326,7 +327,7 @@ class DropBoxApp(Ice.Application):  # type: ignore[misc, name-defined]
             return 1
         log.info("Monitor parameters = %s", [u.import_user for u in config.users])
         try:
-            opts.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(opts.state_dir)
         except OSError as exc:
             log.error("Cannot create the state directory %s (--state-dir): %s", opts.state_dir, exc)
             return 1
@@ -486,6 +487,9 @@ class Supervisor:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # This service logs in with IceGrid's internal root; an admin password in the environment is
+    # never needed, and no importer it starts may inherit one.
+    os.environ.pop("OMERO_DROPBOX_ADMIN_PASSWORD", None)
     args = list(sys.argv if argv is None else argv)
     return int(DropBoxApp().main(args))
 

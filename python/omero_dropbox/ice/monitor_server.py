@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omero_dropbox.ice import load_slice
+from omero_dropbox.text import EscapingFormatter, escape_log_handlers
 
 Ice, omero = load_slice()
 monitors = omero.grid.monitors
@@ -523,14 +524,16 @@ def configure_logging(props: Any, server_id: str) -> None:
         from omero.util import configure_server_logging  # type: ignore[import-not-found, import-untyped]
 
         configure_server_logging(props)
+        escape_log_handlers()  # omero.util's handlers, their format kept, every line escaped
         return
     from omero_dropbox.cli import LOG_FORMAT
 
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
         root.addHandler(handler)
+    escape_log_handlers()
     root.setLevel(int(props.getPropertyWithDefault("omero.logging.level", "20") or 20))
 
 
