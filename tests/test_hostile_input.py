@@ -94,22 +94,31 @@ def test_a_symlink_renamed_over_a_waiting_file_is_never_imported(shm_dir: Path) 
     assert reason is not None and "symbolic link" in reason[1], reason
 
 
-def test_a_hard_link_to_another_users_file_renamed_over_a_waiting_file_takes_nothing_from_him(
+def test_a_link_to_another_users_file_renamed_over_a_waiting_file_takes_nothing_from_him(
     shm_dir: Path,
 ) -> None:
-    """amy links zak's waiting file over her own: she gets nothing, and zak's import still runs."""
+    """amy points her waiting file at zak's file before zak's copy is complete: she gets nothing,
+    and zak's own import is not refused as "already imported" (the link was never fingerprinted
+    as zak's file)."""
     dropbox, state = shm_dir / "DropBox", shm_dir / "state"
-    zak_file = Path(os.fsdecode(write_file(dropbox / "zak" / "z.tif", b"II*\x00zak's data")))
     waiting = Path(os.fsdecode(write_file(dropbox / "amy" / "waiting.tif", b"II*\x00amy")))
-    service = Service(shm_dir, dropbox, state, users=USERS, props={"dirImportWait": "4"}, log_level="DEBUG")
+    zak_file = dropbox / "zak" / "z.tif"
+    zak_file.parent.mkdir(parents=True)
+    service = Service(shm_dir, dropbox, state, users=USERS, props={"dirImportWait": "2"}, log_level="DEBUG")
     with running(service):
         _waiting(service, waiting)
-        _swap(zak_file, waiting, hard=True)
-        os.unlink(waiting)  # amy removes her link again: zak's file has one link, as before
+        with open(zak_file, "wb") as copying:  # zak's copy is still open: not reported yet
+            copying.write(b"II*\x00zak's data")
+            copying.flush()
+            _swap("../zak/z.tif", waiting)
+            # A barrier: once amy's next file is imported, her folder's earlier files were handled.
+            barrier = write_file(dropbox / "amy" / "barrier.tif", b"II*\x00barrier")
+            assert wait_for(lambda: barrier in _imported(service), 60), service.tail()
         assert wait_for(lambda: os.fsencode(zak_file) in _imported(service), 60), service.tail()
     assert os.fsencode(waiting) not in _imported(service)
     zak_imports = [r for r in service.records() if os.fsencode(zak_file) in r.files]
     assert len(zak_imports) == 1 and zak_imports[0].user == "zak", zak_imports
+    assert "Already imported" not in service.text()
 
 
 def test_a_symlink_renamed_over_a_file_queued_behind_a_slow_import_is_refused_before_the_importer_runs(
