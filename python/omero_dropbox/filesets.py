@@ -378,13 +378,15 @@ def _xml_attrs(
     budget = budget or _unbounded()
     parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     step = 1 << 16
-    for at in range(0, len(data) + 1, step):
+    chunks = [data[at : at + step] for at in range(0, len(data), step)]
+    for i in range(len(chunks) + 1):
         budget.check()
-        if at < len(data):
-            parser.feed(data[at : at + step])
+        if i < len(chunks):
+            parser.feed(chunks[i])
         else:
             parser.close()
-        for event, elem in parser.read_events():
+        for item in parser.read_events():
+            event, elem = item[0], item[-1]
             if not isinstance(elem, ET.Element):
                 continue
             if event == "end":
