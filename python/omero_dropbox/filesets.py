@@ -1002,12 +1002,11 @@ def _through_link(key_dir: str, ref: str, link: str) -> str:
 @dataclass
 class _Parsed:
     """A cached parse of one key file: its references or why it is refused, and what the
-    confinement check needs (parent folders of every reference, lexical verdicts by root)."""
+    confinement check needs (the distinct parent folders of the references)."""
 
     refs: ContentRefs | None
     rejected: str | None
     dirs: frozenset[str] = frozenset()
-    verdicts: dict[str, str | None] = field(default_factory=dict)
 
     def all_refs(self) -> Iterator[str]:
         if self.refs is None:
@@ -1021,8 +1020,14 @@ class _Parsed:
 
 def _parsed(refs: ContentRefs | None, rejected: str | None) -> _Parsed:
     p = _Parsed(refs, rejected)
-    p.dirs = frozenset(os.path.dirname(r) for r in p.all_refs())
+    p.dirs = frozenset(map(_dirname, p.all_refs()))
     return p
+
+
+def _dirname(path: str) -> str:
+    """``os.path.dirname`` of a normalised absolute path, without its generality (hot)."""
+    at = path.rfind(os.sep)
+    return path[:at] if at > 0 else (os.sep if at == 0 else "")
 
 
 class _Pass:
@@ -1189,18 +1194,22 @@ class FilesetGrouper:
         return result
 
     def _confine(self, parsed: _Parsed, where: str, conf: _Confinement) -> None:
-        """Refuse a parse with a reference outside ``conf``'s tree (lexically or by a symlink)."""
-        verdict = parsed.verdicts.get(conf.root, "")
-        if verdict == "":
-            verdict = next((_outside(where, r) for r in parsed.all_refs() if not conf.inside(r)), None)
-            parsed.verdicts[conf.root] = verdict
-        if verdict is not None:
-            raise KeyFileRejected(verdict)
+        """Refuse a parse with a reference outside ``conf``'s tree (lexically or by a symlink).
+
+        References are normalised, so each is inside exactly when its folder is: only the
+        distinct folders (one or a few per key file) are checked, then ``..`` names."""
         for d in sorted(parsed.dirs):
-            link = conf.link_on_way(d)
-            if link is not None:
-                ref = next(r for r in parsed.all_refs() if os.path.dirname(r) == d)
-                raise KeyFileRejected(_through_link(where, ref, link))
+            problem: str | None = None
+            d = d if os.path.isabs(d) else os.path.abspath(d)  # given paths are absolute in the engine
+            if not conf.inside(d):
+                problem = "outside"
+            elif (link := conf.link_on_way(d)) is not None:
+                problem = link
+            if problem is not None:
+                ref = next(r for r in parsed.all_refs() if os.path.abspath(_dirname(r)) == d)
+                raise KeyFileRejected(
+                    _outside(where, ref) if problem == "outside" else _through_link(where, ref, problem)
+                )
         for base, value in parsed.refs.dotdot if parsed.refs is not None else ():
             problem = conf.stepwise(base, value)
             if problem is not None:
