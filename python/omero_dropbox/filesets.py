@@ -19,6 +19,22 @@ containers, with the rules standing in for ``ImageReader.setId`` + ``getUsedFile
 
 Only names and a few small files are read: no JVM, no pixel data. See
 :mod:`omero_dropbox.bioformats` for the Bio-Formats oracle the tests compare against.
+
+Key files are written by lab users, and the importer opens whatever a key file names,
+whatever we group; so (see :class:`GroupingLimits` and ``group(..., root=)``):
+
+* with ``root`` (the user's folder), every reference a key file makes (content, sibling
+  and folder rules; required or optional; present or not) must be inside ``root`` after
+  normalisation and reach it through no symbolic link; otherwise the key file is
+  unclaimed with a reason naming the reference, and claims none of its members;
+* member counts are computed before any name is built, and key files are read through
+  one helper (no symlink followed, never blocking on a FIFO, regular files only,
+  bounded size); each key file has a time budget; a key file over a cap is unclaimed
+  with a reason naming the cap (no reason of a refused key file says "waiting");
+* a ``.pattern`` that is a regular expression runs on the Rust ``regex`` crate (linear
+  time), never on Python's backtracking ``re``;
+* parse results are cached per key file (path, device, inode, size, mtime), so a
+  regroup does not read and expand an unchanged 100,000-member key file again.
 """
 
 from __future__ import annotations
