@@ -110,8 +110,10 @@ class GroupingLimits:
     max_listing: int = 200_000
     # Compiled size of a .pattern regular expression (Rust regex size_limit).
     max_regex_bytes: int = 1 << 20
-    # Key files whose parse results are kept between regroups.
+    # Key files whose parse results are kept between regroups, and the paths they may
+    # hold in all (~100-150 bytes each: 1,000,000 paths is ~150 MB at most).
     cache_entries: int = 4096
+    cache_paths: int = 1_000_000
 
 
 DEFAULT_LIMITS = GroupingLimits()
@@ -986,18 +988,20 @@ class _Confinement:
         link = self.link_on_way(os.path.dirname(ref))
         return None if link is None else _through_link(key_dir, ref, link)
 
-    def stepwise(self, where: str, value: str) -> str | None:
+    def stepwise(self, where: str, value: str, shown: str) -> str | None:
         """Walk ``value`` (with ``..``) from ``where`` as the kernel would, component by
-        component: every step must stay inside and not be a symlink."""
+        component: every step must stay inside and not be a symlink (``shown``: the name
+        as the key file wrote it, for the reason)."""
+        ref = os.path.normpath(os.path.join(where, shown))
         cur = os.sep if value.startswith(os.sep) else where
         for part in value.split(os.sep):
             if part in ("", "."):
                 continue
             cur = os.path.dirname(cur) if part == ".." else os.path.join(cur, part)
             if not self.inside(cur):
-                return _outside(where, os.path.normpath(os.path.join(where, value)))
+                return _outside(where, ref)
             if self.is_link(cur):
-                return _through_link(where, os.path.normpath(os.path.join(where, value)), cur)
+                return _through_link(where, ref, cur)
         return None
 
 
@@ -1023,6 +1027,12 @@ class _Parsed:
     refs: ContentRefs | None
     rejected: str | None
     dirs: frozenset[str] = frozenset()
+
+    def weight(self) -> int:
+        """Paths held (what the cache bound counts)."""
+        if self.refs is None:
+            return 1
+        return sum(map(len, self.refs.required)) + len(self.refs.optional) + 1
 
     def all_refs(self) -> Iterator[str]:
         if self.refs is None:
@@ -1075,6 +1085,7 @@ class FilesetGrouper:
         self.limits = limits
         # (path, st_dev, st_ino, st_size, st_mtime_ns) -> parse; LRU, limits.cache_entries
         self._cache: OrderedDict[tuple[str, int, int, int, int], _Parsed] = OrderedDict()
+        self._cached_paths = 0  # paths held by the cache, bounded by limits.cache_paths
         enabled = [r for r in rules if self._reader_enabled(r.reader)]
         for r in enabled:
             for spec in r.members:
@@ -1203,10 +1214,14 @@ class FilesetGrouper:
             return None  # unreadable now (permissions, vanished): not cached, read again next time
         except (ValueError, ET.ParseError, struct.error, UnicodeError):
             result = _parsed(ContentRefs(), None)  # malformed: Bio-Formats will say so at import
-        if result.refs is None or result.refs.cacheable:
+        weight = result.weight()
+        if (result.refs is None or result.refs.cacheable) and weight <= self.limits.cache_paths:
             self._cache[ck] = result
-            while len(self._cache) > self.limits.cache_entries:
-                self._cache.popitem(last=False)
+            self._cached_paths += weight
+            while (
+                len(self._cache) > self.limits.cache_entries or self._cached_paths > self.limits.cache_paths
+            ):
+                self._cached_paths -= self._cache.popitem(last=False)[1].weight()
         return result
 
     def _confine(self, parsed: _Parsed, where: str, conf: _Confinement) -> None:
@@ -1226,10 +1241,15 @@ class FilesetGrouper:
                 raise KeyFileRejected(
                     _outside(where, ref) if problem == "outside" else _through_link(where, ref, problem)
                 )
+        walked: set[tuple[str, str]] = set()
         for base, value in parsed.refs.dotdot if parsed.refs is not None else ():
-            problem = conf.stepwise(base, value)
-            if problem is not None:
-                raise KeyFileRejected(problem)
+            head, _, tail = value.rpartition(os.sep)
+            probe = value if tail in ("", ".", "..") else head  # a leaf is checked by take()
+            if (base, probe) not in walked:
+                walked.add((base, probe))
+                problem = conf.stepwise(base, probe, value)
+                if problem is not None:
+                    raise KeyFileRejected(problem)
 
     def _folder_files(
         self, folder: str, spec: Folder, budget: _Budget, confined: bool, where: str
