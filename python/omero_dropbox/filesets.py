@@ -326,7 +326,7 @@ class _Budget:
             raise _too_many(n, self.limits, what)
 
 
-def _unbounded() -> _Budget:
+def _default_budget() -> _Budget:
     return _Budget(DEFAULT_LIMITS)
 
 
@@ -393,7 +393,7 @@ def _xml_attrs(
     Fed in chunks, with finished elements cleared, so a large file is parsed in bounded
     memory and the deadline is checked as it goes.
     """
-    budget = budget or _unbounded()
+    budget = budget or _default_budget()
     parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     step = 1 << 16
     chunks = [data[at : at + step] for at in range(0, len(data), step)]
@@ -420,7 +420,7 @@ def _xml_attrs(
 
 def parse_ome_xml(data: bytes, where: str, budget: _Budget | None = None) -> ContentRefs:
     """UUID/@FileName references (TiffData) and BinaryOnly/@MetadataFile."""
-    budget = budget or _unbounded()
+    budget = budget or _default_budget()
     refs = ContentRefs()
     seen: set[str] = set()
     for elem, _attr, value in _xml_attrs(
@@ -690,7 +690,7 @@ def expand_file_pattern(pattern: str, budget: _Budget | None = None) -> list[str
     The count is the product of the block sizes, checked against the members cap
     before any name is built (:class:`KeyFileRejected` names it).
     """
-    budget = budget or _unbounded()
+    budget = budget or _default_budget()
     pieces = _BLOCK.split(pattern)
     literals, blocks = pieces[0::2], [_parse_block(b) for b in pieces[1::2]]
     total = 1
