@@ -20,11 +20,20 @@ Bio-Formats to read). Then it measures, as medians:
 
 Rows 2 and 3 are extrapolations and say so. Needs java and bioformats_package.jar for
 rows 2 and 3 (skipped otherwise, or with ``--skip-java``).
+
+``--regroup N`` measures instead what the engine does on every event batch: regroup a
+pool holding one N-member MetaMorph .nd (N time points) and one N-member ``.pattern``,
+with the user's folder as ``root``: the first grouping and a regroup by the same
+grouper (medians of R runs). ``--module FILE`` loads ``omero_dropbox.filesets`` from
+FILE instead (e.g. an older version, via ``git show REV:python/omero_dropbox/filesets.py``)
+to compare before/after; a module whose ``group`` has no ``root`` runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import os
 import random
 import shutil
@@ -119,6 +128,60 @@ def median_time(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def build_big_keys(root: Path, n: int) -> list[str]:
+    """One .nd naming n time points and one .pattern naming n files, all present."""
+    nd = root / "exp.nd"
+    nd.write_text(
+        f'"NDInfoFile", Version 1.0\n"DoTimelapse", TRUE\n"NTimePoints", {n}\n"DoStage", FALSE\n'
+        '"DoWave", FALSE\n"EndFile"\n'
+    )
+    pattern = root / "p.pattern"
+    pattern.write_text(f"p_<1-{n}>.tif")
+    files = [str(nd), str(pattern)]
+    for i in range(1, n + 1):
+        for name in (f"exp_t{i}.TIF", f"p_{i}.tif"):
+            (root / name).touch()
+            files.append(str(root / name))
+    return files
+
+
+def regroup_main(args: argparse.Namespace) -> int:
+    if args.module:
+        spec = importlib.util.spec_from_file_location("filesets_under_test", args.module)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        grouper_class = module.FilesetGrouper
+    else:
+        grouper_class = FilesetGrouper
+    root = Path(tempfile.mkdtemp(prefix="odb-bench-regroup-", dir=args.base))
+    try:
+        files = build_big_keys(root, args.regroup)
+        kw = {"root": str(root)} if "root" in inspect.signature(grouper_class.group).parameters else {}
+        firsts, regroups = [], []
+        for _ in range(args.runs):
+            grouper = grouper_class()
+            t0 = time.perf_counter()
+            result = grouper.group(files, **kw)
+            firsts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            grouper.group(files, **kw)
+            regroups.append(time.perf_counter() - t0)
+        sizes = sorted(len(fs.files) for fs in result.filesets)
+        print(
+            f"{len(files):,} files, filesets of {sizes}, root={'yes' if kw else 'no'}, "
+            f"{args.module or 'this tree'}"
+        )
+        print(
+            f"first grouping: {statistics.median(firsts):.3f} s, "
+            f"regroup: {statistics.median(regroups):.3f} s (medians of {args.runs})"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000)
@@ -130,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--skip-java", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
+    ap.add_argument("--regroup", type=int, metavar="N", help="regroup a pool with two N-member key files")
+    ap.add_argument("--module", help="load omero_dropbox.filesets from this file (with --regroup)")
     args = ap.parse_args(argv)
+    if args.regroup:
+        return regroup_main(args)
 
     root = Path(tempfile.mkdtemp(prefix="odb-bench-grouping-", dir=args.base))
     try:

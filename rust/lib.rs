@@ -6,6 +6,7 @@ mod filter;
 mod fsinfo;
 mod inotify;
 mod keys;
+mod namematch;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -563,12 +564,34 @@ fn network_filesystem(path: PathBuf) -> Option<&'static str> {
     fsinfo::network_fs_name(&path)
 }
 
+/// Indices of the `names` that the whole regular expression `pattern` matches, in time
+/// linear in each name (no backtracking); names that are not valid UTF-8 never match.
+#[pyfunction]
+fn regex_full_matches(
+    py: Python<'_>,
+    pattern: &str,
+    names: Vec<Bound<'_, PyAny>>,
+    size_limit: usize,
+) -> PyResult<Vec<usize>> {
+    let owned: Vec<Option<String>> = names
+        .iter()
+        .map(|n| {
+            n.cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_str().ok().map(str::to_owned))
+        })
+        .collect();
+    py.detach(|| namematch::full_matches(pattern, &owned, size_limit))
+        .map_err(|e| PyValueError::new_err(e.0))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeWatcher>()?;
     m.add_class::<Event>()?;
     m.add_function(wrap_pyfunction!(system_file_rules, m)?)?;
     m.add_function(wrap_pyfunction!(network_filesystem, m)?)?;
+    m.add_function(wrap_pyfunction!(regex_full_matches, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

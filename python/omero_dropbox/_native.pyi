@@ -79,3 +79,11 @@ def system_file_rules() -> list[tuple[str, str, str]]:
 
 def network_filesystem(path: str | bytes) -> str | None:
     """The network filesystem ``path`` lives on (``"nfs"``, ``"cifs"``, ...), or None."""
+
+def regex_full_matches(pattern: str, names: Sequence[str], size_limit: int) -> list[int]:
+    """Indices of ``names`` the whole regular expression matches (linear time, Rust ``regex``).
+
+    Raises:
+        ValueError: the expression is invalid, uses back-references or look-around, or
+            compiles to more than ``size_limit`` bytes (the message says which).
+    """

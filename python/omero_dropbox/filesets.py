@@ -19,20 +19,39 @@ containers, with the rules standing in for ``ImageReader.setId`` + ``getUsedFile
 
 Only names and a few small files are read: no JVM, no pixel data. See
 :mod:`omero_dropbox.bioformats` for the Bio-Formats oracle the tests compare against.
+
+Key files are written by lab users, and the importer opens whatever a key file names,
+whatever we group; so (see :class:`GroupingLimits` and ``group(..., root=)``):
+
+* with ``root`` (the user's folder), every reference a key file makes (content, sibling
+  and folder rules; required or optional; present or not) must be inside ``root`` after
+  normalisation and reach it through no symbolic link; otherwise the key file is
+  unclaimed with a reason naming the reference, and claims none of its members;
+* member counts are computed before any name is built, and key files are read through
+  one helper (no symlink followed, never blocking on a FIFO, regular files only,
+  bounded size); each key file has a time budget; a key file over a cap is unclaimed
+  with a reason naming the cap (no reason of a refused key file says "waiting");
+* a ``.pattern`` that is a regular expression runs on the Rust ``regex`` crate (linear
+  time), never on Python's backtracking ``re``;
+* parse results are cached per key file (path, device, inode, size, mtime), so a
+  regroup does not read and expand an unchanged 100,000-member key file again.
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
 import json
 import os
 import re
+import stat
 import struct
 import sys
+import time
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +66,14 @@ from omero_dropbox.grouping_rules import (
     Rule,
     Sibling,
 )
+from omero_dropbox.journal import display_path
 
 __all__ = [
     "Fileset",
     "FilesetGrouper",
+    "GroupingLimits",
     "GroupingResult",
+    "KeyFileRejected",
     "filesets_command",
     "group_paths",
     "is_system_file",
@@ -61,8 +83,56 @@ __all__ = [
 SINGLE = "single"
 REASON_SYSTEM = "system file"
 REASON_UNKNOWN = "not a format Bio-Formats reads"
-_MAX_SMALL_FILE = 64 << 20  # bytes read at most from an index/companion file
-_MAX_PATTERN_FILES = 1_000_000
+
+
+@dataclass(frozen=True)
+class GroupingLimits:
+    """What one key file may make the grouper do; lab users write key files.
+
+    Every cap is checked before the work it bounds is done (a count is computed as a
+    product first); a key file over a cap is not imported and its reason names the cap.
+    """
+
+    # Real plates and time-lapses have thousands to tens of thousands of files (a 1536-well
+    # plate x 9 fields x 4 channels is 55,296); 100,000 leaves room and still bounds a
+    # regroup to well under a second per key file (benches/bench_grouping.py --hostile).
+    max_members: int = 100_000
+    # .nd, .pattern and Slidedat.ini are a few KiB; OME-XML companions and InCell .xdce
+    # grow ~0.5 KiB per image, so 16 MiB covers ~30,000 images listed in XML.
+    max_key_file_bytes: int = 16 << 20
+    # A real IFD has a few dozen entries; the OME-XML of an OME-TIFF lists every plane.
+    max_tiff_entries: int = 4096
+    max_tiff_description_bytes: int = 32 << 20
+    # Cooperative: checked in every loop that can run long, so one key file cannot hold
+    # the single engine thread longer than this.
+    key_file_seconds: float = 5.0
+    # Directory entries a regular-expression .pattern (and a Folder rule) may list.
+    max_listing: int = 200_000
+    # Compiled size of a .pattern regular expression (Rust regex size_limit).
+    max_regex_bytes: int = 1 << 20
+    # Key files whose parse results are kept between regroups, and the paths they may
+    # hold in all (~100-150 bytes each: 1,000,000 paths is ~150 MB at most).
+    cache_entries: int = 4096
+    cache_paths: int = 1_000_000
+
+
+DEFAULT_LIMITS = GroupingLimits()
+
+
+class KeyFileRejected(Exception):
+    """A key file that must not be imported; ``reason`` is shown to operators."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotRegularFileError(OSError):
+    """A user's file that is a FIFO, socket, device, directory or symbolic link."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"{display_path(path)} is not a regular file ({kind})")
+        self.kind = kind
 
 
 # ----------------------------------------------------------------------------- results
@@ -141,17 +211,123 @@ def _norm(path: str) -> str:
     return os.path.normpath(path)
 
 
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+class _UserFile:
+    """An open regular file of a user's tree; reads are positional and bounded."""
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.st = st
+
+    def pread(self, size: int, offset: int) -> bytes:
+        chunks: list[bytes] = []
+        while size > 0:
+            chunk = os.pread(self.fd, min(size, 1 << 20), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+
+def _with_user_file(path: str, use: Callable[[_UserFile], Any]) -> Any:
+    """The one way this module reads a file of a user's tree.
+
+    lstat first, so a FIFO, device or socket is never even opened; then open without
+    following a symlink and without blocking (a FIFO swapped in meanwhile), and refuse
+    anything fstat does not call a regular file.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(path, _kind(st.st_mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, _kind(st.st_mode))
+        return use(_UserFile(fd, st))
+    finally:
+        os.close(fd)
+
+
 def _read_head(path: str, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(size)
-
-
-def _read_small(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(_MAX_SMALL_FILE + 1)
-    if len(data) > _MAX_SMALL_FILE:
-        raise ValueError(f"{path}: larger than {_MAX_SMALL_FILE} bytes")
+    data: bytes = _with_user_file(path, lambda f: f.pread(size, 0))
     return data
+
+
+def _read_small(path: str, limits: GroupingLimits = DEFAULT_LIMITS) -> bytes:
+    cap = limits.max_key_file_bytes
+
+    def read(f: _UserFile) -> bytes:
+        if f.st.st_size > cap:
+            raise _over_size(f.st.st_size, cap)
+        data = f.pread(cap + 1, 0)
+        if len(data) > cap:
+            raise _over_size(len(data), cap)
+        return data
+
+    data: bytes = _with_user_file(path, read)
+    return data
+
+
+def _over_size(size: int, cap: int) -> KeyFileRejected:
+    return KeyFileRejected(
+        f"key file is {size:,} bytes, over the limit of {cap:,} bytes "
+        "(GroupingLimits.max_key_file_bytes); not importing it"
+    )
+
+
+def _too_many(count: int, limits: GroupingLimits, what: str = "files") -> KeyFileRejected:
+    return KeyFileRejected(
+        f"key file declares {count:,} {what}, over the limit of {limits.max_members:,} members "
+        "per fileset (GroupingLimits.max_members); not importing it"
+    )
+
+
+class _Budget:
+    """A per-key-file deadline, checked cooperatively by every loop that can run long."""
+
+    __slots__ = ("deadline", "limits", "n")
+
+    def __init__(self, limits: GroupingLimits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.key_file_seconds
+        self.n = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n & 255 == 0:
+            self.check()
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise KeyFileRejected(
+                f"reading the key file took longer than {self.limits.key_file_seconds:g} s "
+                "(GroupingLimits.key_file_seconds); not importing it"
+            )
+
+    def count(self, n: int, what: str = "files") -> None:
+        """Refuse a declared member count over the cap, before anything is built."""
+        if n > self.limits.max_members:
+            raise _too_many(n, self.limits, what)
+
+
+def _default_budget() -> _Budget:
+    return _Budget(DEFAULT_LIMITS)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
@@ -181,107 +357,167 @@ def _render(template: str, values: Mapping[str, str]) -> str:
 @dataclass
 class ContentRefs:
     """What a content parser found: required members (each a tuple of alternatives),
-    optional members, and a redirect (this file belongs to another key file)."""
+    optional members, and a redirect (this file belongs to another key file).
+
+    ``dotdot`` keeps (directory, name as written) for names with a ``..`` component: the
+    normalised path hides a symlink the kernel would follow before the ``..``, so those
+    are checked step by step. ``cacheable`` is False when the result depends on more
+    than the file's own bytes (a regular-expression pattern lists a directory).
+    """
 
     required: list[tuple[str, ...]] = field(default_factory=list)
     optional: list[str] = field(default_factory=list)
     redirect: str | None = None
+    dotdot: list[tuple[str, str]] = field(default_factory=list)
+    cacheable: bool = True
+
+    def ref(self, where: str, value: str) -> str:
+        """The normalised path of ``value`` written in a file of ``where``."""
+        if ".." in value and ".." in value.replace("\\", "/").split("/"):
+            self.dotdot.append((where, value))
+        return _norm(os.path.join(where, value))
+
+    def size(self) -> int:
+        return len(self.required) + len(self.optional)
 
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _xml_attrs(data: bytes, wanted: Mapping[str, Sequence[str]]) -> Iterator[tuple[str, str, str]]:
-    """Yield (element, attribute, value) for the wanted local element/attribute names."""
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start",))
-    parser.feed(data)
-    parser.close()
-    for item in parser.read_events():
-        elem = item[-1] if isinstance(item, tuple) else None
-        if not isinstance(elem, ET.Element):
-            continue
-        local = _local(elem.tag)
-        for attr in wanted.get(local, ()):
-            value = elem.get(attr)
-            if value:
-                yield local, attr, value
+def _xml_attrs(
+    data: bytes, wanted: Mapping[str, Sequence[str]], budget: _Budget | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """Yield (element, attribute, value) for the wanted local element/attribute names.
+
+    Fed in chunks, with finished elements cleared, so a large file is parsed in bounded
+    memory and the deadline is checked as it goes.
+    """
+    budget = budget or _default_budget()
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    step = 1 << 16
+    chunks = [data[at : at + step] for at in range(0, len(data), step)]
+    for i in range(len(chunks) + 1):
+        budget.check()
+        if i < len(chunks):
+            parser.feed(chunks[i])
+        else:
+            parser.close()
+        for item in parser.read_events():
+            event, elem = item[0], item[-1]
+            if not isinstance(elem, ET.Element):
+                continue
+            if event == "end":
+                elem.clear()
+                continue
+            budget.tick()
+            local = _local(elem.tag)
+            for attr in wanted.get(local, ()):
+                value = elem.get(attr)
+                if value:
+                    yield local, attr, value
 
 
-def parse_ome_xml(data: bytes, where: str) -> ContentRefs:
+def parse_ome_xml(data: bytes, where: str, budget: _Budget | None = None) -> ContentRefs:
     """UUID/@FileName references (TiffData) and BinaryOnly/@MetadataFile."""
+    budget = budget or _default_budget()
     refs = ContentRefs()
     seen: set[str] = set()
-    for elem, _attr, value in _xml_attrs(data, {"UUID": ("FileName",), "BinaryOnly": ("MetadataFile",)}):
-        path = _norm(os.path.join(where, value))
+    for elem, _attr, value in _xml_attrs(
+        data, {"UUID": ("FileName",), "BinaryOnly": ("MetadataFile",)}, budget
+    ):
+        path = refs.ref(where, value)
         if elem == "BinaryOnly":
             refs.redirect = path
         elif path not in seen:
             seen.add(path)
             refs.required.append((path,))
+            budget.count(len(seen))
     return refs
 
 
-def tiff_description(path: str, limit: int = _MAX_SMALL_FILE) -> bytes | None:
-    """ImageDescription (tag 270) of the first IFD of a classic or Big TIFF, or None."""
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        if head[:2] == b"II":
-            e = "<"
-        elif head[:2] == b"MM":
-            e = ">"
+def tiff_description(
+    path: str, limit: int | None = None, limits: GroupingLimits = DEFAULT_LIMITS
+) -> bytes | None:
+    """ImageDescription (tag 270) of the first IFD of a classic or Big TIFF, or None.
+
+    Raises :class:`KeyFileRejected` for an IFD or a description over the caps: the
+    importer would read what we could not, so such a file is not imported at all.
+    """
+    cap = limits.max_tiff_description_bytes if limit is None else limit
+    return _with_user_file(path, lambda f: _tiff_description(f, cap, limits.max_tiff_entries))  # type: ignore[no-any-return]
+
+
+def _tiff_description(fh: _UserFile, limit: int, max_entries: int) -> bytes | None:
+    head = fh.pread(16, 0)
+    if head[:2] == b"II":
+        e = "<"
+    elif head[:2] == b"MM":
+        e = ">"
+    else:
+        return None
+    if len(head) < 8:
+        return None
+    (version,) = struct.unpack(e + "H", head[2:4])
+    if version == 42:
+        (offset,) = struct.unpack(e + "I", head[4:8])
+        big = False
+    elif version == 43 and len(head) >= 16:
+        (offset,) = struct.unpack(e + "Q", head[8:16])
+        big = True
+    else:
+        return None
+    raw = fh.pread(8 if big else 2, offset)
+    if len(raw) < (8 if big else 2):
+        return None
+    (count,) = struct.unpack(e + ("Q" if big else "H"), raw)
+    if count > max_entries:
+        raise KeyFileRejected(
+            f"TIFF directory declares {count:,} entries, over the limit of {max_entries:,} "
+            "(GroupingLimits.max_tiff_entries); not importing it"
+        )
+    size = 20 if big else 12
+    entries = fh.pread(count * size, offset + (8 if big else 2))
+    for i in range(len(entries) // size):
+        entry = entries[i * size : (i + 1) * size]
+        tag, _typ = struct.unpack(e + "HH", entry[:4])
+        if tag != 270:
+            continue
+        if big:
+            (n,) = struct.unpack(e + "Q", entry[4:12])
+            inline, field_ = 8, entry[12:20]
         else:
-            return None
-        (version,) = struct.unpack(e + "H", head[2:4])
-        if version == 42:
-            (offset,) = struct.unpack(e + "I", head[4:8])
-            big = False
-        elif version == 43 and len(head) >= 16:
-            (offset,) = struct.unpack(e + "Q", head[8:16])
-            big = True
+            (n,) = struct.unpack(e + "I", entry[4:8])
+            inline, field_ = 4, entry[8:12]
+        if n > limit:
+            raise KeyFileRejected(
+                f"TIFF ImageDescription is {n:,} bytes, over the limit of {limit:,} bytes "
+                "(GroupingLimits.max_tiff_description_bytes); not importing it"
+            )
+        if n <= inline:
+            value = field_[:n]
         else:
-            return None
-        fh.seek(offset)
-        raw = fh.read(8 if big else 2)
-        if len(raw) < (8 if big else 2):
-            return None
-        (count,) = struct.unpack(e + ("Q" if big else "H"), raw)
-        size = 20 if big else 12
-        entries = fh.read(min(count, 4096) * size)
-        for i in range(len(entries) // size):
-            entry = entries[i * size : (i + 1) * size]
-            tag, _typ = struct.unpack(e + "HH", entry[:4])
-            if tag != 270:
-                continue
-            if big:
-                (n,) = struct.unpack(e + "Q", entry[4:12])
-                inline, field_ = 8, entry[12:20]
-            else:
-                (n,) = struct.unpack(e + "I", entry[4:8])
-                inline, field_ = 4, entry[8:12]
-            if n > limit:
-                return None
-            if n <= inline:
-                value = field_[:n]
-            else:
-                (where,) = struct.unpack(e + ("Q" if big else "I"), field_)
-                fh.seek(where)
-                value = fh.read(n)
-            return value.rstrip(b"\0")
+            (where,) = struct.unpack(e + ("Q" if big else "I"), field_)
+            value = fh.pread(n, where)
+        return value.rstrip(b"\0")
     return None
 
 
-def _parse_ome_companion(path: str) -> ContentRefs:
-    refs = parse_ome_xml(_read_small(path), os.path.dirname(path))
+Parser = Callable[[str, _Budget, bool], ContentRefs]
+"""(key file, budget, confined) -> references; ``confined`` when a user root is given."""
+
+
+def _parse_ome_companion(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
+    refs = parse_ome_xml(_read_small(path, budget.limits), os.path.dirname(path), budget)
     refs.redirect = None
     return refs
 
 
-def _parse_ome_tiff(path: str) -> ContentRefs:
-    desc = tiff_description(path)
+def _parse_ome_tiff(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
+    desc = tiff_description(path, limits=budget.limits)
     if not desc or b"<OME" not in desc[:4096]:
         return ContentRefs()
-    refs = parse_ome_xml(desc, os.path.dirname(path))
+    refs = parse_ome_xml(desc, os.path.dirname(path), budget)
     me = _norm(path)
     refs.required = [alts for alts in refs.required if alts[0] != me]
     if refs.redirect == me:
@@ -289,15 +525,8 @@ def _parse_ome_tiff(path: str) -> ContentRefs:
     return refs
 
 
-def _parse_metamorph_nd(path: str) -> ContentRefs:
-    """Stage file names a MetaMorph .nd implies (wave, stage, time), in our own words:
-
-    a name is the .nd's stem, then ``_w<j><WaveName>`` when DoWave is true (the wave name
-    only if WaveInFileName is not false; ``_ / \\ ( )`` become ``-``), ``_s<k>`` when there
-    are stage positions, ``_t<i>`` for time-lapses; the file is the first of .STK, .TIF,
-    .tif, .stk that exists.
-    """
-    text = _read_small(path).decode("utf-8", "surrogateescape")
+def _nd_values(text: str) -> tuple[dict[str, str], list[str]]:
+    """Key/value pairs and wave names of a MetaMorph .nd (values may span lines)."""
     values: dict[str, str] = {}
     wave_names: list[str] = []
     key = ""
@@ -319,14 +548,30 @@ def _parse_metamorph_nd(path: str) -> ContentRefs:
         key = line[1 : comma - 1].strip() if comma >= 1 else ""
         current = [line[comma + 1 :].strip()]
     flush()
+    return values, wave_names
+
+
+def _parse_metamorph_nd(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
+    """Stage file names a MetaMorph .nd implies (wave, stage, time), in our own words:
+
+    a name is the .nd's stem, then ``_w<j><WaveName>`` when DoWave is true (the wave name
+    only if WaveInFileName is not false; ``_ / \\ ( )`` become ``-``), ``_s<k>`` when there
+    are stage positions, ``_t<i>`` for time-lapses; the file is the first of .STK, .TIF,
+    .tif, .stk that exists. The count (time x stage x wave) is checked against the
+    members cap before any name is built.
+    """
+    values, wave_names = _nd_values(_read_small(path, budget.limits).decode("utf-8", "surrogateescape"))
 
     def flag(name: str, default: bool) -> bool:
         v = values.get(name)
         return default if v is None else v.strip().lower() == "true"
 
     def number(name: str, default: int) -> int:
+        text = values.get(name, "").strip()
+        if len(text) > 30:  # int() of a huge digit string is itself quadratic
+            raise ValueError(f"{name}: not a number")
         try:
-            return int(values.get(name, "").strip())
+            return int(text)
         except ValueError:
             return default
 
@@ -337,6 +582,10 @@ def _parse_metamorph_nd(path: str) -> ContentRefs:
     times = number("NTimePoints", 0) if "NTimePoints" in values else 1
     times = max(times, 1)
     stages = max(number("NStagePositions", 0), 0)
+    budget.count(
+        times * max(stages, 1) * channels,
+        f"files ({times:,} time points x {max(stages, 1):,} stages x {channels:,} wavelengths)",
+    )
 
     stem = os.path.basename(path)
     stem = stem[: stem.rfind(".")]
@@ -345,6 +594,7 @@ def _parse_metamorph_nd(path: str) -> ContentRefs:
     for t in range(times):
         for s in range(max(stages, 1)):
             for j in range(channels):
+                budget.tick()
                 name = stem
                 if j < len(wave_names) and do_wave:
                     name += f"_w{j + 1}"
@@ -365,17 +615,47 @@ def _parse_metamorph_nd(path: str) -> ContentRefs:
 _BLOCK = re.compile(r"<([^<>]*)>")
 
 
-def _pattern_block(body: str) -> list[str]:
-    """Elements of one file-pattern block (Bio-Formats semantics, our implementation)."""
+@dataclass(frozen=True)
+class _Block:
+    """One file-pattern block: a list of values, or a numeric/letter range."""
+
+    values: tuple[str, ...] = ()
+    begin: int = 0
+    step: int = 1
+    count: int = 0
+    numeric: bool = True
+    width: int = 0  # zero-padding width (fixed-width ranges), else 0
+    lower: bool = False
+
+    def __len__(self) -> int:
+        return len(self.values) if self.values else self.count
+
+    def items(self, budget: _Budget) -> Iterator[str]:
+        if self.values:
+            yield from self.values
+            return
+        for i in range(self.count):
+            budget.tick()
+            v = self.begin + i * self.step
+            text = str(v) if self.numeric else _base36(v)
+            if not self.numeric:
+                text = text.lower() if self.lower else text.upper()
+            yield text.rjust(self.width, "0") if self.width else text
+
+
+def _parse_block(body: str) -> _Block:
+    """A file-pattern block (Bio-Formats semantics, our implementation); sized, not built."""
     parts = body.split(",")
     if len(parts) > 1:
-        return parts
+        return _Block(values=tuple(parts))
     bounds = body.split("-")
     if len(bounds) < 2:
-        return [body]
+        return _Block(values=(body,))
     begin = bounds[0]
     end, _, step_text = bounds[1].partition(":")
     step_text = step_text or "1"
+    if max(len(begin), len(end), len(step_text)) > 30:  # int() of huge digit strings is slow
+        raise ValueError(f"invalid file pattern block <{body[:40]}>")
     numeric = True
     try:
         b, e, s = int(begin), int(end), int(step_text)
@@ -387,18 +667,9 @@ def _pattern_block(body: str) -> list[str]:
             raise ValueError(f"invalid file pattern block <{body}>") from exc
     if s <= 0:
         raise ValueError(f"invalid step in file pattern block <{body}>")
-    fixed = len(begin) == len(end)
-    out: list[str] = []
-    for v in range(b, e + 1, s):
-        if numeric:
-            text = str(v)
-        else:
-            text = _base36(v)
-            text = text.lower() if begin[:1].islower() else text.upper()
-        out.append(text.rjust(len(end), "0") if fixed else text)
-        if len(out) > _MAX_PATTERN_FILES:
-            raise ValueError("file pattern expands to too many files")
-    return out
+    count = max((e - b) // s + 1, 0)
+    width = len(end) if len(begin) == len(end) else 0
+    return _Block(begin=b, step=s, count=count, numeric=numeric, width=width, lower=begin[:1].islower())
 
 
 def _base36(v: int) -> str:
@@ -413,52 +684,114 @@ def _base36(v: int) -> str:
     return sign + out
 
 
-def expand_file_pattern(pattern: str) -> list[str]:
-    """All names a Bio-Formats file pattern with ``<...>`` blocks denotes."""
+def expand_file_pattern(pattern: str, budget: _Budget | None = None) -> list[str]:
+    """All names a Bio-Formats file pattern with ``<...>`` blocks denotes.
+
+    The count is the product of the block sizes, checked against the members cap
+    before any name is built (:class:`KeyFileRejected` names it).
+    """
+    budget = budget or _default_budget()
     pieces = _BLOCK.split(pattern)
-    literals, blocks = pieces[0::2], [_pattern_block(b) for b in pieces[1::2]]
+    literals, blocks = pieces[0::2], [_parse_block(b) for b in pieces[1::2]]
     total = 1
     for blk in blocks:
         total *= max(len(blk), 1)
-        if total > _MAX_PATTERN_FILES:
-            raise ValueError("file pattern expands to too many files")
+        budget.count(total, "files (a file pattern's blocks multiplied out)")
     out: list[str] = []
-    for combo in itertools.product(*blocks):
+    for combo in itertools.product(*(list(b.items(budget)) for b in blocks)):
+        budget.tick()
         out.append("".join(lit + val for lit, val in zip(literals, (*combo, ""), strict=True)))
     return out
 
 
-def _parse_file_pattern(path: str) -> ContentRefs:
-    text = _read_small(path).decode("utf-8", "surrogateescape").strip()
+def _parse_file_pattern(path: str, budget: _Budget, confined: bool) -> ContentRefs:
+    text = _read_small(path, budget.limits).decode("utf-8", "surrogateescape").strip()
     pattern = text.splitlines()[0].strip() if text else ""
     if not pattern:
         return ContentRefs()
     where = os.path.dirname(path)
-    full = pattern if os.path.isabs(pattern) else os.path.join(where, pattern)
     refs = ContentRefs()
-    if _BLOCK.search(full):
-        refs.required = [(_norm(p),) for p in expand_file_pattern(full)]
-    elif os.path.lexists(full):
-        refs.required = [(_norm(full),)]
-    else:
-        # no blocks: Bio-Formats treats the file part as a regular expression
-        directory, regex = os.path.split(full)
-        try:
-            rx = re.compile(regex)
-            names = sorted(os.listdir(directory or "."))
-        except (re.error, OSError):
-            return refs
-        refs.required = [
-            (_norm(os.path.join(directory, n)),)
-            for n in names
-            if rx.fullmatch(n) and os.path.isfile(os.path.join(directory, n))
-        ]
+    if _BLOCK.search(pattern):
+        refs.required = [(refs.ref(where, p),) for p in expand_file_pattern(pattern, budget)]
+        return refs
+    refs.cacheable = False  # depends on what is on disk
+    full = refs.ref(where, pattern)
+    if os.path.lexists(full):
+        refs.required = [(full,)]
+        return refs
+    refs.required = [(p,) for p in _regex_pattern_files(where, pattern, budget, confined)]
     return refs
 
 
-def _parse_leica_lei(path: str) -> ContentRefs:
+def _regex_pattern_files(where: str, pattern: str, budget: _Budget, confined: bool) -> list[str]:
+    """Files a block-less, absent pattern names: Bio-Formats 7.3.1 (FilePattern.buildFiles)
+    takes the text after the last ``/`` as a Java regular expression and matches it
+    against the base name of every file under the folder before it, recursively.
+
+    Lab users write this text, and both ``re`` and Java backtrack (``(a|aa)*c`` never
+    ends); we run it with the Rust ``regex`` crate (linear time, compiled size capped),
+    which refuses back-references and look-around: such a pattern is not imported
+    (rejecting regex patterns outright would break real ``.pattern`` files that work).
+    """
+    head, _, regex = pattern.rpartition("/")  # on POSIX a backslash is a regex escape
+    directory = _norm(os.path.join(where, head)) if head else where
+    try:
+        st = os.lstat(directory)
+    except (OSError, ValueError):
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        if confined:  # Bio-Formats would then list its own working directory
+            raise KeyFileRejected(
+                f"file pattern names the folder {_shown(head or '.')}, which is not a folder "
+                "of the user's tree; not importing it"
+            )
+        return []
+    found = _list_tree(directory, budget, confined)
+    from omero_dropbox._native import regex_full_matches  # built with the package
+
+    try:
+        hits = regex_full_matches(regex, [os.path.basename(f) for f in found], budget.limits.max_regex_bytes)
+    except ValueError as exc:
+        raise KeyFileRejected(f"file pattern {_shown(regex)}: {exc}; not importing it") from exc
+    budget.count(len(hits), "files (matched by a regular-expression file pattern)")
+    return [found[i] for i in hits]
+
+
+def _list_tree(top: str, budget: _Budget, confined: bool) -> list[str]:
+    """Every non-directory under ``top`` (recursively, sorted), listed without following
+    symlinks; bounded by ``max_listing``. In a user's tree a symlink (which Bio-Formats
+    would follow) is an escape."""
+    out: list[str] = []
+    seen = 0
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                budget.tick()
+                seen += 1
+                if seen > budget.limits.max_listing:
+                    raise KeyFileRejected(
+                        f"file pattern lists more than {budget.limits.max_listing:,} entries under "
+                        f"{_shown(os.path.basename(top))} (GroupingLimits.max_listing); not importing it"
+                    )
+                if entry.is_symlink():
+                    if confined:
+                        raise KeyFileRejected(
+                            f"file pattern searches {_shown(entry.path)}, a symbolic link; not importing it"
+                        )
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    out.append(_norm(entry.path))
+    out.sort()
+    return out
+
+
+def _parse_leica_lei(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
     """TIFF names listed in a Leica .lei (block chain, tag 10 = series, 15 = images)."""
-    data = _read_small(path)
+    data = _read_small(path, budget.limits)
     where = os.path.dirname(path)
     refs = ContentRefs()
     if len(data) < 16:
@@ -475,10 +808,12 @@ def _parse_leica_lei(path: str) -> ContentRefs:
     blocks = 0
     while addr and blocks < 100_000:
         blocks += 1
+        budget.tick()
         tags: dict[int, int] = {}
         pos = addr + 4
         tag = i32(pos)
         while tag != 0:
+            budget.tick()
             tags[tag] = i32(pos + 4) + 16  # value follows a 12-byte header and a size
             pos += 8
             tag = i32(pos)
@@ -490,29 +825,33 @@ def _parse_leica_lei(path: str) -> ContentRefs:
         count = i32(at)
         if count < 0 or count * max(name_bytes, 1) > len(data):
             continue
+        budget.count(len(seen) + count)
         at += 20
         for _ in range(count):
+            budget.tick()
             raw = data[at : at + name_bytes]
             at += name_bytes
             name = raw.decode("utf-16-le", "replace").replace("\0", "").strip()
             if not name:
                 continue
-            full = _norm(os.path.join(where, name))
+            full = refs.ref(where, name)
             if full not in seen:
                 seen.add(full)
                 refs.required.append((full,))
     return refs
 
 
-def _parse_incell_xdce(path: str) -> ContentRefs:
+def _parse_incell_xdce(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
     where = os.path.dirname(path)
     refs = ContentRefs()
     seen: set[str] = set()
-    for _elem, attr, value in _xml_attrs(_read_small(path), {"Image": ("filename", "thumbnail")}):
-        full = _norm(os.path.join(where, value))
+    wanted = {"Image": ("filename", "thumbnail")}
+    for _elem, attr, value in _xml_attrs(_read_small(path, budget.limits), wanted, budget):
+        full = refs.ref(where, value)
         if full in seen:
             continue
         seen.add(full)
+        budget.count(len(seen))
         if attr == "filename":
             refs.required.append((full,))
         else:
@@ -520,13 +859,14 @@ def _parse_incell_xdce(path: str) -> ContentRefs:
     return refs
 
 
-def _parse_mirax_slidedat(path: str) -> ContentRefs:
+def _parse_mirax_slidedat(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
     """Index and data files named in a MIRAX ``Slidedat.ini`` (OpenSlide's description)."""
-    text = _read_small(path).decode("utf-8-sig", "replace")
+    text = _read_small(path, budget.limits).decode("utf-8-sig", "replace")
     where = os.path.dirname(path)
     refs = ContentRefs()
     section = ""
     for raw in text.splitlines():
+        budget.tick()
         line = raw.strip()
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip().upper()
@@ -539,11 +879,12 @@ def _parse_mirax_slidedat(path: str) -> ContentRefs:
             section == "DATAFILE" and re.fullmatch(r"FILE_\d+", key)
         ):
             if value:
-                refs.required.append((_norm(os.path.join(where, value)),))
+                refs.required.append((refs.ref(where, value),))
+                budget.count(len(refs.required))
     return refs
 
 
-CONTENT_PARSERS: dict[str, Callable[[str], ContentRefs]] = {
+CONTENT_PARSERS: dict[str, Parser] = {
     "file_pattern": _parse_file_pattern,
     "metamorph_nd": _parse_metamorph_nd,
     "ome_companion": _parse_ome_companion,
@@ -600,6 +941,127 @@ class _Container:
     used: list[str]  # key first, then members (given files only)
     missing: list[str]
     format: str
+    rejected: str | None = None  # why this key file is not imported
+
+
+def _shown(path: str) -> str:
+    """A user's name for a reason: escaped, and never reading as "waiting" to the engine."""
+    return display_path(path).replace("waiting", "waitin\\x67")
+
+
+class _Confinement:
+    """Whether a reference stays in the user's tree: lexically inside ``root``, and no
+    symbolic link on any component below it (lstat each, cached for one grouping)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.normpath(os.path.abspath(root))
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._links: dict[str, str | None] = {self.root: None}
+
+    def inside(self, path: str) -> bool:
+        return path == self.root or path.startswith(self._prefix)
+
+    def is_link(self, path: str) -> bool:
+        try:
+            return stat.S_ISLNK(os.lstat(path).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    def link_on_way(self, directory: str) -> str | None:
+        """The first symlink from root down to ``directory`` (included), or None."""
+        chain: list[str] = []
+        d = directory
+        while d not in self._links and self.inside(d):
+            chain.append(d)
+            d = os.path.dirname(d)
+        found = self._links.get(d)
+        for d in reversed(chain):
+            if found is None and self.is_link(d):
+                found = d
+            self._links[d] = found
+        return found
+
+    def problem(self, key_dir: str, ref: str) -> str | None:
+        """Why ``ref`` (normalised) escapes the tree, or None."""
+        if not self.inside(ref):
+            return _outside(key_dir, ref)
+        link = self.link_on_way(os.path.dirname(ref))
+        return None if link is None else _through_link(key_dir, ref, link)
+
+    def stepwise(self, where: str, value: str, shown: str) -> str | None:
+        """Walk ``value`` (with ``..``) from ``where`` as the kernel would, component by
+        component: every step must stay inside and not be a symlink (``shown``: the name
+        as the key file wrote it, for the reason)."""
+        ref = os.path.normpath(os.path.join(where, shown))
+        cur = os.sep if value.startswith(os.sep) else where
+        for part in value.split(os.sep):
+            if part in ("", "."):
+                continue
+            cur = os.path.dirname(cur) if part == ".." else os.path.join(cur, part)
+            if not self.inside(cur):
+                return _outside(where, ref)
+            if self.is_link(cur):
+                return _through_link(where, ref, cur)
+        return None
+
+
+def _outside(key_dir: str, ref: str) -> str:
+    rel = os.path.relpath(ref, key_dir)
+    shown = _shown(rel if rel.count(".." + os.sep) <= 2 else ref)  # far away: absolute reads better
+    return f"key file refers to {shown}, outside the user's folder; not importing it"
+
+
+def _through_link(key_dir: str, ref: str, link: str) -> str:
+    return (
+        f"key file refers to {_shown(os.path.relpath(ref, key_dir))} through the symbolic link "
+        f"{_shown(os.path.relpath(link, key_dir))}, which may lead outside the user's folder; "
+        "not importing it"
+    )
+
+
+@dataclass
+class _Parsed:
+    """A cached parse of one key file: its references or why it is refused, and what the
+    confinement check needs (the distinct parent folders of the references)."""
+
+    refs: ContentRefs | None
+    rejected: str | None
+    dirs: frozenset[str] = frozenset()
+
+    def weight(self) -> int:
+        """Paths held (what the cache bound counts)."""
+        if self.refs is None:
+            return 1
+        return sum(map(len, self.refs.required)) + len(self.refs.optional) + 1
+
+    def all_refs(self) -> Iterator[str]:
+        if self.refs is None:
+            return
+        for alts in self.refs.required:
+            yield from alts
+        yield from self.refs.optional
+        if self.refs.redirect is not None:
+            yield self.refs.redirect
+
+
+def _parsed(refs: ContentRefs | None, rejected: str | None) -> _Parsed:
+    p = _Parsed(refs, rejected)
+    p.dirs = frozenset(map(_dirname, p.all_refs()))
+    return p
+
+
+def _dirname(path: str) -> str:
+    """``os.path.dirname`` of a normalised absolute path, without its generality (hot)."""
+    at = path.rfind(os.sep)
+    return path[:at] if at > 0 else (os.sep if at == 0 else "")
+
+
+class _Pass:
+    """State of one ``group()`` call: the given files, the confinement, lstat answers."""
+
+    def __init__(self, given: Mapping[str, str], root: str | None) -> None:
+        self.given = given
+        self.conf = _Confinement(root) if root is not None else None
 
 
 class FilesetGrouper:
@@ -607,11 +1069,23 @@ class FilesetGrouper:
 
     ``readers``: an ``omero.fs.readers`` file; when given, only rules and single-file
     suffixes of the listed Bio-Formats readers are used (rules for formats Bio-Formats
-    does not read, such as MIRAX, are then off too).
+    does not read, such as MIRAX, are then off too). ``limits``: what one key file may
+    cost (:class:`GroupingLimits`). Parse results are cached per key file (its path,
+    device, inode, size and mtime), so a regroup does not re-read unchanged key files.
     """
 
-    def __init__(self, readers: Path | None = None, rules: Sequence[Rule] = RULES) -> None:
+    def __init__(
+        self,
+        readers: Path | None = None,
+        rules: Sequence[Rule] = RULES,
+        *,
+        limits: GroupingLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.readers = load_readers(readers) if readers is not None else None
+        self.limits = limits
+        # (path, st_dev, st_ino, st_size, st_mtime_ns) -> parse; LRU, limits.cache_entries
+        self._cache: OrderedDict[tuple[str, int, int, int, int], _Parsed] = OrderedDict()
+        self._cached_paths = 0  # paths held by the cache, bounded by limits.cache_paths
         enabled = [r for r in rules if self._reader_enabled(r.reader)]
         for r in enabled:
             for spec in r.members:
@@ -715,32 +1189,144 @@ class FilesetGrouper:
 
     # -- members of one candidate
 
+    def _content(self, spec: Content, source: str, p: _Pass) -> _Parsed | None:
+        """The parse of ``source`` (cached by its identity and mtime), or None if unreadable."""
+        try:
+            st = os.lstat(source)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return _parsed(None, f"key file is not a regular file ({_kind(st.st_mode)}); not importing it")
+        ck = (source, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._cache.get(ck)
+        if hit is not None:
+            self._cache.move_to_end(ck)
+            return hit
+        try:
+            result = _parsed(
+                CONTENT_PARSERS[spec.parser](source, _Budget(self.limits), p.conf is not None), None
+            )
+        except KeyFileRejected as exc:
+            result = _parsed(None, exc.reason)
+        except NotRegularFileError as exc:  # swapped in after the lstat above
+            result = _parsed(None, f"key file is not a regular file ({exc.kind}); not importing it")
+        except OSError:
+            return None  # unreadable now (permissions, vanished): not cached, read again next time
+        except (ValueError, ET.ParseError, struct.error, UnicodeError):
+            result = _parsed(ContentRefs(), None)  # malformed: Bio-Formats will say so at import
+        weight = result.weight()
+        if (result.refs is None or result.refs.cacheable) and weight <= self.limits.cache_paths:
+            self._cache[ck] = result
+            self._cached_paths += weight
+            while (
+                len(self._cache) > self.limits.cache_entries or self._cached_paths > self.limits.cache_paths
+            ):
+                self._cached_paths -= self._cache.popitem(last=False)[1].weight()
+        return result
+
+    def _confine(self, parsed: _Parsed, where: str, conf: _Confinement) -> None:
+        """Refuse a parse with a reference outside ``conf``'s tree (lexically or by a symlink).
+
+        References are normalised, so each is inside exactly when its folder is: only the
+        distinct folders (one or a few per key file) are checked, then ``..`` names."""
+        for d in sorted(parsed.dirs):
+            problem: str | None = None
+            d = d if os.path.isabs(d) else os.path.abspath(d)  # given paths are absolute in the engine
+            if not conf.inside(d):
+                problem = "outside"
+            elif (link := conf.link_on_way(d)) is not None:
+                problem = link
+            if problem is not None:
+                ref = next(r for r in parsed.all_refs() if os.path.abspath(_dirname(r)) == d)
+                raise KeyFileRejected(
+                    _outside(where, ref) if problem == "outside" else _through_link(where, ref, problem)
+                )
+        walked: set[tuple[str, str]] = set()
+        for base, value in parsed.refs.dotdot if parsed.refs is not None else ():
+            head, _, tail = value.rpartition(os.sep)
+            probe = value if tail in ("", ".", "..") else head  # a leaf is checked by take()
+            if (base, probe) not in walked:
+                walked.add((base, probe))
+                problem = conf.stepwise(base, probe, value)
+                if problem is not None:
+                    raise KeyFileRejected(problem)
+
+    def _folder_files(
+        self, folder: str, spec: Folder, budget: _Budget, confined: bool, where: str
+    ) -> Iterator[str]:
+        """Regular files under ``folder`` matching ``spec.glob`` level by level, listed with
+        lstat semantics (a symlink is never followed; in a user's tree it is an escape)."""
+        segments = spec.glob.split("/")
+        wanted = tuple(x.lower() for x in spec.suffixes)
+        level = [folder]
+        listed = 0
+        for depth, segment in enumerate(segments):
+            last = depth == len(segments) - 1
+            deeper: list[str] = []
+            for d in level:
+                try:
+                    entries = sorted(os.scandir(d), key=lambda e: e.name)
+                except OSError:
+                    continue
+                listed += len(entries)
+                if listed > self.limits.max_listing:
+                    raise KeyFileRejected(
+                        f"folder {_shown(os.path.relpath(folder, where))} holds more than "
+                        f"{self.limits.max_listing:,} entries (GroupingLimits.max_listing); not importing it"
+                    )
+                for entry in entries:
+                    budget.tick()
+                    if entry.name.startswith(".") or not fnmatchcase(entry.name, segment):
+                        continue
+                    if last and wanted and not entry.name.lower().endswith(wanted):
+                        continue
+                    if entry.is_symlink():
+                        if confined:
+                            raise KeyFileRejected(_through_link(where, entry.path, entry.path))
+                        continue
+                    if last and entry.is_file(follow_symlinks=False):
+                        yield _norm(entry.path)
+                    elif not last and entry.is_dir(follow_symlinks=False):
+                        deeper.append(entry.path)
+            level = deeper
+
     def _evaluate(
-        self, path: str, rule: Rule, values: dict[str, str], given: Mapping[str, str]
+        self, path: str, rule: Rule, values: dict[str, str], p: _Pass
     ) -> tuple[list[str], list[str], str | None]:
-        """(members, missing, redirect) for a candidate key file."""
+        """(members, missing, redirect) for a candidate key file; raises
+        :class:`KeyFileRejected` for a key file that must not be imported."""
         where = os.path.dirname(path)
+        given, conf = p.given, p.conf
         members: dict[str, None] = {}
         missing: dict[str, None] = {}
         redirect: str | None = None
         me = _norm(path)
+        budget = _Budget(self.limits)
 
         def take(alternatives: Sequence[str], required: bool) -> None:
+            budget.tick()
             for alt in alternatives:
                 if alt in given:
                     if alt != me:
                         members[alt] = None
                     return
             for alt in alternatives:
-                if os.path.lexists(alt):
-                    missing[alt] = None
-                    return
+                try:
+                    st = os.lstat(alt)
+                except (OSError, ValueError):
+                    continue
+                if conf is not None and stat.S_ISLNK(st.st_mode):
+                    raise KeyFileRejected(_through_link(where, alt, alt))
+                missing[alt] = None
+                return
             if required and alternatives:
                 missing[alternatives[0]] = None
 
         for spec in rule.members:
             if isinstance(spec, Sibling):
                 named = [_norm(os.path.join(where, _render(t, values))) for t in spec.templates]
+                if conf is not None:
+                    self._confine(_parsed(ContentRefs(required=[tuple(named)]), None), where, conf)
                 take(named, spec.required)
             elif isinstance(spec, Content):
                 source = (
@@ -748,10 +1334,14 @@ class FilesetGrouper:
                 )
                 if source not in given:
                     continue
-                try:
-                    refs = CONTENT_PARSERS[spec.parser](source)
-                except (OSError, ValueError, ET.ParseError, struct.error, UnicodeError):
+                parsed = self._content(spec, source, p)
+                if parsed is None:
                     continue
+                if parsed.rejected is not None:
+                    raise KeyFileRejected(parsed.rejected)
+                if conf is not None:
+                    self._confine(parsed, where, conf)
+                refs = parsed.refs or ContentRefs()
                 for alts in refs.required:
                     take(alts, spec.required)
                 for opt in refs.optional:
@@ -760,26 +1350,30 @@ class FilesetGrouper:
                     redirect = refs.redirect
             elif isinstance(spec, Folder):
                 folder = _norm(os.path.join(where, _render(spec.folder, values)))
-                if not os.path.isdir(folder):
+                if conf is not None:
+                    self._confine(_parsed(ContentRefs(required=[(folder,)]), None), where, conf)
+                try:
+                    st: os.stat_result | None = os.lstat(folder)
+                except (OSError, ValueError):
+                    st = None
+                if st is not None and stat.S_ISLNK(st.st_mode) and conf is not None:
+                    raise KeyFileRejected(_through_link(where, folder, folder))
+                if st is None or not stat.S_ISDIR(st.st_mode):
                     if spec.required:
                         missing[folder + os.sep] = None
                     continue
-                wanted = tuple(x.lower() for x in spec.suffixes)
-                for found in sorted(glob.glob(os.path.join(glob.escape(folder), spec.glob))):
-                    if wanted and not found.lower().endswith(wanted):
-                        continue
-                    found = _norm(found)
+                for found in self._folder_files(folder, spec, budget, conf is not None, where):
                     if found in given:
                         members[found] = None
-                    elif os.path.isfile(found):
+                    else:
                         missing[found] = None
         for m in members:
             missing.pop(m, None)
+        if len(members) + len(missing) > self.limits.max_members:
+            raise _too_many(len(members) + len(missing), self.limits)
         return list(members), list(missing), redirect
 
-    def _nest(
-        self, members: list[str], missing: list[str], given: Mapping[str, str]
-    ) -> tuple[list[str], list[str]]:
+    def _nest(self, members: list[str], missing: list[str], p: _Pass) -> tuple[list[str], list[str]]:
         """Add the members of members that are themselves key files (one level)."""
         out = dict.fromkeys(members)
         lost = dict.fromkeys(missing)
@@ -788,19 +1382,26 @@ class FilesetGrouper:
             matched = self._match_rule(m, m[sep + 1 :])
             if matched is None or matched[0].nested:
                 continue
-            sub, sub_missing, _redirect = self._evaluate(m, matched[0], matched[1], given)
+            sub, sub_missing, _redirect = self._evaluate(m, matched[0], matched[1], p)
             out.update(dict.fromkeys(sub))
             lost.update(dict.fromkeys(sub_missing))
         for m in out:
             lost.pop(m, None)
+        if len(out) + len(lost) > self.limits.max_members:
+            raise _too_many(len(out) + len(lost), self.limits)
         return list(out), list(lost)
 
     # -- grouping
 
-    def group(self, files: Iterable[str]) -> GroupingResult:
+    def group(self, files: Iterable[str], *, root: str | None = None) -> GroupingResult:
+        """Group ``files``. With ``root`` (the user's folder), every reference a key file
+        makes must stay inside it, lexically and with no symbolic link on the way; a key
+        file that refers outside is unclaimed with a reason naming the reference (the
+        importer would open whatever the key file names, whatever we group)."""
         given: dict[str, str] = {}
         for f in files:
             given.setdefault(_norm(f), f)
+        p = _Pass(given, root)
         unclaimed: list[tuple[str, str]] = []
         awaited: list[tuple[str, tuple[str, ...]]] = []
         eligible: list[tuple[str, str]] = []  # (normalised path, base name), sorted
@@ -824,12 +1425,17 @@ class FilesetGrouper:
             if matched is None:
                 continue
             rule, values = matched
-            members, missing, redirect = self._evaluate(path, rule, values, given)
+            try:
+                members, missing, redirect = self._evaluate(path, rule, values, p)
+                if redirect is None and rule.nested:
+                    members, missing = self._nest(members, missing, p)
+            except KeyFileRejected as exc:
+                containers.append(_Container(path, path, [path], [], rule.format, exc.reason))
+                all_used.add(path)
+                continue
             if redirect is not None:
                 redirects[path] = redirect
                 continue
-            if rule.nested:
-                members, missing = self._nest(members, missing, given)
             key = path
             if rule.key_choice == "first_member" and members:
                 key = min(members)
@@ -842,13 +1448,21 @@ class FilesetGrouper:
         for c in containers:
             for f in set(c.used):
                 users[f] = users.get(f, 0) + 1
-        kept = [c for c in containers if not (len(set(c.used) - {c.file}) <= 1 and users.get(c.file, 0) > 1)]
+        kept = [
+            c
+            for c in containers
+            if c.rejected is not None or not (len(set(c.used) - {c.file}) <= 1 and users.get(c.file, 0) > 1)
+        ]
 
         # 4. claims, in visiting order: never two filesets for one file
         claimed: set[str] = set()
         filesets: list[Fileset] = []
         for c in kept:
             if c.key in claimed:
+                continue
+            if c.rejected is not None:  # not imported; its members are not claimed by it
+                claimed.add(c.key)
+                unclaimed.append((given[c.key], c.rejected))
                 continue
             files_ = [f for f in dict.fromkeys(c.used) if f not in claimed]
             claimed.update(files_)

@@ -77,9 +77,11 @@ class Content:
 class Folder:
     """Members found by listing a directory next to the key.
 
-    ``glob`` is relative to the folder (dot files never match); ``suffixes``, if given,
-    keep only names ending in one of them (case-insensitive). Files listed on disk but
-    not (yet) given are reported missing.
+    ``glob`` is relative to the folder, ``/``-separated, one ``fnmatch`` pattern per level
+    (dot files never match); ``suffixes``, if given, keep only names ending in one of them
+    (case-insensitive). Listing uses lstat: a symbolic link is never followed (and in a
+    user's tree is an escape that refuses the key file). Files listed on disk but not
+    (yet) given are reported missing.
     """
 
     folder: str
