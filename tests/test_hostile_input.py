@@ -238,3 +238,53 @@ def test_a_fifo_renamed_over_a_waiting_key_file_stalls_nobody(shm_dir: Path) -> 
         assert wait_for(lambda: other in _imported(service), 60), service.tail()
         assert wait_for(lambda: (file_reason(state, key) or ("", ""))[0] == "skipped", 30), service.tail()
     assert "not a regular file" in (file_reason(state, key) or ("", ""))[1]
+
+
+# ------------------------------------------------------------------ key file content
+
+
+def _victim_imported_despite(service: Service, dropbox: Path) -> None:
+    """zak's plain file is imported while amy's hostile key file is around."""
+    zak_file = write_file(dropbox / "zak" / "plain.tif", b"II*\x00zak")
+    assert wait_for(lambda: zak_file in _imported(service), 60), service.tail()
+
+
+def test_a_pattern_naming_another_users_files_is_refused_with_the_reference(shm_dir: Path) -> None:
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    for i in (1, 2):
+        write_file(dropbox / "zak" / f"p_{i}.tif", b"II*\x00zak's plane")
+    service = Service(shm_dir, dropbox, state, users=USERS, props={"dirImportWait": "1"})
+    with running(service):
+        assert wait_for(lambda: len(_imported(service)) == 2, 60), service.tail()
+        key = Path(os.fsdecode(write_file(dropbox / "amy" / "steal.pattern", b"../zak/p_<1-2>.tif\n")))
+        assert wait_for(lambda: (file_reason(state, key) or ("", ""))[0] == "skipped", 60), service.tail()
+        _victim_imported_despite(service, dropbox)
+    reason = (file_reason(state, key) or ("", ""))[1]
+    assert "../zak/p_1.tif" in reason and "outside" in reason, reason
+    assert all(r.user == "zak" for r in service.records()), service.records()
+
+
+def test_a_pattern_that_would_backtrack_for_ever_stalls_nobody(shm_dir: Path) -> None:
+    """Bio-Formats reads a pattern without <blocks> as a regular expression over the folder."""
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    write_file(dropbox / "amy" / "evil" / ("a" * 60 + ".tif"), b"II*\x00amy")
+    service = Service(shm_dir, dropbox, state, users=USERS, props={"dirImportWait": "1"})
+    with running(service):
+        write_file(dropbox / "amy" / "evil" / "hang.pattern", b"(a|aa)*c\n")
+        _victim_imported_despite(service, dropbox)
+    # SIGTERM was honoured (running() checks the exit status): the engine thread was never pinned.
+
+
+def test_a_metamorph_nd_declaring_ten_billion_files_is_refused_naming_the_cap(shm_dir: Path) -> None:
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    nd = (
+        b'"NDInfoFile", Version 1.0\r\n"DoTimelapse", TRUE\r\n"NTimePoints", 100000\r\n'
+        b'"DoStage", TRUE\r\n"NStagePositions", 100000\r\n"DoWave", FALSE\r\n"EndFile"\r\n'
+    )
+    service = Service(shm_dir, dropbox, state, users=USERS, props={"dirImportWait": "1"})
+    with running(service):
+        key = Path(os.fsdecode(write_file(dropbox / "amy" / "huge.nd", nd)))
+        assert wait_for(lambda: (file_reason(state, key) or ("", ""))[0] == "skipped", 60), service.tail()
+        _victim_imported_despite(service, dropbox)
+    reason = (file_reason(state, key) or ("", ""))[1]
+    assert "10,000,000,000" in reason, reason

@@ -493,7 +493,9 @@ class DropBox:
         # One commit for the skips of each stage, none held while grouping reads key files.
         with self._journal_batch():
             pool.files = {p for p in pool.files if self._still_acceptable(user, p)}
-        result = self._grouper(user_cfg).group(pool.files)
+        # With the root, a key file that refers to anything outside the user's folder (a
+        # `.pattern` naming ../zak/, a link in a folder rule) is refused with its reference.
+        result = self._grouper(user_cfg).group(pool.files, root=self._user_root(user_cfg, user))
         pool.filesets = list(result.filesets)
         keys = {fs.key for fs in pool.filesets}
         pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
