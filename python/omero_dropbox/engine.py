@@ -19,6 +19,7 @@ engine thread. The engine
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -69,6 +70,8 @@ _MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log"
 # A leading "-" would reach an importer command line (``--user {user}``) as an option.
 _BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^[.\-]|^\s|\s$")
 _TICK = 0.25
+# Events handled for one user before the next user's turn (see DropBox._serve_backlog).
+_QUANTUM = 256
 _PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropbox status`)
 # While the state directory's disk is full, try to record new work again this often.
 _FULL_RETRY = 2.0
@@ -108,6 +111,9 @@ class _Pool:
     held_since: dict[str, float] = field(default_factory=dict)
     # waiting companion -> the key files that would claim it (from the last grouping)
     awaited_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # not regrouped before this monotonic time: a pool that costs c seconds to regroup waits
+    # c seconds before the next one, so it gets at most half of the engine thread
+    next_regroup: float = 0.0
 
 
 #: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
@@ -153,6 +159,9 @@ class DropBox:
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._regroup_turn = 0
+        # Delivered events not handled yet, per user folder, served in turn.
+        self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, Event]]] = {}
+        self._backlog_turn: collections.deque[str] = collections.deque()
         self._journal_full_until = 0.0  # monotonic time before which no new work is taken
         self._journal_full = False
         # Operator view (status, metrics, status page): counters fed cheaply here.
@@ -263,22 +272,69 @@ class DropBox:
     # --------------------------------------------------------------- events
 
     def step(self, timeout: float = _TICK) -> None:
-        """Handle whatever arrived within `timeout` seconds, then start due imports."""
+        """Handle what arrived within ``timeout`` seconds, each user in turn, then start due imports."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                user_cfg, batch = self._events.get(timeout=max(0.0, remaining))
-            except queue.Empty:
+            self._take_events(None if self._backlog_turn else deadline)
+            if not self._backlog_turn:
                 break
-            with self._journal_batch():  # a burst of skipped files is one commit, not one each
-                for event in batch:
-                    self._on_event(user_cfg, event)
-            if remaining <= 0:
+            self._serve_backlog(deadline)
+            if time.monotonic() >= deadline:
                 break
         self._regroup_and_submit()
         self._pick_up_operator_retries()
         self._publish_status()
+
+    def _take_events(self, until: float | None) -> None:
+        """Move what the watchers delivered into per-user backlogs; wait until ``until`` for
+        the first batch (no wait with None)."""
+        try:
+            if until is None:
+                item = self._events.get_nowait()
+            else:
+                item = self._events.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            return
+        while True:
+            user_cfg, batch = item
+            for event in batch:
+                owner = self._owner_key(user_cfg, event.path)
+                backlog = self._backlog.get(owner)
+                if backlog is None:
+                    backlog = self._backlog[owner] = collections.deque()
+                    self._backlog_turn.append(owner)
+                backlog.append((user_cfg, event))
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _owner_key(self, user_cfg: UserMonitorConfig, path: str) -> str:
+        """Whose backlog an event joins: the user folder's name, by string work only."""
+        if user_cfg.import_user != "default":
+            return user_cfg.import_user
+        top = str(user_cfg.watch_dir) + os.sep
+        return path[len(top) :].split(os.sep, 1)[0] if path.startswith(top) else ""
+
+    def _serve_backlog(self, deadline: float) -> None:
+        """Handle backlogged events, :data:`_QUANTUM` per user in turn, until ``deadline``.
+
+        One user's 200,000 junk files then delay another user's file by a few quanta, not by
+        the whole burst: the watchers deliver events in time order, all users mixed.
+        """
+        while self._backlog_turn:
+            owner = self._backlog_turn.popleft()
+            backlog = self._backlog[owner]
+            with self._journal_batch():  # a burst of skipped files is one commit, not one each
+                for _ in range(min(_QUANTUM, len(backlog))):
+                    user_cfg, event = backlog.popleft()
+                    self._on_event(user_cfg, event)
+            if backlog:
+                self._backlog_turn.append(owner)
+            else:
+                del self._backlog[owner]
+            if time.monotonic() >= deadline:
+                return
 
     def _on_event(self, user_cfg: UserMonitorConfig, event: Event) -> None:
         self.metrics.event(event.kind)
@@ -469,13 +525,16 @@ class DropBox:
         if now < self._journal_full_until:
             return  # the journal cannot record new work yet; the pools keep every file
         for user, pool in list(self._pools.items()):
-            if pool.files and not self._submit_due(user, pool, now):
+            if pool.files and not pool.dirty and not self._submit_due(user, pool, now):
                 return
         for user in self._regroup_order():
             pool = self._pools[user]
-            if pool.files and pool.dirty:
-                self._regroup(user, pool, time.monotonic())
-                if not self._submit_due(user, pool, time.monotonic()):
+            started = time.monotonic()
+            if pool.files and pool.dirty and started >= pool.next_regroup:
+                self._regroup(user, pool, started)
+                done = time.monotonic()
+                pool.next_regroup = done + (done - started)
+                if not self._submit_due(user, pool, done):
                     return
         self._skips.flush()
 
