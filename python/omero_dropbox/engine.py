@@ -45,6 +45,7 @@ from omero_dropbox.journal import (
     FileIdentity,
     FilesetRecord,
     Journal,
+    JournalBusyError,
     JournalFullError,
     display_path,
     file_identity,
@@ -140,7 +141,7 @@ class DropBox:
         self._watch = watch
         self.users = users or AnyUser()
         self.dry_run = dry_run
-        self.journal = Journal(state_dir)
+        self.journal = Journal(state_dir, lock_state_dir=True)
         self._importer = self._dry_run_importer if dry_run else importer
         self._stop = threading.Event()
         self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
@@ -516,7 +517,7 @@ class DropBox:
             # The journal now has what the snapshot still counts as waiting: refresh it in
             # this step, or `status` counts the files twice until the next refresh.
             self._published = float("-inf")
-        except JournalFullError as exc:
+        except (JournalFullError, JournalBusyError) as exc:
             if not self._journal_full:
                 log.error(
                     "Not taking new work: %s. Imports resume by themselves once space is free "
