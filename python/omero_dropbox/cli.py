@@ -337,8 +337,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # SIGHUP too (a closed terminal or ssh session, `kill -HUP`): its default would kill the
     # service at once and leave its importers running.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, name), on_signal)
     dropbox.queue.drain_timeout = drain_timeout
     server = _start_status_server(args, dropbox, state_dir)
     _startup_progress(dropbox)

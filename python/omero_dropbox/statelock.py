@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the service is supported on POSIX only
+    fcntl = None  # type: ignore[assignment]
 
 from omero_dropbox.importers import RUNNING_IMPORTERS, end_leftover_importers
 from omero_dropbox.journal import JournalError, JournalFullError
@@ -62,6 +66,9 @@ class StateLock:
                     "full; free some space; nothing already recorded was lost"
                 ) from e
             raise JournalError(f"cannot open the lock file {self.path}: {e.strerror or e}") from e
+        if fcntl is None:
+            log.warning("No flock(2) here: nothing stops a second service on %s", self.state_dir)
+            return fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -83,7 +90,7 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             RUNNING_IMPORTERS.detach(self.state_dir)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
