@@ -8,6 +8,7 @@ the importers real process groups, the status page a real socket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -306,6 +307,54 @@ def test_kill_9_of_the_service_leaves_no_importer_process_and_the_restart_import
     check_imports(service.records(), expected, state)
     assert INTERRUPTED_REASON in _reasons(state, key)
     assert len(service.records()) == 1
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rsplit(b") ", 1)[1].split()[19])
+
+
+def test_a_start_ends_recorded_importer_groups_but_not_a_process_that_reused_a_recorded_pid(
+    shm_dir: Path,
+) -> None:
+    # What a killed service left in importers.running: one group still running (the leader
+    # gone, a member left), and one PID that another process now has (same number, later start).
+    state = shm_dir / "state"
+    state.mkdir()
+    leftover = subprocess.Popen(
+        ["sh", "-c", "sleep 3600 & read x"], start_new_session=True, stdin=subprocess.PIPE
+    )
+    innocent = subprocess.Popen(["sleep", "3600"], start_new_session=True)
+    try:
+        assert wait_for(lambda: len(_group(leftover.pid)) == 2, 10)
+        (state / "importers.running").write_text(
+            f"{leftover.pid} {_start_time(leftover.pid)}\n{innocent.pid} {_start_time(innocent.pid) - 1}\n"
+        )
+        leftover.communicate(b"\n", timeout=10)  # the leader exits; its child runs on
+        assert len(_group(leftover.pid)) == 1
+        service = Service(shm_dir, shm_dir / "DropBox", state, users=USERS)
+        with running(service):
+            assert wait_for(lambda: not _group(leftover.pid), 30), service.tail()
+            assert innocent.poll() is None, "a process that merely reused a recorded PID was killed"
+        assert f"Ended importer process group {leftover.pid} (1 process(es)" in service.text()
+    finally:
+        for proc in (leftover, innocent):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b") ", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != b"Z":
+                    members.append(int(name))
+    return members
 
 
 # ------------------------------------------------------------------- 5. idle connections
