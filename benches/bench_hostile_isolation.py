@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import statistics
@@ -53,7 +52,7 @@ def write_keys(mallory: Path, count: int) -> None:
         d.mkdir(parents=True, exist_ok=True)
         kind = i % 4
         if kind == 0:
-            (d / f"a{i}" ).mkdir(exist_ok=True)
+            (d / f"a{i}").mkdir(exist_ok=True)
             (d / f"a{i}" / ("a" * 60 + ".tif")).write_bytes(b"")
             (d / f"a{i}" / "hang.pattern").write_bytes(b"(a|aa)*c\n")
         elif kind == 1:
@@ -84,7 +83,7 @@ def one_run(name: str, args: argparse.Namespace) -> float:
         "-D", "omero.fs.throttleImport=0",
         "--state-dir", str(state), "--importer", "record",
     ]  # fmt: skip
-    log = open(base / "service.log", "wb")  # noqa: SIM115 - closed below
+    log = open(base / "service.log", "wb")
     proc = subprocess.Popen(argv, stderr=log, stdout=log)
     try:
         deadline = time.monotonic() + 60
@@ -133,7 +132,7 @@ def main() -> None:
         results[name] = [one_run(name, args) for _ in range(args.runs)]
         print(f"{name}: {', '.join(f'{d:.2f}' for d in results[name])} s", flush=True)
     base = statistics.median(results["baseline"]) if "baseline" in results else None
-    print(f"\namy's single file, closed -> import recorded (median of {args.runs}; dirImportWait ignored: .png)")
+    print(f"\namy's single .png, closed -> import recorded (median of {args.runs} runs)")
     for name, delays in results.items():
         med = statistics.median(delays)
         extra = f"  +{med - base:.2f} s over baseline" if base is not None and name != "baseline" else ""

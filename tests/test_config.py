@@ -149,7 +149,7 @@ def test_defaults() -> None:
     assert config.file_server_adapter_name == "omerofs.FileServer"
     assert config.settle == 2.0 and config.complete_wait == 5
     assert config.max_concurrent_imports == 2 and config.max_attempts == 5
-    assert config.retry_backoff == 30 and config.import_timeout == 0
+    assert config.retry_backoff == 30 and config.import_timeout == 43200
     assert config.backend == "auto" and config.poll_interval == 5
     assert config.require_owner is False and config.log_dir is None
     assert config.sources["omero.fs.host"] == "default"

@@ -30,6 +30,9 @@ log = logging.getLogger("omero_dropbox.cli")
 # Upstream's DropBox.log line format, so sites keep their log tooling.
 LOG_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)40s] (%(threadName)-10s) %(message)s"
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "omero-dropbox"
+#: Seconds `run` waits, after SIGTERM/SIGINT/SIGHUP, for running imports (default 300); then
+#: the importers still running are ended and their filesets run again at the next start.
+DRAIN_TIMEOUT_ENV = "OMERO_DROPBOX_DRAIN_TIMEOUT"
 
 _DESCRIPTION = """\
 Drop-folder importer for OMERO. Files copied into <DropBox>/<omero-user>/... are
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="watch the DropBox and import (foreground; SIGTERM/SIGINT drain and exit 0)",
+        help="watch the DropBox and import (foreground; SIGTERM/SIGINT/SIGHUP drain and exit 0)",
         description="Watch the DropBox directories and import every fileset once.",
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -360,6 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_dir or config.log_dir, args.external_logrotate)
     if not args.dry_run:
         private_dir(args.state_dir)  # before anything creates a file in it
+    drain_timeout = _drain_timeout()
     importer = make_importer(args, config)
     state_dir = args.state_dir
     if args.dry_run:
@@ -383,8 +387,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("Received %s: finishing running imports, then exiting", signal.Signals(signum).name)
         dropbox.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP too (a closed terminal or ssh session, `kill -HUP`): its default would kill the
+    # service at once and leave its importers running.
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, name), on_signal)
+    dropbox.queue.drain_timeout = drain_timeout
     server = _start_status_server(args, dropbox, state_dir)
     _startup_progress(dropbox)
     try:
@@ -393,6 +401,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
     return 0
+
+
+def _drain_timeout() -> float | None:
+    text = os.environ.get(DRAIN_TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise ConfigError(
+            f"{DRAIN_TIMEOUT_ENV}={text!r}: give the seconds to wait for running imports (>= 0)"
+        )
+    return value
 
 
 def _start_status_server(args: argparse.Namespace, dropbox: object, state_dir: Path) -> StatusServer | None:

@@ -48,6 +48,7 @@ from omero_dropbox.journal import (
     FileIdentity,
     FilesetRecord,
     Journal,
+    JournalBusyError,
     JournalError,
     JournalFullError,
     display_path,
@@ -150,7 +151,7 @@ class DropBox:
         self._watch = watch
         self.users = users or AnyUser()
         self.dry_run = dry_run
-        self.journal = Journal(state_dir)
+        self.journal = Journal(state_dir, lock_state_dir=True)
         self._importer = as_importer(self._dry_run_importer if dry_run else importer)
         self._stop = threading.Event()
         self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
@@ -232,7 +233,13 @@ class DropBox:
         self.start()
         try:
             while not self._stop.is_set():
-                self.step(timeout=_TICK)
+                try:
+                    self.step(timeout=_TICK)
+                except JournalError as exc:
+                    # Locked by another process, full, unreadable for a moment: files stay in the
+                    # pools and the watcher's queue; the journal itself said what to do.
+                    log.error("The journal failed: %s; trying again in %g s", exc, _FULL_RETRY)
+                    self._stop.wait(_FULL_RETRY)
         finally:
             self.shutdown()
 
@@ -657,12 +664,16 @@ class DropBox:
             # The journal now has what the snapshot still counts as waiting: refresh it in
             # this step, or `status` counts the files twice until the next refresh.
             self._published = float("-inf")
-        except JournalFullError as exc:
+        except (JournalFullError, JournalBusyError) as exc:
             if not self._journal_full:
+                busy = isinstance(exc, JournalBusyError)
                 log.error(
-                    "Not taking new work: %s. Imports resume by themselves once space is free "
-                    "(or move --state-dir to a disk with room); checking again every %g s",
+                    "Not taking new work: %s. Imports resume by themselves once %s; checking again "
+                    "every %g s",
                     exc,
+                    "the other process releases the journal"
+                    if busy
+                    else "space is free (or move --state-dir to a disk with room)",
                     _FULL_RETRY,
                 )
             self._journal_full = True
@@ -673,7 +684,10 @@ class DropBox:
             return False
         if self._journal_full:
             self._journal_full = False
-            log.warning("The journal's disk has space available again; taking new work")
+            log.warning(
+                "The journal can be written again (space available again, or its lock released); "
+                "taking new work"
+            )
         return True
 
     def _record(

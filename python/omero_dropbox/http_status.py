@@ -52,6 +52,15 @@ log = logging.getLogger("omero_dropbox.http")
 
 TOKEN_FILE = "http-token"
 _MAX_BODY = 64 * 1024
+#: Seconds a connection may stay silent (idle, or a request sent half) before it is closed.
+CONNECTION_TIMEOUT = 5.0
+#: Connections served at once; more are answered 503 and closed at once, never queued.
+MAX_CONNECTIONS = 16
+_BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\nRetry-After: 5\r\nContent-Length: 46\r\n\r\n"
+    b"too many connections to the status page; retry\n"
+)
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -105,13 +114,49 @@ def write_token(state_dir: Path) -> Path:
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` of them; each one silent for
+    :data:`CONNECTION_TIMEOUT` s is closed (idle or half-sent requests hold no thread for ever)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: StatusServer) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._full_logged = False
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "Status page: %d connections at once (from %s and others); answering 503 to more "
+                "until some close (idle ones are closed after %g s; logged once)",
+                MAX_CONNECTIONS,
+                client_address[0],
+                CONNECTION_TIMEOUT,
+            )
+        with contextlib.suppress(OSError):
+            request.setblocking(False)  # the accepting thread must never wait on a client
+            request.send(_BUSY_REPLY)
+        self.shutdown_request(request)
 
 
 class StatusServer:
@@ -364,6 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "omero-dropbox"
     sys_version = ""
+    timeout = CONNECTION_TIMEOUT  # socket timeout of each connection (StreamRequestHandler.setup)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.client_address[0], format % args)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from omero_dropbox.importers import (
+    RUNNING_IMPORTERS,
     ImportRequest,
     ImportResult,
     PermanentImportError,
@@ -47,6 +48,7 @@ from omero_dropbox.journal import (
     FilesetRecord,
     InvalidTransitionError,
     Journal,
+    JournalBusyError,
     JournalError,
     JournalFullError,
 )
@@ -57,8 +59,11 @@ log = logging.getLogger("omero_dropbox.queue")
 
 OnDone = Callable[[str, ImportResult], None]
 
-# While the journal's disk is full, try to record a finished import again this often.
+# While the journal's disk is full (or another process locks it), try to record a finished
+# import again this often.
 _FULL_RETRY = 2.0
+#: After the drain deadline, seconds between SIGTERM and SIGKILL to the importers still running.
+END_GRACE = 10.0
 
 # At most one "Cannot start import" error per this many seconds (the rest go to debug).
 JOURNAL_ERROR_LOG_EVERY = 60.0
@@ -124,6 +129,12 @@ class ImportQueue:
         self._accepting = True
         self._draining = False
         self._stopping = False
+        # Set at the drain deadline: the imports still running are ended and their outcome is
+        # not recorded, so that they stay `importing` (found interrupted at the next start).
+        self._abandoned = False
+        #: When set (``omero-dropbox run`` reads $OMERO_DROPBOX_DRAIN_TIMEOUT), :meth:`drain`
+        #: waits this long, whatever timeout its caller gives.
+        self.drain_timeout: float | None = None
         # A journal that cannot be written (full disk) fails every start the same way:
         # one message per JOURNAL_ERROR_LOG_EVERY, with a count of the ones not shown.
         self._journal_error_logged_at: float | None = None
@@ -190,20 +201,44 @@ class ImportQueue:
         """Graceful shutdown: start nothing new, wait for running imports.
 
         Queued filesets stay ``queued`` in the journal for the next start.
-        Returns ``True`` if every running import finished within ``timeout``.
+        Returns ``True`` if every running import finished within ``timeout``
+        (:attr:`drain_timeout` instead, when set).  Importer processes still running
+        then are ended (their process groups: SIGTERM, then SIGKILL after
+        :data:`END_GRACE` s); their filesets stay ``importing`` and run again at the next
+        start, which the journal records as an interrupted import.
         """
+        if self.drain_timeout is not None:
+            timeout = self.drain_timeout
         with self._cond:
             self._accepting = False
             self._draining = True
             self._cond.notify_all()
             done = self._cond.wait_for(lambda: not self._running, timeout)
+            self._abandoned = not done
             self._stopping = True
             self._cond.notify_all()
             threads = list(self._threads)
-        if done:
+        if not done:
+            self._end_running(threads)
+        else:
             for t in threads:
                 t.join(1.0)
         return done
+
+    def _end_running(self, threads: list[threading.Thread]) -> None:
+        """End the importer processes of ``threads`` and wait (briefly) for their workers."""
+        ended = RUNNING_IMPORTERS.end([t.ident for t in threads], END_GRACE)
+        if ended:
+            log.warning(
+                "Ended %d importer(s) still running at the drain deadline (process group(s) %s); "
+                "their filesets run again at the next start",
+                len(ended),
+                " ".join(map(str, ended)),
+            )
+        with self._cond:
+            # The workers return without recording the ended imports; one that succeeded just now
+            # is still recorded, before the journal closes.
+            self._cond.wait_for(lambda: not self._running, END_GRACE)
 
     def stop(self) -> None:
         """Stop at once: start nothing new and do not wait for running imports.
@@ -405,6 +440,14 @@ class ImportQueue:
             log.exception("Importer raised while importing fileset %s", fid)
             result = ImportResult.failure(f"{type(e).__name__}: {e}", transient=True)
 
+        if self._abandoned and not result.ok:
+            log.warning(
+                "Import of %s (fileset=%s) was ended at shutdown; it stays importing and runs again "
+                "at the next start",
+                display(rec.key),
+                fid,
+            )
+            return
         if result.ok:
             self._finish(fid, IMPORTED, f"attempt {attempt}")
         elif result.transient and attempt < self.max_attempts:
@@ -431,11 +474,17 @@ class ImportQueue:
             try:
                 self.journal.transition(fid, state, reason=reason, next_attempt_at=next_attempt_at)
                 if full:
-                    log.warning("Fileset %s recorded as %s now that the journal has space again", fid, state)
+                    log.warning(
+                        "Fileset %s recorded as %s now that the journal can be written again "
+                        "(it has space again, or no other process locks it)",
+                        fid,
+                        state,
+                    )
                 return True
-            except JournalFullError as e:
+            except (JournalFullError, JournalBusyError) as e:
                 # The outcome is known but cannot be written: hold it (and this worker) until
-                # space returns, so that a finished import is not run again after a restart.
+                # space returns or the other process lets go, so that a finished import is not
+                # run again after a restart.
                 error: JournalError = e
                 if not full:
                     log.error(

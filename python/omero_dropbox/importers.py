@@ -46,6 +46,8 @@ Log lines (logger ``omero_dropbox.importer``), as upstream, for operators to gre
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import re
@@ -55,15 +57,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from omero_dropbox.journal import display_path
+from omero_dropbox.journal import display_path, open_private
 
 __all__ = [
     "DEFAULT_PERMANENT_EXIT_CODES",
+    "RUNNING_IMPORTERS",
     "CallableImporter",
     "CommandImporter",
     "ImportRequest",
@@ -72,6 +78,7 @@ __all__ = [
     "ImporterConfigError",
     "OmeroImporter",
     "PermanentImportError",
+    "RunningImporters",
     "SessionProvider",
     "UnconfiguredSessionProvider",
     "as_importer",
@@ -274,6 +281,221 @@ def _tail(f: IO[bytes], limit: int) -> str:
     return text.rstrip("\n")
 
 
+#: In the state directory: the process groups of the importers running now, one
+#: ``PGID START`` line each (START: the leader's start time, clock ticks after boot, from
+#: ``/proc/PGID/stat``), so that a start after ``kill -9`` can end what the last run left.
+GROUPS_FILE = "importers.running"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (start time after boot, in clock ticks); None if unknown."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """``(process group, start time)`` of ``pid`` from ``/proc``; None if it is gone (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")": split after the last.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[2]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _group_members(pgid: int, leader_start: int) -> list[int] | None:
+    """PIDs in process group ``pgid`` that are ours: None if the group id now belongs to another
+    leader (the PID was reused), [] if the group is gone or /proc cannot tell."""
+    leader = _proc_stat(pgid)
+    if leader is not None and leader[1] != leader_start:
+        return None
+    members = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                stat = _proc_stat(int(name))
+                # A member starts after its leader; a group id is not reused while any member lives.
+                if stat is not None and stat[0] == pgid and stat[1] >= leader_start:
+                    members.append(int(name))
+    return members
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait_gone(pgids: Iterable[int], grace: float) -> None:
+    deadline = time.monotonic() + grace
+    pending = set(pgids)
+    while pending and time.monotonic() < deadline:
+        for pgid in list(pending):
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                pending.discard(pgid)
+        if pending:
+            time.sleep(0.05)
+
+
+def end_leftover_importers(state_dir: Path | str, grace: float = 10.0) -> int:
+    """End the importer process groups a previous run left running; returns how many processes.
+
+    Reads :data:`GROUPS_FILE`.  A group whose id now names a different process (checked
+    with the start time in ``/proc``) is not touched.  Logged, one line per group.
+    """
+    path = Path(state_dir) / GROUPS_FILE
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        log.warning("Cannot read %s (importers left by the last run): %s", path, e.strerror or e)
+        return 0
+    ended: dict[int, list[int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            continue
+        pgid, start = int(parts[0]), int(parts[1])
+        members = _group_members(pgid, start)
+        if members:
+            ended[pgid] = members
+            _signal_group(pgid, signal.SIGTERM)
+    _wait_gone(ended, grace)
+    for pgid, members in ended.items():
+        _signal_group(pgid, signal.SIGKILL)
+        log.warning(
+            "Ended importer process group %d (%d process(es): %s) left running by the previous run of "
+            "this service, which did not stop cleanly; its import runs again",
+            pgid,
+            len(members),
+            " ".join(map(str, members)),
+        )
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return sum(len(m) for m in ended.values())
+
+
+class RunningImporters:
+    """The process groups of the importers this process runs now, and which thread runs each.
+
+    Written to the :data:`GROUPS_FILE` of every attached state directory at each change, so
+    that :func:`end_leftover_importers` can end them after a ``kill -9`` of the service.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[int, tuple[int, int]] = {}  # pgid -> (leader start time, thread ident)
+        self._files: list[Path] = []
+        self._write_failed = False
+
+    def attach(self, state_dir: Path | str) -> None:
+        with self._lock:
+            self._files.append(Path(state_dir) / GROUPS_FILE)
+            self._save()
+
+    def detach(self, state_dir: Path | str) -> None:
+        """Stop recording there; the file stays while groups still run (the next start ends them)."""
+        path = Path(state_dir) / GROUPS_FILE
+        with self._lock:
+            if path in self._files:
+                self._files.remove(path)
+            if self._groups:
+                return
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def add(self, pgid: int) -> None:
+        start = process_start_time(pgid)
+        if start is None:
+            return
+        with self._lock:
+            self._groups[pgid] = (start, threading.get_ident())
+            self._save()
+
+    def remove(self, pgid: int) -> None:
+        with self._lock:
+            if self._groups.pop(pgid, None) is not None:
+                self._save()
+
+    def end(self, threads: Iterable[int | None], grace: float) -> list[int]:
+        """SIGTERM the groups started by ``threads`` (idents), SIGKILL after ``grace`` s; their pgids."""
+        wanted = set(threads)
+        with self._lock:
+            pgids = [g for g, (_, t) in self._groups.items() if t in wanted]
+        for pgid in pgids:
+            _signal_group(pgid, signal.SIGTERM)
+        _wait_gone(pgids, grace)
+        for pgid in pgids:
+            _signal_group(pgid, signal.SIGKILL)
+        return pgids
+
+    def _save(self) -> None:
+        text = "".join(f"{g} {start}\n" for g, (start, _) in self._groups.items())
+        for path in self._files:
+            try:
+                _write_small(path, text)
+            except OSError as e:
+                if not self._write_failed:
+                    log.warning(
+                        "Cannot record the running importers in %s (%s): after a kill -9 of this "
+                        "service they would have to be ended by hand",
+                        path,
+                        e.strerror or e,
+                    )
+                self._write_failed = True
+
+
+def _write_small(path: Path, text: str) -> None:
+    """Replace the content in place: no new inode or block needed once the file exists."""
+    fd = open_private(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        data = text.encode("ascii")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+#: This process's running importers (one service per process: ``omero-dropbox run``).
+RUNNING_IMPORTERS = RunningImporters()
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl  # type: ignore[no-any-return]
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """``preexec_fn``: the importer gets SIGTERM if the service dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Runs in the forked child of a threaded process, where taking a lock another thread held
+    at fork time would deadlock: so it only makes system calls (``prctl`` resolved before
+    the fork, ``getppid``, ``kill``) and takes no lock, imports nothing and logs nothing.
+    """
+    assert _PRCTL is not None
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the service died before prctl: nobody would send it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the importer's process group, SIGKILL after ``grace`` seconds."""
     pgid = proc.pid  # start_new_session=True: the importer leads its own group
@@ -298,9 +520,17 @@ def _signal_name(num: int) -> str:
 
 @dataclass
 class _ProcessRunner:
+    """Runs one importer process in its own process group, which nothing outlives.
+
+    The group is in :data:`RUNNING_IMPORTERS` while it runs (ended at the drain deadline,
+    and recorded for a restart after ``kill -9``); on Linux the leader also gets SIGTERM
+    when the service dies (``PR_SET_PDEATHSIG``).
+    """
+
     timeout: float | None
     kill_grace: float
     permanent_exit_codes: frozenset[int]
+    running: RunningImporters = field(default_factory=lambda: RUNNING_IMPORTERS)
 
     def run(
         self,
@@ -327,6 +557,7 @@ class _ProcessRunner:
                     env=dict(env) if env is not None else None,
                     start_new_session=True,
                     close_fds=True,
+                    preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL else None,
                 )
             except FileNotFoundError:
                 return ImportResult.failure(
@@ -342,6 +573,7 @@ class _ProcessRunner:
                     f"cannot start importer {program!r}: {e.strerror or e}", transient=False
                 )
             timed_out = False
+            self.running.add(proc.pid)
             try:
                 rc = proc.wait(self.timeout)
             except subprocess.TimeoutExpired:
@@ -351,6 +583,8 @@ class _ProcessRunner:
             except BaseException:  # KeyboardInterrupt, SystemExit: leave nothing behind
                 _kill_group(proc, self.kill_grace)
                 raise
+            finally:
+                self.running.remove(proc.pid)
             stdout = clean(_tail(out, REASON_TAIL_BYTES))
             stderr = clean(_tail(err, LOG_TAIL_BYTES))
         reason_tail = stderr[-REASON_TAIL_BYTES:]

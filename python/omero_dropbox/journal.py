@@ -57,6 +57,7 @@ __all__ = [
     "HistoryEntry",
     "InvalidTransitionError",
     "Journal",
+    "JournalBusyError",
     "JournalError",
     "JournalFullError",
     "display_path",
@@ -114,6 +115,45 @@ class JournalError(Exception):
 
 class JournalFullError(JournalError):
     """The disk holding the state directory is full."""
+
+
+class JournalBusyError(JournalError):
+    """Another process held a write lock on the journal for longer than the busy patience.
+
+    Like :class:`JournalFullError`: nothing is lost, keep the work and try again later.
+    """
+
+
+#: Seconds a journal write waits for another process's write lock (an ``sqlite3`` shell in
+#: a transaction, a backup) before :class:`JournalBusyError`; the environment variable
+#: ``OMERO_DROPBOX_JOURNAL_BUSY_TIMEOUT`` sets it.
+BUSY_TIMEOUT_ENV = "OMERO_DROPBOX_JOURNAL_BUSY_TIMEOUT"
+DEFAULT_BUSY_TIMEOUT = 60.0
+# Longest single wait inside SQLite's busy handler, so that a wait is logged while it lasts.
+_BUSY_STEP = 5.0
+# At most one "locked by another process" warning per this many seconds.
+BUSY_LOG_EVERY = 60.0
+# Less free space than this on the state disk makes an I/O error at open a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def busy_timeout() -> float:
+    """:data:`DEFAULT_BUSY_TIMEOUT`, or the seconds in ``$OMERO_DROPBOX_JOURNAL_BUSY_TIMEOUT``."""
+    text = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise JournalError(f"{BUSY_TIMEOUT_ENV}={text!r}: give a number of seconds greater than 0")
+    return value
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    name = str(getattr(e, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in str(e).lower()
 
 
 class InvalidTransitionError(JournalError, ValueError):
@@ -407,18 +447,30 @@ class Journal:
     read-modify-write (e.g. ``transition``) trivially atomic.
     """
 
-    def __init__(self, state_dir: Path | str, *, check: bool = True, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        check: bool = True,
+        readonly: bool = False,
+        lock_state_dir: bool = False,
+    ) -> None:
         """Open (creating if needed) the journal in ``state_dir``.
 
         ``check`` runs ``PRAGMA quick_check`` (reads the whole file once);
         ``readonly`` opens an existing journal for reading only (``status``), which
-        needs no write permission on the state directory.
+        needs no write permission on the state directory.  ``lock_state_dir`` (the
+        service) first takes the state directory's :class:`~omero_dropbox.statelock.StateLock`,
+        held until :meth:`close`: a second service on it fails here, saying who holds it.
         """
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
         self.readonly = readonly
         self._lock = threading.RLock()
         self._depth = 0  # nesting of _tx(): only the outermost one commits
+        self._busy_timeout = busy_timeout()
+        self._busy_logged_at: float | None = None
+        self._state_lock: Any = None
         if readonly:
             if not self.path.is_file():
                 raise JournalError(f"no state file {self.path}: nothing recorded yet, or wrong --state-dir")
@@ -442,20 +494,29 @@ class Journal:
                     f"state directory {self.state_dir} is not writable by this user; "
                     "fix its permissions or choose another --state-dir"
                 )
+            if lock_state_dir:
+                from omero_dropbox.statelock import StateLock
+
+                self._state_lock = StateLock(self.state_dir)
             try:
                 _private_files(self.path)
             except OSError as e:
                 raise self._os_error(e, f"cannot create state file {self.path}") from e
             try:
                 self._conn = sqlite3.connect(
-                    str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+                    str(self.path),
+                    timeout=min(_BUSY_STEP, self._busy_timeout),
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             except sqlite3.Error as e:
-                raise JournalError(f"cannot open state file {self.path}: {e}") from e
+                self._release_state_lock()
+                raise self._translate(e, "cannot open") from e
         try:
             self._setup(check)
         except BaseException:
             self._conn.close()
+            self._release_state_lock()
             raise
 
     # -- opening ------------------------------------------------------------------------
@@ -466,12 +527,13 @@ class Journal:
             app_id = c.execute("PRAGMA application_id").fetchone()[0]
             version = c.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if check:
-                problems = [r[0] for r in c.execute("PRAGMA quick_check(5)")]
-                if problems != ["ok"]:
-                    raise sqlite3.DatabaseError("; ".join(problems))
-        except sqlite3.DatabaseError as e:
-            raise self._corrupt(e) from e
+            problems = [r[0] for r in c.execute("PRAGMA quick_check(5)")] if check else ["ok"]
+        except sqlite3.Error as e:
+            # Reading a WAL journal creates its -shm file: on a full disk that fails with an
+            # I/O error, which is no reason to call an intact journal corrupt.
+            raise self._translate(e, "cannot open") from e
+        if problems != ["ok"]:
+            raise self._corrupt("; ".join(problems))
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
             raise JournalError(
                 f"state file {self.path} is not an omero-dropbox journal; "
@@ -517,7 +579,7 @@ class Journal:
         except sqlite3.Error as e:
             raise self._translate(e, "cannot initialise") from e
 
-    def _corrupt(self, e: BaseException) -> JournalError:
+    def _corrupt(self, e: BaseException | str) -> JournalError:
         return JournalError(
             f"state file {self.path} is corrupt: {e}; move it aside to start fresh "
             "(files already imported may then be imported again)"
@@ -529,23 +591,30 @@ class Journal:
         return JournalError(f"{what}: {e.strerror or e}")
 
     def _disk_full(self) -> bool:
+        """Next to no free space (or no free inode) on the state directory's filesystem."""
         try:
-            return os.statvfs(self.state_dir).f_bavail == 0
+            st = os.statvfs(self.state_dir)
         except OSError:
             return False
+        return st.f_bavail * st.f_frsize < _NEARLY_FULL or (st.f_files > 0 and st.f_favail == 0)
 
     def _translate(self, e: sqlite3.Error, what: str) -> JournalError:
         msg = str(e)
         low = msg.lower()
         name = str(getattr(e, "sqlite_errorname", ""))
-        if (
-            name.startswith("SQLITE_FULL")
-            or "full" in low
-            or ((name.startswith("SQLITE_IOERR") or "i/o error" in low) and self._disk_full())
-        ):
+        io_error = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or (
+            "i/o error" in low or "unable to open" in low
+        )
+        if name.startswith("SQLITE_FULL") or "full" in low or (io_error and self._disk_full()):
             return JournalFullError(
                 f"{what} state file {self.path}: the disk holding {self.state_dir} is full "
                 f"({msg}); free some space; nothing already recorded was lost"
+            )
+        if _is_busy(e):
+            return JournalBusyError(
+                f"{what} state file {self.path}: another process holds a write lock on it ({msg}), "
+                "e.g. an sqlite3 shell or a backup in a transaction; end that transaction; the work "
+                "is kept and tried again"
             )
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
             "malformed" in low or "not a database" in low
@@ -574,7 +643,7 @@ class Journal:
                 return
             self._depth = 1
             try:
-                c.execute("BEGIN IMMEDIATE")
+                self._begin_write(c)
                 yield c
                 c.execute("COMMIT")
             except BaseException as e:
@@ -586,6 +655,44 @@ class Journal:
                 raise
             finally:
                 self._depth = 0
+
+    def _begin_write(self, c: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting (with back-off) up to the busy timeout for another
+        process's write lock; then :class:`JournalBusyError`.  Warns at most once a minute."""
+        start = time.monotonic()
+        pause = 0.05
+        while True:
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.Error as e:
+                if not _is_busy(e):
+                    raise
+                waited = time.monotonic() - start
+                self._warn_busy(waited)
+                if waited >= self._busy_timeout:
+                    raise JournalBusyError(
+                        f"cannot write state file {self.path}: another process held a write lock on "
+                        f"it for {waited:.0f} s (an sqlite3 shell or a backup in a transaction?); end "
+                        "that transaction; the work is kept and tried again"
+                    ) from e
+            time.sleep(min(pause, max(0.0, start + self._busy_timeout - time.monotonic())))
+            pause = min(pause * 2, 1.0)
+
+    def _warn_busy(self, waited: float) -> None:
+        now = time.monotonic()
+        if self._busy_logged_at is not None and now - self._busy_logged_at < BUSY_LOG_EVERY:
+            return
+        self._busy_logged_at = now
+        log.warning(
+            "State file %s is locked by another process, which holds a write lock on it (an sqlite3 "
+            "shell or a backup in a transaction?); waited %.0f s of up to %g s (%s), then the work "
+            "is held and tried again later",
+            self.path,
+            waited,
+            self._busy_timeout,
+            BUSY_TIMEOUT_ENV,
+        )
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -631,6 +738,12 @@ class Journal:
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+            self._release_state_lock()
+
+    def _release_state_lock(self) -> None:
+        lock, self._state_lock = self._state_lock, None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> Journal:
         return self

@@ -766,8 +766,12 @@ PROPERTIES: tuple[Property, ...] = (
         "importTimeout",
         "import_timeout",
         Seconds(),
-        "0",
-        "Seconds after which a running import is killed; 0 means no limit.",
+        "43200",
+        "Seconds after which a running import is killed (its whole process group) and retried; "
+        "0 means no limit.",
+        note="12 hours by default (upstream and earlier versions: no limit), so that a hung importer "
+        "cannot hold an import slot for ever; a single import longer than that (terabytes copied "
+        "over a slow link) needs a larger value.",
     ),
     _ng(
         "backend",
