@@ -504,3 +504,31 @@ def test_full_disk_raises_journal_full_and_keeps_earlier_records(small_fs: Path)
     with Journal(state) as j2:
         assert all(j2.fileset_by_id(f"kept{i}").state == "queued" for i in range(5))  # type: ignore[union-attr]
         j2.upsert_fileset("after", "amy", "/d/after", ["/d/after"], "F")
+
+
+def test_a_version_1_journal_is_upgraded_in_place_and_keeps_what_it_knew(tmp_path: Path) -> None:
+    from omero_dropbox import journal as journal_module
+
+    db = tmp_path / journal_module.DB_NAME
+    conn = sqlite3.connect(db)
+    for stmt in journal_module._SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.execute(f"PRAGMA application_id={journal_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    conn.execute(
+        "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state, created, updated)"
+        " VALUES (?, 'amy', 1, 2, 3, 'ff', '1:2:3:ff', 'imported', 0, 0)",
+        (b"/drop/amy/a.tif",),
+    )
+    conn.commit()
+    conn.close()
+    with Journal(tmp_path) as journal:
+        rec = journal.file_state("/drop/amy/a.tif")
+        assert rec is not None and rec.state == "imported"
+        assert journal.seen_mtime(rec.id) is None
+        journal.set_seen_mtime(rec.id, 42)
+        assert journal.seen_mtime(rec.id) == 42
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 2
+    conn.close()

@@ -8,6 +8,7 @@ own ``SessionsStore`` reader. Tests against a real OMERO server are at the end, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -422,3 +423,18 @@ def test_cli_importer_omero_logs_in_per_import_and_keeps_the_password_out(
     finally:
         svc.proc.send_signal(signal.SIGTERM)
         assert svc.stop() == 0
+
+
+def test_a_rerun_after_a_crash_skips_what_omero_already_has_fake_omero(fake_omero: Path) -> None:
+    """A re-run of an import the service's crash interrupted passes ``--exclude=clientpath``
+    (OMERO skips files it already imported from the same client path); first runs and retries
+    after an ordinary failure do not (a failed import must be redone whole)."""
+    imp = OmeroImporter("localhost", 4064, FakeSessions(), "--transfer=ln_rm")
+    first = _req(["/drop/amy/a.tif"])
+    rerun = dataclasses.replace(first, attempt=2, interrupted=True)
+    retry = dataclasses.replace(first, attempt=2, interrupted=False)
+    for request, excluded in ((first, False), (rerun, True), (retry, False)):
+        assert imp(request).ok
+        argv = json.loads(fake_omero.read_text())["argv"]
+        assert ("--exclude=clientpath" in argv) == excluded, argv
+        assert argv[argv.index("--") + 1] == "--agent=dropbox" and argv[-1] == "/drop/amy/a.tif"

@@ -53,6 +53,7 @@ from omero_dropbox.journal import (
     JournalFullError,
     display_path,
     fd_identity,
+    file_identity,
     fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
@@ -76,6 +77,13 @@ _QUANTUM = 256
 _PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropbox status`)
 # While the state directory's disk is full, try to record new work again this often.
 _FULL_RETRY = 2.0
+
+
+def _some(paths: Iterable[str], shown: int = 5) -> str:
+    """The first few of ``paths`` by name, and how many more: for log lines and reasons."""
+    paths = list(paths)
+    names = ", ".join(display_path(os.path.basename(p)) for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 class UserDirectory:
@@ -160,6 +168,7 @@ class DropBox:
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._regroup_turn = 0
+        self._forgotten_logged: set[str] = set()  # one log line per forgotten file and run
         # Delivered events not handled yet, per user folder, served in turn.
         self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, Event]]] = {}
         self._backlog_turn: collections.deque[str] = collections.deque()
@@ -369,6 +378,16 @@ class DropBox:
             # It may have been waiting as a good file that a link or FIFO was renamed over.
             self._drop_from_pools(path)
             return
+        late = self.journal.late_member_of(path)
+        if late is not None:
+            self._skip(
+                path,
+                user,
+                f"arrived after its fileset {display_path(late.key)} (fileset={late.id}) was queued "
+                f"without it and is now {late.state}; to import the whole fileset, `omero-dropbox "
+                "forget` its key file and copy every file of it again",
+            )
+            return
         pool = self._pools.setdefault(user, _Pool())
         pool.files.add(path)
         now = time.monotonic()
@@ -379,22 +398,72 @@ class DropBox:
             log.debug("Waiting: %s (%s, user %s)", display_path(path), event.kind, user)
 
     def _already_done(self, path: str) -> bool:
-        """A file the journal saw imported (or failed) with the same inode and size: nothing to do.
+        """Whether the file at ``path`` needs nothing: the journal has it (imported, failed,
+        queued or importing) with the same content, or an operator forgot it and it was not
+        written again since.
 
-        This is what keeps restarts, rescans, ``touch`` and ``chmod`` from importing
-        twice without re-reading every file.
+        What keeps restarts, rescans, ``touch`` and ``chmod`` from importing twice: a file whose
+        inode, size and mtime are as journaled is not read at all; one whose mtime changed is
+        fingerprinted again, so a same-size rewrite with new content is a new version (imported),
+        while a ``touch`` is not. A failed file written again (a new copy, same content) is
+        retried at once.
         """
-        rec = self.journal.file_state(path)
-        if rec is None or rec.identity is None or rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
-            return False
         try:
             st = os.lstat(path)
         except OSError:
             return False
-        same = (st.st_ino, st.st_size) == (rec.identity.ino, rec.identity.size)
-        if same:
-            log.debug("%s is already %s; ignoring", display_path(path), rec.state)
-        return same
+        rec = self.journal.file_state(path)
+        if rec is None or rec.identity is None:
+            if self.journal.forgotten_unchanged(path, st.st_ino, st.st_size, st.st_mtime_ns):
+                if path not in self._forgotten_logged:
+                    self._forgotten_logged.add(path)
+                    log.info(
+                        "Not importing %s: forgotten by an operator and not written since; "
+                        "copy it again to import it",
+                        display_path(path),
+                    )
+                return True
+            return False
+        if rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
+            return False
+        if (st.st_ino, st.st_size) != (rec.identity.ino, rec.identity.size):
+            return False
+        seen = self.journal.seen_mtime(rec.id)
+        if seen == st.st_mtime_ns:
+            return True  # a rescan or restart: not even read
+        try:
+            now_fp = file_identity(path).fingerprint
+        except (OSError, ValueError):
+            return False  # the arrival checks say what is wrong with it
+        if now_fp != rec.identity.fingerprint:
+            log.info(
+                "%s was rewritten in place with new content since it was %s; importing the new version",
+                display_path(path),
+                rec.state,
+            )
+            return False
+        self.journal.set_seen_mtime(rec.id, st.st_mtime_ns)
+        if rec.state == FAILED and seen is not None and rec.fileset_id is not None:
+            self._retry_rewritten(path, rec.fileset_id)
+        else:
+            log.info(
+                "%s is already %s with the same content; not importing it again",
+                display_path(path),
+                rec.state,
+            )
+        return True
+
+    def _retry_rewritten(self, path: str, fid: str) -> None:
+        """A file of a failed fileset was written again: the user's way of asking for a retry."""
+        try:
+            self.journal.retry(fid, f"a new copy of {display_path(path)}")
+        except JournalError as exc:
+            log.info("Not retrying fileset %s for the new copy of %s: %s", fid, display_path(path), exc)
+            return
+        log.info(
+            "%s was written again after its import failed; trying fileset %s again", display_path(path), fid
+        )
+        self.queue.submit(fid)
 
     def _forget(self, path: str) -> None:
         self._skips.forget(path)
@@ -691,11 +760,11 @@ class DropBox:
         return True
 
     def _record(
-        self, user: str, fs: Fileset, fid: str, identities: list[FileIdentity]
+        self, user: str, fs: Fileset, fid: str, identities: list[tuple[FileIdentity, int]]
     ) -> FilesetRecord | None:
         """Journal the files and the fileset; None if the fileset was imported (or started) before."""
-        for f, ident in zip(fs.files, identities, strict=True):
-            self.journal.record_file(f, user, ident)
+        for f, (ident, mtime_ns) in zip(fs.files, identities, strict=True):
+            self.journal.record_file(f, user, ident, mtime_ns)
         existing = self.journal.fileset_by_id(fid)
         if existing is not None and existing.state not in (WAITING, QUEUED):
             if existing.state == IMPORTED:
@@ -707,10 +776,11 @@ class DropBox:
             elif existing.state != IMPORTING:
                 log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
             return None
-        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format)
+        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, fs.missing)
         if record.state == WAITING:
             # Queued in the same transaction; the queue learns of it after the commit.
-            self.journal.transition(fid, QUEUED, reason="complete; queued for import")
+            why = f"incomplete, without {_some(fs.missing)}" if fs.missing else "complete"
+            self.journal.transition(fid, QUEUED, reason=f"{why}; queued for import")
             record = replace(record, state=QUEUED)
         return record
 
@@ -778,11 +848,12 @@ class DropBox:
             return min(self.config.complete_wait, user_cfg.dir_import_wait)
         return user_cfg.dir_import_wait
 
-    def _identity(self, user: str, path: str) -> FileIdentity:
-        """The journal identity of a member, read through the walk from the watch directory."""
+    def _identity(self, user: str, path: str) -> tuple[FileIdentity, int]:
+        """The journal identity and mtime of a member, read through the walk from the watch
+        directory."""
         user_cfg = self._config_for_user(user)
         with open_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, user), path) as (fd, st):
-            return fd_identity(fd, st)
+            return fd_identity(fd, st), st.st_mtime_ns
 
     def _submit(self, user: str, fs: Fileset) -> None:
         try:
@@ -797,7 +868,7 @@ class DropBox:
             log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
             self._return_to_pool(user, fs.files)
             return
-        fid = fileset_id(identities)
+        fid = fileset_id(ident for ident, _mtime in identities)
         # One transaction for the files, the fileset and its `queued` state: a mass copy is bound by
         # commits. The import queue learns of it only after the commit, so that no worker can see
         # a fileset that may yet be rolled back.
@@ -806,14 +877,27 @@ class DropBox:
         if record is None:
             return
         if record.state in (WAITING, QUEUED):
-            log.info(
-                "Fileset %s (%d file(s), %s) for user %s is complete; queued (fileset=%s)",
-                display_path(fs.key),
-                len(fs.files),
-                fs.format,
-                user,
-                fid,
-            )
+            if fs.missing:
+                log.warning(
+                    "Fileset %s (%d file(s), %s) for user %s is incomplete: %d file(s) its key file "
+                    "names never arrived (%s); queued without them (fileset=%s)",
+                    display_path(fs.key),
+                    len(fs.files),
+                    fs.format,
+                    user,
+                    len(fs.missing),
+                    _some(fs.missing),
+                    fid,
+                )
+            else:
+                log.info(
+                    "Fileset %s (%d file(s), %s) for user %s is complete; queued (fileset=%s)",
+                    display_path(fs.key),
+                    len(fs.files),
+                    fs.format,
+                    user,
+                    fid,
+                )
             self.queue.submit(record)
         elif record.state == SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)

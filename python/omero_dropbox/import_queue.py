@@ -43,6 +43,7 @@ from omero_dropbox.journal import (
     FAILED,
     IMPORTED,
     IMPORTING,
+    INTERRUPTED_REASON,
     QUEUED,
     WAITING,
     FilesetRecord,
@@ -426,6 +427,8 @@ class ImportQueue:
             files=rec.members,
             fileset_id=fid,
             format=rec.format,
+            attempt=attempt,
+            interrupted=rec.last_error == INTERRUPTED_REASON,
         )
         try:
             result = self.importer(request)

@@ -98,7 +98,7 @@ LOG_TAIL_BYTES = 64 * 1024
 START_MARK = "***** start of output from importer-cli to stderr *****"
 END_MARK = "***** end of output from importer-cli *****"
 
-PLACEHOLDERS = frozenset({"user", "key", "files", "fileset"})
+PLACEHOLDERS = frozenset({"user", "key", "files", "fileset", "attempt", "interrupted"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -107,13 +107,22 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class ImportRequest:
-    """One fileset to import as ``user``; ``key`` is the file Bio-Formats opens."""
+    """One fileset to import as ``user``; ``key`` is the file Bio-Formats opens.
+
+    ``attempt`` counts from 1; ``interrupted`` says that the previous attempt was cut off by
+    a crash or restart of the service, so that it may already have imported the fileset: the
+    OMERO importer then passes ``--exclude=clientpath`` (OMERO skips files it already imported
+    from the same client path), and a command importer gets ``{attempt}``/``{interrupted}``
+    and ``$OMERO_DROPBOX_ATTEMPT``/``$OMERO_DROPBOX_INTERRUPTED`` to check for itself.
+    """
 
     user: str
     key: str
     files: tuple[str, ...]
     fileset_id: str
     format: str
+    attempt: int = 1
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -626,8 +635,12 @@ class CommandImporter(BaseImporter):
 
     The template is split once with :func:`shlex.split`; it is never given to a
     shell.  Placeholders, substituted inside arguments: ``{user}``, ``{key}``,
-    ``{fileset}``; ``{files}`` must be a whole argument and expands to one argument
-    per file.  Other ``{name}`` placeholders are an error; braces not of the form
+    ``{fileset}``, ``{attempt}`` (1, 2, ...) and ``{interrupted}`` (``1`` when the previous
+    attempt was cut off by a crash or restart of the service and may have imported the
+    fileset already, else ``0``); ``{files}`` must be a whole argument and expands to one
+    argument per file.  The program also gets ``$OMERO_DROPBOX_ATTEMPT``,
+    ``$OMERO_DROPBOX_INTERRUPTED`` and ``$OMERO_DROPBOX_FILESET`` in its environment.
+    Other ``{name}`` placeholders are an error; braces not of the form
     ``{identifier}`` are kept literally.  Arguments reach the program as the exact
     bytes of the paths (``os.fsencode``).  Example::
 
@@ -657,7 +670,7 @@ class CommandImporter(BaseImporter):
             raise ImporterConfigError(
                 f"importer command {template!r} uses unknown placeholder(s) "
                 f"{', '.join('{' + u + '}' for u in unknown)}; "
-                f"allowed: {{user}}, {{key}}, {{files}}, {{fileset}}"
+                f"allowed: {{user}}, {{key}}, {{files}}, {{fileset}}, {{attempt}}, {{interrupted}}"
             )
         for a in argv:
             if "{files}" in a and a != "{files}":
@@ -683,7 +696,13 @@ class CommandImporter(BaseImporter):
     def build_argv(self, request: ImportRequest) -> list[bytes]:
         """The exact argv for ``request`` (``ValueError`` for a relative path)."""
         _check_absolute(request)
-        values = {"user": request.user, "key": request.key, "fileset": request.fileset_id}
+        values = {
+            "user": request.user,
+            "key": request.key,
+            "fileset": request.fileset_id,
+            "attempt": str(request.attempt),
+            "interrupted": "1" if request.interrupted else "0",
+        }
 
         def sub(m: re.Match[str]) -> str:
             return values[m.group(1)]
@@ -697,7 +716,11 @@ class CommandImporter(BaseImporter):
         return out
 
     def run(self, request: ImportRequest) -> ImportResult:
-        return self._runner.run(self.build_argv(request), self.template[0], self.env)
+        env = dict(self.env if self.env is not None else os.environ)
+        env["OMERO_DROPBOX_ATTEMPT"] = str(request.attempt)
+        env["OMERO_DROPBOX_INTERRUPTED"] = "1" if request.interrupted else "0"
+        env["OMERO_DROPBOX_FILESET"] = request.fileset_id
+        return self._runner.run(self.build_argv(request), self.template[0], env)
 
     def __repr__(self) -> str:
         return f"CommandImporter({shlex.join(self.template)!r}, timeout={self.timeout!r})"
@@ -855,6 +878,8 @@ class OmeroImporter(BaseImporter):
             "import",
             "--",
             "--agent=dropbox",
+            # A re-run after a crash: OMERO may hold the fileset already; skip what it has.
+            *(["--exclude=clientpath"] if request.interrupted else []),
             *self.import_args,
             request.key,
         ]

@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger("omero_dropbox.journal")
 
 DB_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
 APPLICATION_ID = 0x4F444258
 FINGERPRINT_CHUNK = 64 * 1024
@@ -432,6 +432,28 @@ CREATE TABLE history (
 CREATE INDEX history_state ON history(new_state, id);
 """
 
+# Version 2: when each file was last seen written (so a rescan or restart reads no file whose
+# mtime did not change, and a same-size rewrite is still told by its fingerprint); files an
+# operator forgot, as they were on disk then (so a restart does not import them again, a new
+# copy does); and the members a fileset's key file named that were missing when it was queued
+# (so a member arriving late is reported against its fileset, not imported alone).
+_SCHEMA_V2 = """
+ALTER TABLE files ADD COLUMN mtime_ns INTEGER;
+CREATE TABLE forgotten (
+    path     BLOB PRIMARY KEY,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    at       REAL NOT NULL
+);
+CREATE TABLE fileset_missing (
+    fileset_id TEXT NOT NULL REFERENCES filesets(id),
+    path       BLOB NOT NULL,
+    PRIMARY KEY (fileset_id, path)
+);
+CREATE INDEX fileset_missing_path ON fileset_missing(path);
+"""
+
 
 # --- the journal ------------------------------------------------------------------------
 
@@ -561,16 +583,21 @@ class Journal:
             # prevent.  FULL costs one fsync per transition; imports take seconds.
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA foreign_keys=ON")
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 c.execute("BEGIN IMMEDIATE")
                 try:
                     # Re-read under the write lock: another process may have won the race.
-                    if c.execute("PRAGMA user_version").fetchone()[0] == 0:
-                        for stmt in _SCHEMA.split(";"):
+                    current = c.execute("PRAGMA user_version").fetchone()[0]
+                    steps = ([_SCHEMA] if current == 0 else []) + ([_SCHEMA_V2] if current < 2 else [])
+                    for script in steps:
+                        for stmt in script.split(";"):
                             if stmt.strip():
                                 c.execute(stmt)
+                    if current == 0:
                         c.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                        c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    elif steps:
+                        log.info("journal %s: schema upgraded from version %d to %d", self.path, current, 2)
+                    c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     c.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -841,7 +868,40 @@ class Journal:
         with self._read() as c:
             return self._latest_for_path(c, path)
 
-    def record_file(self, path: str, user: str, identity: FileIdentity) -> FileRecord:
+    def seen_mtime(self, file_id: int) -> int | None:
+        """When the file of record ``file_id`` was last seen written (ns), if known."""
+        with self._read() as c:
+            row = c.execute("SELECT mtime_ns FROM files WHERE id = ?", (file_id,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_seen_mtime(self, file_id: int, mtime_ns: int) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, file_id))
+
+    def forgotten_unchanged(self, path: str, ino: int, size: int, mtime_ns: int) -> bool:
+        """Whether ``path`` was forgotten by an operator and is still the very file it was then."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT 1 FROM forgotten WHERE path = ? AND ino = ? AND size = ? AND mtime_ns = ?",
+                (_enc(path), ino, size, mtime_ns),
+            ).fetchone()
+        return row is not None
+
+    def late_member_of(self, path: str) -> FilesetRecord | None:
+        """The newest fileset, queued or further, whose key file named ``path`` as a member
+        that was missing when it was queued."""
+        with self._read() as c:
+            for (fid,) in c.execute(
+                "SELECT m.fileset_id FROM fileset_missing m JOIN filesets f ON f.id = m.fileset_id"
+                " WHERE m.path = ? AND f.state != ? ORDER BY f.created DESC",
+                (_enc(path), WAITING),
+            ):
+                return self._fileset(c, fid)
+        return None
+
+    def record_file(
+        self, path: str, user: str, identity: FileIdentity, mtime_ns: int | None = None
+    ) -> FileRecord:
         """Record a READY file; idempotent.
 
         * identity known under ``path``: returns the existing record unchanged;
@@ -851,65 +911,77 @@ class Journal:
           share): the same file; its device number is updated;
         * otherwise a new record in state ``seen`` (if ``path`` had a record with
           other content, this is a new version of that file).
+
+        ``mtime_ns``, when given, is kept as the time the file was last seen written, and a
+        :meth:`forget` tombstone for ``path`` is dropped (this is a new copy).
         """
         now = time.time()
         with self._tx() as c:
-            rec = self._find_identity(c, identity)
-            if rec is None:
-                old = self._latest_for_path(c, path)
-                if (
-                    old is not None
-                    and old.identity is not None
-                    and (old.identity.ino, old.identity.size, old.identity.fingerprint)
-                    == (identity.ino, identity.size, identity.fingerprint)
-                ):
-                    c.execute(
-                        "UPDATE files SET dev = ?, identity = ?, updated = ? WHERE id = ?",
-                        (identity.dev, identity.key, now, old.id),
-                    )
-                    rec = self._file(
-                        c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)).fetchone()
-                    )
-                    assert rec is not None
-                    return rec
+            rec = self._record_file(c, path, user, identity, now)
+            if mtime_ns is not None:
+                c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, rec.id))
+                c.execute("DELETE FROM forgotten WHERE path = ?", (_enc(path),))
+            return rec
+
+    def _record_file(
+        self, c: sqlite3.Connection, path: str, user: str, identity: FileIdentity, now: float
+    ) -> FileRecord:
+        rec = self._find_identity(c, identity)
+        if rec is None:
+            old = self._latest_for_path(c, path)
+            if (
+                old is not None
+                and old.identity is not None
+                and (old.identity.ino, old.identity.size, old.identity.fingerprint)
+                == (identity.ino, identity.size, identity.fingerprint)
+            ):
                 c.execute(
-                    "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
-                    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        _enc(path),
-                        _txt(user),
-                        identity.dev,
-                        identity.ino,
-                        identity.size,
-                        identity.fingerprint,
-                        identity.key,
-                        SEEN,
-                        now,
-                        now,
-                    ),
+                    "UPDATE files SET dev = ?, identity = ?, updated = ? WHERE id = ?",
+                    (identity.dev, identity.key, now, old.id),
                 )
-                reason = "new version (content changed)" if old and old.identity else ""
-                self._history(c, "file", path, SEEN, path=path, user=user, reason=reason, at=now)
-                rec = self._latest_for_path(c, path)
+                rec = self._file(
+                    c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)).fetchone()
+                )
                 assert rec is not None
                 return rec
-            if rec.path != path:
-                self._rename(c, rec, path, now)
-                self._history(
-                    c,
-                    "file",
-                    path,
-                    rec.state,
-                    old_state=rec.state,
-                    path=path,
-                    user=rec.user,
-                    reason=f"renamed from {display_path(rec.path)}",
-                    at=now,
-                )
-                got = self._find_identity(c, identity)
-                assert got is not None
-                return got
+            c.execute(
+                "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
+                " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    _enc(path),
+                    _txt(user),
+                    identity.dev,
+                    identity.ino,
+                    identity.size,
+                    identity.fingerprint,
+                    identity.key,
+                    SEEN,
+                    now,
+                    now,
+                ),
+            )
+            reason = "new version (content changed)" if old and old.identity else ""
+            self._history(c, "file", path, SEEN, path=path, user=user, reason=reason, at=now)
+            rec = self._latest_for_path(c, path)
+            assert rec is not None
             return rec
+        if rec.path != path:
+            self._rename(c, rec, path, now)
+            self._history(
+                c,
+                "file",
+                path,
+                rec.state,
+                old_state=rec.state,
+                path=path,
+                user=rec.user,
+                reason=f"renamed from {display_path(rec.path)}",
+                at=now,
+            )
+            got = self._find_identity(c, identity)
+            assert got is not None
+            return got
+        return rec
 
     def _rename(self, c: sqlite3.Connection, rec: FileRecord, new: str, now: float) -> None:
         c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (_enc(new), now, rec.id))
@@ -1010,7 +1082,13 @@ class Journal:
             return row is not None and row[0] == IMPORTED
 
     def upsert_fileset(
-        self, fileset_id: str, user: str, key: str, members: Sequence[str], fmt: str
+        self,
+        fileset_id: str,
+        user: str,
+        key: str,
+        members: Sequence[str],
+        fmt: str,
+        missing: Sequence[str] = (),
     ) -> FilesetRecord:
         """Create the fileset in state ``waiting``, or revise it.
 
@@ -1018,7 +1096,8 @@ class Journal:
         and format.  One already started or finished is returned unchanged: its
         identity says it is the same data, so it is not imported again.
         Member files recorded with :meth:`record_file` are linked to the fileset and
-        take its state.
+        take its state.  ``missing``: files the key file names that are not members (see
+        :meth:`late_member_of`).
         """
         if not members:
             raise ValueError(f"fileset {fileset_id} has no members")
@@ -1069,6 +1148,11 @@ class Journal:
                 [(fileset_id, i, _enc(m)) for i, m in enumerate(members)],
             )
             self._link_members(c, fileset_id, members, state, "", now)
+            c.execute("DELETE FROM fileset_missing WHERE fileset_id = ?", (fileset_id,))
+            c.executemany(
+                "INSERT OR IGNORE INTO fileset_missing(fileset_id, path) VALUES (?,?)",
+                [(fileset_id, _enc(m)) for m in missing],
+            )
             rec = self._fileset(c, fileset_id)
             assert rec is not None
             return rec
@@ -1313,6 +1397,8 @@ class Journal:
         Filesets that are waiting, queued or importing are refused: forgetting them would
         race with the running import.  Returns the history entries written
         (``new_state`` ``"forgotten"``); the rows themselves are removed, the history stays.
+        Files still on disk are remembered as they are now: the service does not import them
+        again when it finds them at a restart, only when they are written again (a new copy).
         """
         enc = _enc(path)
         prefix = enc.rstrip(b"/") + b"/"
@@ -1352,12 +1438,29 @@ class Journal:
                     if f is not None and f.id not in {x.id for x in files}:
                         files.append(f)
                 c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fs.id,))
+                c.execute("DELETE FROM fileset_missing WHERE fileset_id = ?", (fs.id,))
                 c.execute("DELETE FROM filesets WHERE id = ?", (fs.id,))
                 written.append(self._forgotten(c, "fileset", fs.id, fs.key, fs.user, fs.state, reason, now))
             for f in files:
                 c.execute("DELETE FROM files WHERE id = ?", (f.id,))
                 written.append(self._forgotten(c, "file", f.path, f.path, f.user, f.state, reason, now))
+                self._tombstone(c, f, now)
             return written
+
+    @staticmethod
+    def _tombstone(c: sqlite3.Connection, f: FileRecord, now: float) -> None:
+        """Remember a forgotten file as it is on disk now: a restart's scan finds it again and
+        must not import it; a copy dropped again (a new write) is imported."""
+        try:
+            st = os.lstat(f.path)
+        except OSError:
+            return  # gone: nothing on disk to mistake for a new copy
+        if f.identity is not None and (st.st_ino, st.st_size) != (f.identity.ino, f.identity.size):
+            return  # already another file: a new copy, to be imported
+        c.execute(
+            "INSERT OR REPLACE INTO forgotten(path, ino, size, mtime_ns, at) VALUES (?,?,?,?,?)",
+            (_enc(f.path), st.st_ino, st.st_size, st.st_mtime_ns, now),
+        )
 
     def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
         """Note the OMERO objects an import created (``"Image:12"``...) in the history."""
