@@ -168,7 +168,7 @@ class DropBox:
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._regroup_turn = 0
-        self._forgotten_logged: set[str] = set()  # one log line per forgotten file and run
+        self._forgotten_seen = 0  # forgotten files found unchanged in this run
         # Delivered events not handled yet, per user folder, served in turn.
         self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, Event]]] = {}
         self._backlog_turn: collections.deque[str] = collections.deque()
@@ -408,23 +408,31 @@ class DropBox:
         while a ``touch`` is not. A failed file written again (a new copy, same content) is
         retried at once.
         """
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
         rec = self.journal.file_state(path)
         if rec is None or rec.identity is None:
-            if self.journal.forgotten_unchanged(path, st.st_ino, st.st_size, st.st_mtime_ns):
-                if path not in self._forgotten_logged:
-                    self._forgotten_logged.add(path)
-                    log.info(
-                        "Not importing %s: forgotten by an operator and not written since; "
-                        "copy it again to import it",
-                        display_path(path),
-                    )
+            tomb = self.journal.forgotten_as(path)  # a new file: no system call unless forgotten
+            if tomb is None:
+                return False
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return False
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == tomb:
+                self._forgotten_seen += 1
+                # A restart finds every forgotten file again: a few lines, not one per file.
+                log.log(
+                    logging.INFO if self._forgotten_seen <= 20 else logging.DEBUG,
+                    "Not importing %s: forgotten by an operator and not written since; "
+                    "copy it again to import it",
+                    display_path(path),
+                )
                 return True
             return False
         if rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
             return False
         if (st.st_ino, st.st_size) != (rec.identity.ino, rec.identity.size):
             return False

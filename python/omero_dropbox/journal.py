@@ -878,14 +878,14 @@ class Journal:
         with self._tx() as c:
             c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, file_id))
 
-    def forgotten_unchanged(self, path: str, ino: int, size: int, mtime_ns: int) -> bool:
-        """Whether ``path`` was forgotten by an operator and is still the very file it was then."""
+    def forgotten_as(self, path: str) -> tuple[int, int, int] | None:
+        """``(ino, size, mtime_ns)`` of ``path`` when an operator forgot it, or None: the file
+        it was then is not imported again; another one (a new copy) is."""
         with self._read() as c:
             row = c.execute(
-                "SELECT 1 FROM forgotten WHERE path = ? AND ino = ? AND size = ? AND mtime_ns = ?",
-                (_enc(path), ino, size, mtime_ns),
+                "SELECT ino, size, mtime_ns FROM forgotten WHERE path = ?", (_enc(path),)
             ).fetchone()
-        return row is not None
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
     def late_member_of(self, path: str) -> FilesetRecord | None:
         """The newest fileset, queued or further, whose key file named ``path`` as a member
