@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import stat
@@ -57,6 +58,8 @@ from typing import Any
 
 from omero_dropbox.grouping_rules import (
     COMPANION_SUFFIXES,
+    OTHER_READERS,
+    READER_ALIASES,
     READER_SUFFIXES,
     RULES,
     SYSTEM_FILE_NAMES,
@@ -78,7 +81,10 @@ __all__ = [
     "group_paths",
     "is_system_file",
     "load_readers",
+    "read_readers_file",
 ]
+
+log = logging.getLogger(__name__)
 
 SINGLE = "single"
 REASON_SYSTEM = "system file"
@@ -188,8 +194,58 @@ def _is_system(path: str, name: str) -> bool:
     return "__MACOSX" in path and "__MACOSX" in path.split(os.sep)
 
 
-def load_readers(path: Path) -> frozenset[str]:
-    """Parse an ``omero.fs.readers`` file: reader class names, one a line, ``#`` comments."""
+@dataclass(frozen=True)
+class ReadersFile:
+    """An ``omero.fs.readers`` file: the reader classes it enables (fully-qualified names
+    as in Bio-Formats' readers.txt) and the names it gives that no reader has."""
+
+    path: Path
+    classes: frozenset[str]
+    unknown: tuple[str, ...]
+
+    def warning(self) -> str | None:
+        """The operator's message for unknown names (``None`` when all are known)."""
+        if not self.unknown:
+            return None
+        shown = ", ".join(self.unknown[:20]) + (
+            f" and {len(self.unknown) - 20} more" if len(self.unknown) > 20 else ""
+        )
+        hints = [h for name in self.unknown[:5] if (h := _reader_hint(name))]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        return (
+            f"omero.fs.readers={self.path}: unknown Bio-Formats reader class "
+            f"{'name' if len(self.unknown) == 1 else 'names'} {shown}{hint}; files only those "
+            "readers would read are not imported. Give class names such as "
+            "loci.formats.in.TiffDelegateReader or TiffDelegateReader, one per line"
+        )
+
+
+def _reader_names() -> dict[str, str]:
+    """Every accepted spelling (full and short class name, case-folded) -> full name."""
+    full = [cls for cls, _fmt, _sufs in READER_SUFFIXES] + list(READER_ALIASES) + list(OTHER_READERS)
+    names: dict[str, str] = {}
+    for cls in full:
+        names.setdefault(cls.casefold(), cls)
+        names.setdefault(cls.rsplit(".", 1)[-1].casefold(), cls)
+    return names
+
+
+_READER_NAMES = _reader_names()
+
+
+def _reader_hint(name: str) -> str | None:
+    import difflib
+
+    short = name.rsplit(".", 1)[-1].casefold()
+    close = difflib.get_close_matches(short, [k for k in _READER_NAMES if "." not in k], n=1, cutoff=0.85)
+    return _READER_NAMES[close[0]] if close else None
+
+
+def read_readers_file(path: Path) -> ReadersFile:
+    """Parse an ``omero.fs.readers`` file: reader class names, one a line, ``#`` comments
+    and ``[...]`` options as in Bio-Formats' readers.txt. A fully-qualified
+    (``loci.formats.in.TiffReader``) or short (``TiffReader``) class name is accepted;
+    names no reader has are listed in ``unknown``."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
@@ -197,12 +253,24 @@ def load_readers(path: Path) -> frozenset[str]:
             f"omero.fs.readers={path}: cannot read the readers file ({exc.strerror}); "
             "give a file of Bio-Formats reader class names, one per line"
         ) from exc
-    names: set[str] = set()
+    classes: set[str] = set()
+    unknown: dict[str, None] = {}
     for line in text.splitlines():
         name = line.split("#", 1)[0].split("[", 1)[0].strip()
-        if name:
-            names.add(name)
-    return frozenset(names)
+        if not name:
+            continue
+        cls = _READER_NAMES.get(name.casefold())
+        if cls is None:
+            unknown[name] = None
+        else:
+            classes.add(cls)
+            classes.add(READER_ALIASES.get(cls, cls))
+    return ReadersFile(Path(path), frozenset(classes), tuple(unknown))
+
+
+def load_readers(path: Path) -> frozenset[str]:
+    """The reader classes an ``omero.fs.readers`` file enables (see :func:`read_readers_file`)."""
+    return read_readers_file(path).classes
 
 
 def _norm(path: str) -> str:
@@ -884,6 +952,52 @@ def _parse_mirax_slidedat(path: str, budget: _Budget, _confined: bool) -> Conten
     return refs
 
 
+# A real NRRD header is well under 1 KiB; a .nrrd holds its pixels after the header, so
+# only the head is read.
+NRRD_HEADER_BYTES = 1 << 20
+
+
+def _parse_nrrd_header(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
+    """The pixel file an NRRD header names (``data file:`` or ``datafile:``; the last wins).
+
+    As Bio-Formats 7.3.1 reads it: the header ends at the first empty line (lines after the
+    first are trimmed), ``#`` and ``NRRD`` lines are skipped, and the value loses its text
+    up to the first ``/`` before it is resolved from the header's folder (so
+    ``./pix/a.raw`` is ``pix/a.raw``, ``/abs/a.raw`` is ``abs/a.raw``).
+    """
+    cap = min(NRRD_HEADER_BYTES, budget.limits.max_key_file_bytes)
+
+    def read(f: _UserFile) -> tuple[bytes, int]:
+        return f.pread(cap, 0), f.st.st_size
+
+    head, size = _with_user_file(path, read)
+    lines = head.split(b"\n")
+    if len(head) < size and b"\n\n" not in head and b"\n\r\n" not in head:
+        raise KeyFileRejected(
+            f"NRRD header is longer than {cap:,} bytes (no empty line ends it); not importing it"
+        )
+    data_file: str | None = None
+    for i, raw in enumerate(lines):
+        budget.tick()
+        line = raw.decode("utf-8", "surrogateescape").rstrip("\r")
+        line = line if i == 0 else line.strip()
+        if not line:
+            break
+        if line.startswith(("#", "NRRD")):
+            continue
+        key, colon, value = line.partition(":")
+        if not colon:
+            return ContentRefs()  # Bio-Formats fails on such a header: nothing to group
+        if key.strip() in ("data file", "datafile"):
+            data_file = value.strip()
+    refs = ContentRefs()
+    if data_file:
+        data_file = data_file[data_file.find("/") + 1 :]
+        if data_file:
+            refs.required.append((refs.ref(os.path.dirname(path), data_file),))
+    return refs
+
+
 CONTENT_PARSERS: dict[str, Parser] = {
     "file_pattern": _parse_file_pattern,
     "metamorph_nd": _parse_metamorph_nd,
@@ -892,6 +1006,7 @@ CONTENT_PARSERS: dict[str, Parser] = {
     "leica_lei": _parse_leica_lei,
     "incell_xdce": _parse_incell_xdce,
     "mirax_slidedat": _parse_mirax_slidedat,
+    "nrrd_header": _parse_nrrd_header,
 }
 
 
@@ -1080,8 +1195,12 @@ class FilesetGrouper:
         rules: Sequence[Rule] = RULES,
         *,
         limits: GroupingLimits = DEFAULT_LIMITS,
+        warn: bool = True,
     ) -> None:
-        self.readers = load_readers(readers) if readers is not None else None
+        self.readers_file = read_readers_file(readers) if readers is not None else None
+        self.readers = self.readers_file.classes if self.readers_file is not None else None
+        if warn and self.readers_file is not None and (warning := self.readers_file.warning()):
+            log.warning("%s", warning)
         self.limits = limits
         # (path, st_dev, st_ino, st_size, st_mtime_ns) -> parse; LRU, limits.cache_entries
         self._cache: OrderedDict[tuple[str, int, int, int, int], _Parsed] = OrderedDict()
@@ -1107,7 +1226,7 @@ class FilesetGrouper:
                     _CompanionSuffix(r, c, c.suffix.lower(), rx)
                 )
         suffixes: set[str] = set()
-        for cls, _fmt, sufs in READER_SUFFIXES:
+        for cls, _fmt, sufs in (*READER_SUFFIXES, *((c, "", s) for c, s in OTHER_READERS.items())):
             if self._reader_enabled(cls):
                 suffixes.update(s.strip().lower() for s in sufs if s.strip())
         self._single_suffixes = frozenset(suffixes)
@@ -1544,10 +1663,12 @@ def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
     """
     errors: list[str] = []
     try:
-        grouper = FilesetGrouper(readers)
+        grouper = FilesetGrouper(readers, warn=False)  # said here, on stderr
     except ValueError as exc:
         print(f"omero-dropbox filesets: {exc}", file=sys.stderr)
         return 2
+    if grouper.readers_file is not None and (warning := grouper.readers_file.warning()) is not None:
+        print(f"omero-dropbox filesets: warning: {warning}", file=sys.stderr)
     from omero_dropbox.progress import progress_iter  # a line on stderr, on a terminal only
 
     result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))

@@ -39,6 +39,8 @@ from typing import Literal
 
 __all__ = [
     "COMPANION_SUFFIXES",
+    "OTHER_READERS",
+    "READER_ALIASES",
     "READER_SUFFIXES",
     "RULES",
     "SYSTEM_FILE_NAMES",
@@ -246,6 +248,24 @@ RULES: tuple[Rule, ...] = (
         notes="Bio-Formats looks for the lower-case .img/.hdr partner only.",
     ),
     Rule(
+        format="NRRD",
+        reader="loci.formats.in.NRRDReader",
+        key=(".nhdr", ".nrrd"),
+        members=(Content("nrrd_header"),),
+        notes="The header's 'data file:' (or 'datafile:') names the pixel file; Bio-Formats "
+        "drops the value's text up to its first '/' and resolves the rest from the header's "
+        "folder. A .nrrd may name one too. Given the data file, Bio-Formats opens "
+        "<data>.nhdr or <base>.nhdr, which sorts first in a folder.",
+    ),
+    Rule(
+        format="Simulated data",
+        reader="loci.formats.in.FakeReader",
+        key=(".fake",),
+        members=(Sibling(("{name}.ini",), required=False),),
+        companions=(Companion(".fake.ini", ("{stem}.fake",)),),
+        notes="<name>.fake.ini holds the settings of <name>.fake.",
+    ),
+    Rule(
         format="ICS",
         reader="loci.formats.in.ICSReader",
         key=(".ics",),
@@ -285,6 +305,29 @@ COMPANION_SUFFIXES: dict[str, str] = {
     "pst": "TillVision (.vws)",
     "inf": "Fuji LAS 3000 (.img) or TillVision (.vws)",
     "par": "JEOL (.dat)",
+}
+
+#: Real Bio-Formats reader classes of the 7.3.1 jar that its readers.txt does not list,
+#: and the listed reader whose suffixes they read (``TiffReader`` is what
+#: ``TiffDelegateReader`` delegates to).
+READER_ALIASES: dict[str, str] = {
+    "loci.formats.in.TiffReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.MinimalTiffReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.TiffJAIReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.TileJPEGReader": "loci.formats.in.JPEGReader",
+}
+
+#: Readers named in Bio-Formats' default readers.txt that are not in the jar (external
+#: readers a site may install) or that the OMERO importer never uses (ZIP), with the
+#: suffixes readers.txt gives them: known names, so a copy of the default readers.txt
+#: used as ``omero.fs.readers`` draws no warning.
+OTHER_READERS: dict[str, tuple[str, ...]] = {
+    "loci.formats.in.URLReader": (),
+    "loci.formats.in.ZipReader": (),
+    "loci.formats.in.SlideBook6Reader": ("sld",),
+    "loci.formats.in.ScreenReader": ("screen",),
+    "loci.formats.in.ZarrReader": ("zarr",),
+    "ch.epfl.biop.formats.in.ZeissQuickStartCZIReader": ("czi",),
 }
 
 #: Base names that are never image data (besides dot files, which OMERO's importer skips).

@@ -69,8 +69,10 @@ public final class DropboxOracle {
         if (name.isEmpty()) {
           continue;
         }
+        // A short name (TiffReader) is a class of loci.formats.in, as omero-dropbox reads it.
+        String full = name.indexOf('.') < 0 ? "loci.formats.in." + name : name;
         try {
-          Class<?> c = Class.forName(name);
+          Class<?> c = Class.forName(full);
           if (IFormatReader.class.isAssignableFrom(c)) {
             classes.addClass((Class<? extends IFormatReader>) c);
           }
