@@ -22,9 +22,6 @@ from omero_dropbox.filesets import FilesetGrouper, read_readers_file
 from tests.test_filesets import by_key, files_under, write_ics, write_tiff
 
 UNAVAILABLE = BioFormatsOracle.unavailable_reason()
-needs_java = pytest.mark.skipif(
-    UNAVAILABLE is not None, reason=f"Bio-Formats oracle unavailable: {UNAVAILABLE}"
-)
 
 CLI = [sys.executable, "-m", "omero_dropbox.cli"]
 
