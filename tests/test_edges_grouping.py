@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,6 +137,42 @@ def test_nrrd_header_without_end_is_refused_not_read_whole(tmp_path: Path) -> No
     result = FilesetGrouper().group([str(endless)])
     (reason,) = dict(result.unclaimed).values()
     assert "NRRD header is longer than" in reason and "not importing it" in reason
+
+
+def write_name_pairs(d: Path) -> dict[str, set[str]]:
+    """Fuji LAS (.img + .inf), IMAGIC (.hed + .img), PCO-RAW (.pcoraw + .rec) and Unisoku
+    (.HDR + .DAT): each a pair Bio-Formats opens as one image; returns key -> files."""
+    inf = ["BAS_IMAGE_FILE", "fuji", "x", "100", "100", "8", "4", "4", "a", "b", "2004-01-01 10:00:00"]
+    (d / "fuji.inf").write_text("\n".join(inf) + "\n")
+    (d / "fuji.img").write_bytes(bytes(16))
+    header = bytearray(1024)
+    struct.pack_into("<ii", header, 48, 4, 4)  # rows, columns
+    header[56:60] = b"PACK"  # 8-bit
+    (d / "em.hed").write_bytes(bytes(header))
+    (d / "em.img").write_bytes(bytes(16))
+    write_tiff(d / "cam.pcoraw")
+    (d / "cam.rec").write_text("Exposure / Delay: 10 ms\n")
+    (d / "stm.HDR").write_bytes(b":STM data\r:data volume(x*y)\r4 4\r:ascii flag; data type\r0 2\r")
+    (d / "stm.DAT").write_bytes(bytes(32))
+    pairs = {"fuji.img": "fuji.inf", "em.hed": "em.img", "cam.pcoraw": "cam.rec", "stm.HDR": "stm.DAT"}
+    return {str(d / k): {str(d / k), str(d / v)} for k, v in pairs.items()}
+
+
+def test_name_paired_formats_are_one_import_each_as_bioformats(
+    tmp_path: Path, oracle: BioFormatsOracle
+) -> None:
+    """Each pair was split (two imports, or a companion left waiting for an Analyze .hdr)."""
+    expected = write_name_pairs(tmp_path)
+    assert agree(oracle, tmp_path) == expected
+
+
+def test_fuji_img_without_its_inf_is_not_fuji(tmp_path: Path) -> None:
+    """The .inf decides, as in Bio-Formats: an .img alone still waits for an Analyze .hdr."""
+    img = tmp_path / "a.img"
+    img.write_bytes(bytes(16))
+    assert FilesetGrouper().group([str(img)]).unclaimed == (
+        (str(img), "companion waiting for its key file (a.img needs a.hdr)"),
+    )
 
 
 # ----------------------------------------------------------------------------- item 4: readers

@@ -1019,9 +1019,20 @@ def _probe_ics_v2(path: str) -> bool:
     return re.search(rb"ics_version\s+2\.0", _read_head(path, 4096)) is not None
 
 
+def _probe_unisoku_header(path: str) -> bool:
+    return b":STM data" in _read_head(path, 9)
+
+
+def _probe_fuji_inf(path: str) -> bool:
+    """Bio-Formats reads an .img as Fuji when <base>.inf exists beside it (never followed)."""
+    return os.path.lexists(path[: path.rfind(".")] + ".inf")
+
+
 PROBES: dict[str, Callable[[str], bool]] = {
     "nifti_header": _probe_nifti_header,
     "ics_v2": _probe_ics_v2,
+    "unisoku_header": _probe_unisoku_header,
+    "fuji_inf": _probe_fuji_inf,
 }
 
 

@@ -233,6 +233,15 @@ RULES: tuple[Rule, ...] = (
         notes="Plate index: every <Image filename=...> (and its thumbnail, if present).",
     ),
     Rule(
+        format="Unisoku STM",
+        reader="loci.formats.in.UnisokuReader",
+        key=(".hdr",),
+        probe="unisoku_header",
+        members=(Sibling(("{stem}.DAT",)),),
+        notes="A .HDR/.hdr starting with ':STM data'; the pixels are <stem>.DAT, upper case "
+        "whatever the header's case (a lower-case .dat is not used).",
+    ),
+    Rule(
         format="NIfTI",
         reader="loci.formats.in.NiftiReader",
         key=(".hdr",),
@@ -264,6 +273,30 @@ RULES: tuple[Rule, ...] = (
         members=(Sibling(("{name}.ini",), required=False),),
         companions=(Companion(".fake.ini", ("{stem}.fake",)),),
         notes="<name>.fake.ini holds the settings of <name>.fake.",
+    ),
+    Rule(
+        format="IMAGIC",
+        reader="loci.formats.in.ImagicReader",
+        key=(".hed",),
+        members=(Sibling(("{stem}.img",)),),
+        notes="Headers in <stem>.hed, pixels in <stem>.img (lower case).",
+    ),
+    Rule(
+        format="Fuji LAS 3000",
+        reader="loci.formats.in.FujiReader",
+        key=(".img",),
+        probe="fuji_inf",
+        members=(Sibling(("{base}.inf",)),),
+        notes="An .img with a <stem>.inf beside it; Bio-Formats reports the file it was "
+        "given first, and the OMERO importer gives it the .img (it sorts first).",
+    ),
+    Rule(
+        format="PCO-RAW",
+        reader="loci.formats.in.PCORAWReader",
+        key=(".pcoraw",),
+        members=(Sibling(("{stem}.rec",), required=False),),
+        notes="The settings are in <stem>.rec, used when present; a .rec alone is an MRC "
+        "or PerkinElmer file, so it never waits.",
     ),
     Rule(
         format="ICS",
