@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox.bioformats import BioFormatsOracle
+from omero_dropbox.bioformats import BioFormatsOracle, UsedFilesOracle
 from omero_dropbox.filesets import FilesetGrouper, read_readers_file
-from tests.test_filesets import by_key, files_under, write_ics, write_tiff
+from tests.test_filesets import by_key, files_under, strs, write_ics, write_tiff
 
 UNAVAILABLE = BioFormatsOracle.unavailable_reason()
 
@@ -173,6 +173,85 @@ def test_fuji_img_without_its_inf_is_not_fuji(tmp_path: Path) -> None:
     assert FilesetGrouper().group([str(img)]).unclaimed == (
         (str(img), "companion waiting for its key file (a.img needs a.hdr)"),
     )
+
+
+# ----------------------------------------------------------------------------- the opt-in oracle
+
+
+def write_hitachi(d: Path, stem: str = "sem", image: str | None = None) -> list[Path]:
+    """A Hitachi SEM image: an INI .txt whose ImageName names the pixel file (content)."""
+    tif = write_tiff(d / f"{stem}.tif")
+    txt = d / f"{stem}.txt"
+    name = image or tif.name
+    txt.write_text(f"[SemImageFile]\r\nSampleName=s\r\nImageName={name}\r\nDataSize=4x3\r\n")
+    return [tif, txt]
+
+
+@pytest.fixture(scope="module")
+def used_files(oracle: BioFormatsOracle) -> UsedFilesOracle:
+    return UsedFilesOracle(oracle=oracle)
+
+
+def test_oracle_decides_what_the_rule_table_cannot(
+    tmp_path: Path, oracle: BioFormatsOracle, used_files: UsedFilesOracle
+) -> None:
+    """A Hitachi .txt names its image in its content: by suffix alone it is two imports;
+    with omero.fs.ng.bioformatsOracle it is Bio-Formats' one fileset, keyed by the .txt."""
+    tif, txt = map(str, write_hitachi(tmp_path))
+    write_ics(tmp_path, "other")  # rule-table formats are not asked
+    files = files_under(tmp_path)
+    assert len(FilesetGrouper().group(files).filesets) == 3
+    got = FilesetGrouper(oracle=used_files).group(files)
+    assert by_key(got) == by_key(oracle.group(files))
+    assert by_key(got)[txt] == {tif, txt}
+    assert {fs.format for fs in got.filesets} == {"Hitachi", "ICS"}
+
+
+def test_oracle_through_the_filesets_command(tmp_path: Path, oracle: BioFormatsOracle) -> None:
+    write_hitachi(tmp_path)
+    code = (
+        "import sys; from omero_dropbox.filesets import filesets_command; "
+        "sys.exit(filesets_command(sys.argv[1:], None, bioformats_oracle=True))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    groups = {r["key"]: set(r["files"]) for r in map(json.loads, proc.stdout.splitlines()) if "key" in r}
+    assert groups == by_key(oracle.group(files_under(tmp_path)))
+
+
+def test_oracle_answer_is_confined_to_the_users_folder(tmp_path: Path, used_files: UsedFilesOracle) -> None:
+    """Bio-Formats opens whatever the .txt names; outside the user's folder it is refused."""
+    amy, zak = tmp_path / "amy", tmp_path / "zak"
+    amy.mkdir()
+    zak.mkdir()
+    write_tiff(zak / "secret.tif")
+    _tif, txt = write_hitachi(amy, image="../zak/secret.tif")
+    result = FilesetGrouper(oracle=used_files).group(files_under(amy), root=str(amy))
+    reasons = dict(result.unclaimed)
+    assert "outside the user's folder" in reasons[str(txt)] and "secret.tif" in reasons[str(txt)]
+    assert all(str(zak) not in f for fs in result.filesets for f in fs.files)
+
+
+def test_oracle_answer_is_bounded(tmp_path: Path, oracle: BioFormatsOracle) -> None:
+    _tif, txt = write_hitachi(tmp_path)
+    bounded = UsedFilesOracle(oracle=oracle, max_files=1)
+    result = FilesetGrouper(oracle=bounded).group([str(txt)])
+    (reason,) = dict(result.unclaimed).values()
+    assert "Bio-Formats uses 2 files" in reason and "limit of 1 files" in reason
+
+
+def test_oracle_without_java_falls_back_to_the_rule_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = strs(write_hitachi(tmp_path))
+    no_java = BioFormatsOracle(java=str(tmp_path / "no-such-java"))
+    with caplog.at_level(logging.WARNING, logger="omero_dropbox.bioformats"):
+        got = FilesetGrouper(oracle=UsedFilesOracle(oracle=no_java)).group(files)
+        again = FilesetGrouper(oracle=UsedFilesOracle(oracle=no_java)).group(files)
+    assert by_key(got) == by_key(again) == by_key(FilesetGrouper().group(files))
+    assert any("rule table only" in r.getMessage() for r in caplog.records)
 
 
 # ----------------------------------------------------------------------------- item 4: readers

@@ -58,6 +58,7 @@ from typing import Any
 
 from omero_dropbox.grouping_rules import (
     COMPANION_SUFFIXES,
+    ORACLE_SUFFIXES,
     OTHER_READERS,
     READER_ALIASES,
     READER_SUFFIXES,
@@ -77,6 +78,8 @@ __all__ = [
     "GroupingLimits",
     "GroupingResult",
     "KeyFileRejected",
+    "UsedFiles",
+    "UsedFilesSource",
     "filesets_command",
     "group_paths",
     "is_system_file",
@@ -178,6 +181,25 @@ class GroupingResult:
             if path in fs.files:
                 return fs
         return None
+
+
+@dataclass(frozen=True)
+class UsedFiles:
+    """What Bio-Formats uses when it opens one file (the opt-in oracle's answer).
+
+    ``files``: key first (empty when the reader uses more than asked, then ``too_many``
+    holds the count); ``format``: Bio-Formats' format name.
+    """
+
+    files: tuple[str, ...]
+    format: str = ""
+    too_many: int = 0
+    limit: int = 0  # the cap ``too_many`` went over
+
+
+UsedFilesSource = Callable[[str], "UsedFiles | None"]
+"""path -> what Bio-Formats uses, or None when it gave no answer (the rule table decides).
+:class:`omero_dropbox.bioformats.UsedFilesOracle` is the real one."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1207,6 +1229,7 @@ class FilesetGrouper:
         *,
         limits: GroupingLimits = DEFAULT_LIMITS,
         warn: bool = True,
+        oracle: UsedFilesSource | None = None,
     ) -> None:
         self.readers_file = read_readers_file(readers) if readers is not None else None
         self.readers = self.readers_file.classes if self.readers_file is not None else None
@@ -1241,6 +1264,14 @@ class FilesetGrouper:
             if self._reader_enabled(cls):
                 suffixes.update(s.strip().lower() for s in sufs if s.strip())
         self._single_suffixes = frozenset(suffixes)
+        self.oracle = oracle
+        self._oracle_suffixes = frozenset(
+            suffix
+            for suffix, readers_ in ORACLE_SUFFIXES.items()
+            if any(self._reader_enabled(r) for r in readers_)
+        )
+        # (path, dev, ino, size, mtime_ns, folder mtime_ns) -> answer; LRU, limits.cache_entries
+        self._oracle_cache: OrderedDict[tuple[str, int, int, int, int, int], UsedFiles | None] = OrderedDict()
         self._max_suffix_parts = max((s.count(".") + 1 for s in suffixes), default=1)
 
     def _reader_enabled(self, reader: str | None) -> bool:
@@ -1521,6 +1552,79 @@ class FilesetGrouper:
             raise _too_many(len(out) + len(lost), self.limits)
         return list(out), list(lost)
 
+    # -- the opt-in Bio-Formats oracle
+
+    def _asks_oracle(self, name: str) -> bool:
+        return self.oracle is not None and _last_token(name) in self._oracle_suffixes
+
+    def _ask_oracle(self, path: str) -> UsedFiles | None:
+        """The oracle's answer for ``path``, cached while the file and its folder are
+        unchanged (a member copied next to it changes the folder's mtime)."""
+        assert self.oracle is not None
+        try:
+            st = os.lstat(path)
+            dst = os.lstat(os.path.dirname(path))
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ck = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, dst.st_mtime_ns)
+        if ck in self._oracle_cache:
+            self._oracle_cache.move_to_end(ck)
+            return self._oracle_cache[ck]
+        answer = self.oracle(path)
+        self._oracle_cache[ck] = answer
+        while len(self._oracle_cache) > self.limits.cache_entries:
+            self._oracle_cache.popitem(last=False)
+        return answer
+
+    def _oracle_container(self, path: str, p: _Pass) -> _Container | str | None:
+        """A container from Bio-Formats' used files of ``path``; the key file it waits for
+        (a ``str``) when Bio-Formats names a key not given yet; None when the rule table
+        decides (no answer, one file, or a file Bio-Formats cannot open)."""
+        answer = self._ask_oracle(path)
+        if answer is None:
+            return None
+        if answer.too_many:
+            reason = (
+                f"Bio-Formats uses {answer.too_many:,} files with it, over the limit of "
+                f"{answer.limit:,} files the Bio-Formats oracle may list; not importing it"
+            )
+            return _Container(path, path, [path], [], answer.format, reason)
+        raw = [os.path.abspath(f) for f in answer.files]  # Java does not resolve ".."
+        files = list(dict.fromkeys(_norm(f) for f in raw))
+        if len(files) > self.limits.max_members:
+            return _Container(
+                path, path, [path], [], answer.format, _too_many(len(files), self.limits).reason
+            )
+        if len(files) <= 1 and files in ([], [path]):
+            return None
+        where = os.path.dirname(path)
+        try:
+            if p.conf is not None:  # Bio-Formats' answer is confined as a key file's references
+                self._confine(_parsed(ContentRefs(required=[(f,) for f in files]), None), where, p.conf)
+                for f in files:
+                    if f not in p.given and p.conf.is_link(f):
+                        raise KeyFileRejected(_through_link(where, f, f))
+                for f in raw:  # the kernel resolves a ".." after any link before it
+                    if ".." in f.split(os.sep):
+                        rel = f[len(p.conf.root) + 1 :] if p.conf.inside(f) else None
+                        problem = (
+                            p.conf.stepwise(p.conf.root, rel, rel)
+                            if rel is not None
+                            else _outside(where, _norm(f))
+                        )
+                        if problem is not None:
+                            raise KeyFileRejected(problem)
+        except KeyFileRejected as exc:
+            return _Container(path, path, [path], [], answer.format, exc.reason)
+        key = files[0]
+        if key not in p.given:
+            return key
+        given = [f for f in files if f in p.given]
+        missing = [f for f in files if f not in p.given]
+        return _Container(path, key, [key] + [f for f in given if f != key], missing, answer.format)
+
     # -- grouping
 
     def group(self, files: Iterable[str], *, root: str | None = None) -> GroupingResult:
@@ -1553,6 +1657,13 @@ class FilesetGrouper:
                 continue
             matched = self._match_rule(path, name)
             if matched is None:
+                if self._asks_oracle(name):
+                    found = self._oracle_container(path, p)
+                    if isinstance(found, str):
+                        redirects[path] = found
+                    elif found is not None:
+                        containers.append(found)
+                        all_used.update(found.used)
                 continue
             rule, values = matched
             try:
@@ -1662,7 +1773,7 @@ def _walk(paths: Sequence[str], errors: list[str]) -> list[str]:
     return out
 
 
-def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
+def filesets_command(paths: Sequence[str], readers: Path | None, bioformats_oracle: bool = False) -> int:
     """``omero-dropbox filesets PATH...``: print one JSON object per line.
 
     Directories are walked recursively. Each fileset prints as
@@ -1670,11 +1781,17 @@ def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
     the rules expect are absent); each file that is not imported prints as
     ``{"skipped": path, "reason": ...}``. Paths are ``str`` as Python decodes them
     (undecodable bytes come out as ``\\udcXX`` escapes). Returns 0, or 1 if a path could
-    not be read (reported on stderr), or 2 for a bad readers file.
+    not be read (reported on stderr), or 2 for a bad readers file. ``bioformats_oracle``:
+    ask Bio-Formats (one JVM) about the files the rule table cannot decide.
     """
     errors: list[str] = []
+    oracle: Any = None
+    if bioformats_oracle:
+        from omero_dropbox.bioformats import UsedFilesOracle
+
+        oracle = UsedFilesOracle(readers)
     try:
-        grouper = FilesetGrouper(readers, warn=False)  # said here, on stderr
+        grouper = FilesetGrouper(readers, warn=False, oracle=oracle)  # warning said here, on stderr
     except ValueError as exc:
         print(f"omero-dropbox filesets: {exc}", file=sys.stderr)
         return 2
@@ -1682,7 +1799,11 @@ def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
         print(f"omero-dropbox filesets: warning: {warning}", file=sys.stderr)
     from omero_dropbox.progress import progress_iter  # a line on stderr, on a terminal only
 
-    result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))
+    try:
+        result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))
+    finally:
+        if oracle is not None:
+            oracle.close()
     out = sys.stdout
     for fs in result.filesets:
         out.write(json.dumps(fs.to_json()) + "\n")

@@ -39,6 +39,8 @@ from typing import Literal
 
 __all__ = [
     "COMPANION_SUFFIXES",
+    "MULTI_FILE_FORMATS",
+    "ORACLE_SUFFIXES",
     "OTHER_READERS",
     "READER_ALIASES",
     "READER_SUFFIXES",
@@ -48,6 +50,7 @@ __all__ = [
     "Content",
     "Folder",
     "Member",
+    "MultiFileFormat",
     "Rule",
     "Sibling",
 ]
@@ -362,6 +365,159 @@ OTHER_READERS: dict[str, tuple[str, ...]] = {
     "loci.formats.in.ZarrReader": ("zarr",),
     "ch.epfl.biop.formats.in.ZeissQuickStartCZIReader": ("czi",),
 }
+
+
+@dataclass(frozen=True)
+class MultiFileFormat:
+    """One Bio-Formats reader that can use more than one file, and how we group it.
+
+    ``handling``: ``"rule"`` (a rule of :data:`RULES`), ``"oracle"`` (content- or
+    folder-dependent: with ``omero.fs.ng.bioformatsOracle=true`` the long-lived Bio-Formats
+    JVM is asked for files with ``oracle_suffixes``; without it each file is grouped by
+    suffix alone, usually as a single import), ``"same-as"`` (grouped by another rule,
+    named in ``files``). ``checked``: ``"yes"`` when a test compares our grouping with
+    Bio-Formats 7.3.1 on real example files, else why not.
+    """
+
+    reader: str
+    files: str
+    handling: Literal["rule", "oracle", "same-as"]
+    checked: str
+    oracle_suffixes: tuple[str, ...] = ()
+
+
+_NO_EXAMPLE = "no: cannot craft a valid example (vendor binary or database layout)"
+_PLATE = "no: cannot craft a valid example (plate layout of vendor XML and folders)"
+
+#: Every reader of Bio-Formats 7.3.1 whose getUsedFiles can list more than one file
+#: (found by reading the public sources: readers overriding getSeriesUsedFiles,
+#: getUsedFiles, isSingleFile or getRequiredDirectories). docs/formats.md is written
+#: from this table (``python -m omero_dropbox.bioformats formats-doc --write``).
+MULTI_FILE_FORMATS: tuple[MultiFileFormat, ...] = (
+    MultiFileFormat("FilePatternReader", ".pattern naming files by blocks or a regex", "rule", "yes"),
+    MultiFileFormat("DeltavisionReader", ".dv/.r3d/.d3d + optional .log, _log.txt", "rule", "yes"),
+    MultiFileFormat("MetamorphReader", ".nd/.scan naming .stk/.tif stage files", "rule", "yes"),
+    MultiFileFormat(
+        "OMETiffReader", ".companion.ome or OME-XML in the first IFD naming .ome.tif files", "rule", "yes"
+    ),
+    MultiFileFormat("LeicaReader", ".lei naming .tif files", "rule", "yes"),
+    MultiFileFormat("InCellReader", ".xdce naming .tif/.im files", "rule", "yes"),
+    MultiFileFormat("NiftiReader", ".hdr (NIfTI magic) + .img", "rule", "yes"),
+    MultiFileFormat("AnalyzeReader", ".hdr + .img", "rule", "yes"),
+    MultiFileFormat("ICSReader", ".ics + .ids (ICS 1.0)", "rule", "yes"),
+    MultiFileFormat("NRRDReader", ".nhdr/.nrrd + the file its 'data file:' names", "rule", "yes"),
+    MultiFileFormat("FakeReader", ".fake + .fake.ini", "rule", "yes"),
+    MultiFileFormat("FujiReader", ".img + .inf", "rule", "yes"),
+    MultiFileFormat("ImagicReader", ".hed + .img", "rule", "yes"),
+    MultiFileFormat("PCORAWReader", ".pcoraw + optional .rec", "rule", "yes"),
+    MultiFileFormat("UnisokuReader", ".HDR (':STM data') + .DAT", "rule", "yes"),
+    MultiFileFormat(
+        "CellSensReader",
+        ".vsi + _<name>_/stack*/*.ets",
+        "rule",
+        "partly: Bio-Formats' search for the .vsi from an .ets is checked; "
+        "valid .ets pixel files cannot be crafted",
+    ),
+    MultiFileFormat(
+        "PDSReader",
+        ".hdr + .IMG/.img: the Analyze rule's pair",
+        "same-as",
+        "no: cannot craft a valid example",
+    ),
+    MultiFileFormat("AFIReader", ".afi (XML) naming .svs files", "oracle", _NO_EXAMPLE, ("afi",)),
+    MultiFileFormat("APLReader", ".apl + .mtb + .tnb + a folder of .tif", "oracle", _NO_EXAMPLE, ("apl",)),
+    MultiFileFormat("BDReader", ".exp + .dye/.ltp... + well folders", "oracle", _PLATE, ("exp",)),
+    MultiFileFormat("BDVReader", "BigDataViewer .xml + .h5", "oracle", _NO_EXAMPLE, ("xml",)),
+    MultiFileFormat("BioRadReader", ".pic files + optional lse.xml", "oracle", _NO_EXAMPLE, ("pic",)),
+    MultiFileFormat(
+        "BrukerReader", "fid + acqp + pdata folder (no suffix)", "oracle", "no: no file suffix to ask about"
+    ),
+    MultiFileFormat("CV7000Reader", ".wpi + XML + .tif per plane", "oracle", _PLATE, ("wpi",)),
+    MultiFileFormat("CellVoyagerReader", "MeasurementResult.xml + .tif", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat("CellWorxReader", ".htd + .pnl + optional .log", "oracle", _PLATE, ("htd", "pnl")),
+    MultiFileFormat("CellomicsReader", ".c01 files of one plate", "oracle", _PLATE, ("c01",)),
+    MultiFileFormat("ColumbusReader", "MeasurementIndex XML + .tif per plane", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat(
+        "DicomReader", ".dcm/.dicom files of one series", "oracle", _NO_EXAMPLE, ("dcm", "dicom", "dic")
+    ),
+    MultiFileFormat(
+        "FV1000Reader", ".oif + <name>.oif.files/ (.tif, .pty, .lut)", "oracle", _NO_EXAMPLE, ("oif",)
+    ),
+    MultiFileFormat("FlexReader", ".flex files + optional .mea/.res", "oracle", _PLATE, ("flex", "mea")),
+    MultiFileFormat("FluoviewReader", ".tif + optional .txt", "oracle", _NO_EXAMPLE, ("tif", "tiff")),
+    MultiFileFormat("HamamatsuVMSReader", ".vms naming .jpg tiles", "oracle", _NO_EXAMPLE, ("vms",)),
+    MultiFileFormat(
+        "HitachiReader",
+        ".txt + same-named .tif/.bmp/.jpg",
+        "oracle",
+        "yes, with the oracle (the .txt names the pixel file)",
+        ("txt",),
+    ),
+    MultiFileFormat(
+        "ImprovisionTiffReader", ".tif files of one series", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat("InveonReader", "<name>.hdr + <name>", "oracle", _NO_EXAMPLE, ("hdr",)),
+    MultiFileFormat("JEOLReader", ".img + .par (or a single .dat)", "oracle", _NO_EXAMPLE, ("par",)),
+    MultiFileFormat("KLBReader", ".klb files of one time series", "oracle", _NO_EXAMPLE, ("klb",)),
+    MultiFileFormat("L2DReader", ".l2d + folders of .tif", "oracle", _NO_EXAMPLE, ("l2d",)),
+    MultiFileFormat("LIFReader", ".lif (+ referenced .lof via XLEF)", "oracle", _NO_EXAMPLE, ("lif",)),
+    MultiFileFormat("LOFReader", ".lof (+ its .xlif)", "oracle", _NO_EXAMPLE, ("lof",)),
+    MultiFileFormat("MIASReader", "plate/well folders of .tif + .txt", "oracle", _PLATE, ("txt",)),
+    MultiFileFormat(
+        "MetamorphTiffReader", ".tif files of one acquisition", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat("MetaxpressTiffReader", ".htd + .tif files", "oracle", _PLATE, ("htd",)),
+    MultiFileFormat("MicroCTReader", "folder of .vff + XML", "oracle", _NO_EXAMPLE, ("vff",)),
+    MultiFileFormat(
+        "MicromanagerReader", "*metadata.txt + .tif files", "oracle", _NO_EXAMPLE, ("txt", "tif", "tiff")
+    ),
+    MultiFileFormat("NDPISReader", ".ndpis naming .ndpi files", "oracle", _NO_EXAMPLE, ("ndpis",)),
+    MultiFileFormat("OIRReader", ".oir + <name>_0000n.oir parts", "oracle", _NO_EXAMPLE, ("oir",)),
+    MultiFileFormat(
+        "OlympusTileReader", ".omp2info naming .oir/.vsi files", "oracle", _NO_EXAMPLE, ("omp2info",)
+    ),
+    MultiFileFormat("OperettaReader", "Index.idx.xml + .tif per plane", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat(
+        "PerkinElmerReader",
+        ".htm + .tim/.ano/.csv... + .tif or .2/.3... files",
+        "oracle",
+        _NO_EXAMPLE,
+        ("htm",),
+    ),
+    MultiFileFormat("PrairieReader", ".xml + .cfg/.env + .tif files", "oracle", _NO_EXAMPLE, ("xml", "cfg")),
+    MultiFileFormat("QTReader", ".mov + resource fork", "oracle", _NO_EXAMPLE, ("mov",)),
+    MultiFileFormat("SEQReader", ".seq/.ips + same-named files", "oracle", _NO_EXAMPLE, ("seq", "ips")),
+    MultiFileFormat("SPCReader", ".spc + .set", "oracle", _NO_EXAMPLE, ("spc",)),
+    MultiFileFormat(
+        "ScanrReader", "experiment_descriptor.xml + data/ .tif + .dat", "oracle", _PLATE, ("xml",)
+    ),
+    MultiFileFormat(
+        "SlidebookTiffReader", ".tif files of one capture", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat("TCSReader", ".xml + .tif files", "oracle", _NO_EXAMPLE, ("xml",)),
+    MultiFileFormat("TecanReader", ".db (SQLite) + .tif files", "oracle", _PLATE, ("db",)),
+    MultiFileFormat(
+        "TillVisionReader", ".vws + <name>.pst/ folder (.pst, .inf)", "oracle", _NO_EXAMPLE, ("vws",)
+    ),
+    MultiFileFormat(
+        "TrestleReader", ".tif + same-named .sld/.slx/.roi/.FocalPlane-*", "oracle", _NO_EXAMPLE, ("tif",)
+    ),
+    MultiFileFormat("VarianFDFReader", "folder of .fdf + procpar", "oracle", _NO_EXAMPLE, ("fdf",)),
+    MultiFileFormat("VectraReader", ".qptiff/.tif + annotation files", "oracle", _NO_EXAMPLE, ("qptiff",)),
+    MultiFileFormat("VisitechReader", ".html + .xys files", "oracle", _NO_EXAMPLE, ("html", "xys")),
+    MultiFileFormat("VolocityReader", ".mvd2 + Data/ folder", "oracle", _NO_EXAMPLE, ("mvd2",)),
+    MultiFileFormat("XLEFReader", ".xlef + .xlif + .lof files", "oracle", _NO_EXAMPLE, ("xlef",)),
+    MultiFileFormat("ZeissCZIReader", ".czi + '<name> (n).czi' parts", "oracle", _NO_EXAMPLE, ("czi",)),
+    MultiFileFormat("ZeissLSMReader", ".mdb naming .lsm files", "oracle", _NO_EXAMPLE, ("mdb", "lsm")),
+    MultiFileFormat("ZeissTIFFReader", "_meta.xml + .tif files", "oracle", _NO_EXAMPLE, ("xml",)),
+)
+
+#: Suffixes (lower case, no dot) of files the opt-in Bio-Formats oracle is asked about.
+ORACLE_SUFFIXES: dict[str, tuple[str, ...]] = {}
+for _f in MULTI_FILE_FORMATS:
+    for _suffix in _f.oracle_suffixes:
+        ORACLE_SUFFIXES[_suffix] = (*ORACLE_SUFFIXES.get(_suffix, ()), f"loci.formats.in.{_f.reader}")
+del _f, _suffix
 
 #: Base names that are never image data (besides dot files, which OMERO's importer skips).
 SYSTEM_FILE_NAMES: frozenset[str] = frozenset(
