@@ -20,6 +20,7 @@ import pytest
 
 from omero_dropbox.bioformats import BioFormatsOracle, UsedFilesOracle
 from omero_dropbox.filesets import FilesetGrouper, read_readers_file
+from omero_dropbox.grouping_rules import MULTI_FILE_FORMATS, READER_SUFFIXES, RULES, render_formats_doc
 from tests.test_filesets import by_key, files_under, strs, write_ics, write_tiff
 
 UNAVAILABLE = BioFormatsOracle.unavailable_reason()
@@ -306,3 +307,27 @@ def test_bioformats_default_readers_txt_is_all_known(tmp_path: Path) -> None:
     parsed = read_readers_file(readers)
     assert parsed.unknown == () and parsed.warning() is None
     assert "loci.formats.in.TiffDelegateReader" in parsed.classes
+
+
+# ----------------------------------------------------------------------------- the formats table
+
+
+def test_formats_doc_is_current() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+    assert doc.read_text() == render_formats_doc(), (
+        "run: python -m omero_dropbox.grouping_rules > docs/formats.md"
+    )
+
+
+def test_every_rule_of_a_bioformats_reader_is_in_the_formats_table() -> None:
+    """Each reader with a rule is listed as grouped by the rule table, and each listed
+    reader is a reader of the 7.3.1 jar (so the table cannot drift from the rules)."""
+    table = {f"loci.formats.in.{f.reader}": f for f in MULTI_FILE_FORMATS}
+    jar = {cls for cls, _fmt, _sufs in READER_SUFFIXES}
+    for rule in RULES:
+        if rule.reader is not None:
+            assert table[rule.reader].handling == "rule", rule.reader
+    assert set(table) <= jar
+    assert all(
+        f.oracle_suffixes or f.handling != "oracle" or f.reader == "BrukerReader" for f in table.values()
+    )
