@@ -132,6 +132,19 @@ def test_nrrd_data_file_outside_the_users_folder_is_refused(tmp_path: Path) -> N
     assert result.filesets[0].missing == (str(root / "etc" / "passwd"),)
 
 
+def test_nrrd_data_file_through_a_symlinked_folder_is_refused(tmp_path: Path) -> None:
+    root, zak = tmp_path / "amy", tmp_path / "zak"
+    root.mkdir()
+    zak.mkdir()
+    (zak / "secret.raw").write_bytes(bytes(16))
+    (root / "link").symlink_to(zak)
+    nhdr = write_nrrd_header(root, "x.nhdr", "./link/secret.raw")
+    result = FilesetGrouper().group([str(nhdr)], root=str(root))
+    assert result.filesets == ()
+    (reason,) = dict(result.unclaimed).values()
+    assert "through the symbolic link link" in reason and "not importing it" in reason
+
+
 def test_nrrd_header_without_end_is_refused_not_read_whole(tmp_path: Path) -> None:
     endless = tmp_path / "big.nrrd"
     endless.write_bytes(b"NRRD0004\n" + b"# comment line\n" * 80_000)  # ~1.2 MB, no empty line

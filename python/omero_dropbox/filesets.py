@@ -990,7 +990,10 @@ def _parse_nrrd_header(path: str, budget: _Budget, _confined: bool) -> ContentRe
     cap = min(NRRD_HEADER_BYTES, budget.limits.max_key_file_bytes)
 
     def read(f: _UserFile) -> tuple[bytes, int]:
-        return f.pread(cap, 0), f.st.st_size
+        head = f.pread(min(cap, 1 << 14), 0)  # headers are short; a .nrrd's pixels follow
+        if b"\n\n" not in head and b"\n\r\n" not in head and len(head) < min(cap, f.st.st_size):
+            head = f.pread(cap, 0)
+        return head, f.st.st_size
 
     head, size = _with_user_file(path, read)
     lines = head.split(b"\n")
