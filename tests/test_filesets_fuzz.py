@@ -43,6 +43,7 @@ SUFFIXES = sorted(
     | {f".{s}" for s in COMPANION_SUFFIXES}
     | {".ids", ".IDS", ".img", ".dv.log", ".log", "_log.txt", ".TIF", ".STK", ".tif", ".stk"}
     | {".png", ".czi", ".nii.gz", ".xyz", "", ".DS_Store", ".ome.tif", ".ICS", ".HDR"}
+    | {".DAT", ".inf", ".rec", ".raw", ".fake.ini"}
 )
 STEMS = st.sampled_from(
     [
@@ -66,6 +67,11 @@ def _content(name: str, rnd: random.Random, names: list[str]) -> bytes:
     if low.endswith((".companion.ome", ".xdce")):
         refs = "".join(f'<UUID FileName="{p}"/><Image filename="{p}"/>' for p in pick)
         return f"<OME>{refs}</OME>".encode("utf-8", "surrogateescape")
+    if low.endswith((".nhdr", ".nrrd")):
+        where = rnd.choice(["", "./", "../", "/"])
+        return f"NRRD0004\nencoding: raw\ndata file: {where}{pick[0]}\n\n".encode("utf-8", "surrogateescape")
+    if low.endswith(".hdr") and rnd.random() < 0.3:
+        return b":STM data\r"
     if low.endswith(".ini"):
         return f"[DATAFILE]\nFILE_0 = {pick[0]}\n".encode("utf-8", "surrogateescape")
     return b""

@@ -49,13 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omero_dropbox.filesets import Fileset, GroupingResult
+from omero_dropbox.filesets import Fileset, GroupingResult, UsedFiles
 
 __all__ = [
     "BioFormatsOracle",
     "BioFormatsUnavailable",
     "OracleAnswer",
     "ReaderInfo",
+    "UsedFilesOracle",
     "find_jar",
     "find_java",
 ]
@@ -203,7 +204,9 @@ class OracleAnswer:
     reader: str = ""
     spw: bool = False
     error: str = ""
-    kind: str = ""  # on failure: "unknown_format" | "missing_library" | "error" | "timeout"
+    # on failure: "unknown_format" | "missing_library" | "error" | "timeout" | "too_many"
+    kind: str = ""
+    count: int = 0  # kind "too_many": how many files the reader uses
 
     @property
     def key(self) -> str:
@@ -378,18 +381,28 @@ class BioFormatsOracle:
 
     # -- public API
 
-    def probe(self, path: str) -> OracleAnswer:
-        """``setId(path)`` and report what Bio-Formats uses; never raises for bad files."""
+    def probe(self, path: str, max_files: int = 0) -> OracleAnswer:
+        """``setId(path)`` and report what Bio-Formats uses; never raises for bad files.
+
+        ``max_files`` (> 0) bounds the reply: a reader using more files answers
+        ``kind="too_many"`` with their ``count`` instead of the list."""
         try:
             text = os.fsencode(path).decode("utf-8")
         except UnicodeDecodeError:
             return OracleAnswer(
                 path, False, error="file name is not UTF-8; Java cannot open it", kind="error"
             )
-        reply = self._request({"op": "used_files", "path": text})
+        request: dict[str, Any] = {"op": "used_files", "path": text}
+        if max_files > 0:
+            request["max_files"] = max_files
+        reply = self._request(request)
         if not reply.get("ok"):
             return OracleAnswer(
-                path, False, error=str(reply.get("error", "")), kind=str(reply.get("kind", ""))
+                path,
+                False,
+                error=str(reply.get("error", "")),
+                kind=str(reply.get("kind", "")),
+                count=int(reply.get("count", 0) or 0),
             )
         return OracleAnswer(
             path,
@@ -470,6 +483,58 @@ class BioFormatsOracle:
             filesets=tuple(sorted(filesets, key=lambda f: f.key)),
             unclaimed=tuple(sorted(unclaimed)),
         )
+
+
+class UsedFilesOracle:
+    """The opt-in run-time oracle of :class:`~omero_dropbox.filesets.FilesetGrouper`
+    (``omero.fs.ng.bioformatsOracle=true``): for a file of a multi-file format the rule
+    table cannot decide (``grouping_rules.ORACLE_SUFFIXES``), ask the long-lived
+    Bio-Formats JVM which files it uses.
+
+    Bounded: one answer takes at most ``timeout`` s (the JVM is then killed and restarted
+    on the next question) and lists at most ``max_files`` files (more is reported as a
+    count, and the grouper refuses the key file naming the cap). Every failure (no Java,
+    no jar, a timeout, a file Bio-Formats cannot open yet) answers ``None``: the rule table
+    decides, as without the oracle. Without Java it says so once, at construction.
+    """
+
+    def __init__(
+        self,
+        readers: Path | None = None,
+        *,
+        timeout: float = 10.0,
+        max_files: int = 100_000,
+        oracle: BioFormatsOracle | None = None,
+    ) -> None:
+        self.max_files = max_files
+        self.oracle = oracle if oracle is not None else BioFormatsOracle(readers, timeout=timeout)
+        reason = BioFormatsOracle.unavailable_reason(self.oracle.jar, self.oracle.java)
+        self.disabled = reason
+        if reason is not None:
+            log.warning(
+                "omero.fs.ng.bioformatsOracle: the Bio-Formats oracle cannot run (%s); "
+                "grouping by the rule table only",
+                reason,
+            )
+
+    def __call__(self, path: str) -> UsedFiles | None:
+        if self.disabled is not None:
+            return None
+        try:
+            answer = self.oracle.probe(path, self.max_files)
+        except (BioFormatsUnavailable, OSError) as exc:  # javac or the JVM did not start: say so once
+            self.disabled = str(exc)
+            log.warning("Bio-Formats oracle disabled, grouping by the rule table only: %s", exc)
+            return None
+        if answer.kind == "too_many":
+            return UsedFiles((), answer.format, too_many=answer.count, limit=self.max_files)
+        if not answer.ok:
+            log.debug("Bio-Formats oracle: no answer for %s (%s): %s", path, answer.kind, answer.error)
+            return None
+        return UsedFiles(answer.files, answer.format)
+
+    def close(self) -> None:
+        self.oracle.close()
 
 
 def _reason(answer: OracleAnswer) -> str:

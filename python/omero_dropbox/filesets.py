@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import stat
@@ -57,6 +58,9 @@ from typing import Any
 
 from omero_dropbox.grouping_rules import (
     COMPANION_SUFFIXES,
+    ORACLE_SUFFIXES,
+    OTHER_READERS,
+    READER_ALIASES,
     READER_SUFFIXES,
     RULES,
     SYSTEM_FILE_NAMES,
@@ -74,11 +78,16 @@ __all__ = [
     "GroupingLimits",
     "GroupingResult",
     "KeyFileRejected",
+    "UsedFiles",
+    "UsedFilesSource",
     "filesets_command",
     "group_paths",
     "is_system_file",
     "load_readers",
+    "read_readers_file",
 ]
+
+log = logging.getLogger(__name__)
 
 SINGLE = "single"
 REASON_SYSTEM = "system file"
@@ -174,6 +183,25 @@ class GroupingResult:
         return None
 
 
+@dataclass(frozen=True)
+class UsedFiles:
+    """What Bio-Formats uses when it opens one file (the opt-in oracle's answer).
+
+    ``files``: key first (empty when the reader uses more than asked, then ``too_many``
+    holds the count); ``format``: Bio-Formats' format name.
+    """
+
+    files: tuple[str, ...]
+    format: str = ""
+    too_many: int = 0
+    limit: int = 0  # the cap ``too_many`` went over
+
+
+UsedFilesSource = Callable[[str], "UsedFiles | None"]
+"""path -> what Bio-Formats uses, or None when it gave no answer (the rule table decides).
+:class:`omero_dropbox.bioformats.UsedFilesOracle` is the real one."""
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -188,8 +216,58 @@ def _is_system(path: str, name: str) -> bool:
     return "__MACOSX" in path and "__MACOSX" in path.split(os.sep)
 
 
-def load_readers(path: Path) -> frozenset[str]:
-    """Parse an ``omero.fs.readers`` file: reader class names, one a line, ``#`` comments."""
+@dataclass(frozen=True)
+class ReadersFile:
+    """An ``omero.fs.readers`` file: the reader classes it enables (fully-qualified names
+    as in Bio-Formats' readers.txt) and the names it gives that no reader has."""
+
+    path: Path
+    classes: frozenset[str]
+    unknown: tuple[str, ...]
+
+    def warning(self) -> str | None:
+        """The operator's message for unknown names (``None`` when all are known)."""
+        if not self.unknown:
+            return None
+        shown = ", ".join(self.unknown[:20]) + (
+            f" and {len(self.unknown) - 20} more" if len(self.unknown) > 20 else ""
+        )
+        hints = [h for name in self.unknown[:5] if (h := _reader_hint(name))]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        return (
+            f"omero.fs.readers={self.path}: unknown Bio-Formats reader class "
+            f"{'name' if len(self.unknown) == 1 else 'names'} {shown}{hint}; files only those "
+            "readers would read are not imported. Give class names such as "
+            "loci.formats.in.TiffDelegateReader or TiffDelegateReader, one per line"
+        )
+
+
+def _reader_names() -> dict[str, str]:
+    """Every accepted spelling (full and short class name, case-folded) -> full name."""
+    full = [cls for cls, _fmt, _sufs in READER_SUFFIXES] + list(READER_ALIASES) + list(OTHER_READERS)
+    names: dict[str, str] = {}
+    for cls in full:
+        names.setdefault(cls.casefold(), cls)
+        names.setdefault(cls.rsplit(".", 1)[-1].casefold(), cls)
+    return names
+
+
+_READER_NAMES = _reader_names()
+
+
+def _reader_hint(name: str) -> str | None:
+    import difflib
+
+    short = name.rsplit(".", 1)[-1].casefold()
+    close = difflib.get_close_matches(short, [k for k in _READER_NAMES if "." not in k], n=1, cutoff=0.85)
+    return _READER_NAMES[close[0]] if close else None
+
+
+def read_readers_file(path: Path) -> ReadersFile:
+    """Parse an ``omero.fs.readers`` file: reader class names, one a line, ``#`` comments
+    and ``[...]`` options as in Bio-Formats' readers.txt. A fully-qualified
+    (``loci.formats.in.TiffReader``) or short (``TiffReader``) class name is accepted;
+    names no reader has are listed in ``unknown``."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
@@ -197,12 +275,24 @@ def load_readers(path: Path) -> frozenset[str]:
             f"omero.fs.readers={path}: cannot read the readers file ({exc.strerror}); "
             "give a file of Bio-Formats reader class names, one per line"
         ) from exc
-    names: set[str] = set()
+    classes: set[str] = set()
+    unknown: dict[str, None] = {}
     for line in text.splitlines():
         name = line.split("#", 1)[0].split("[", 1)[0].strip()
-        if name:
-            names.add(name)
-    return frozenset(names)
+        if not name:
+            continue
+        cls = _READER_NAMES.get(name.casefold())
+        if cls is None:
+            unknown[name] = None
+        else:
+            classes.add(cls)
+            classes.add(READER_ALIASES.get(cls, cls))
+    return ReadersFile(Path(path), frozenset(classes), tuple(unknown))
+
+
+def load_readers(path: Path) -> frozenset[str]:
+    """The reader classes an ``omero.fs.readers`` file enables (see :func:`read_readers_file`)."""
+    return read_readers_file(path).classes
 
 
 def _norm(path: str) -> str:
@@ -884,6 +974,55 @@ def _parse_mirax_slidedat(path: str, budget: _Budget, _confined: bool) -> Conten
     return refs
 
 
+# A real NRRD header is well under 1 KiB; a .nrrd holds its pixels after the header, so
+# only the head is read.
+NRRD_HEADER_BYTES = 1 << 20
+
+
+def _parse_nrrd_header(path: str, budget: _Budget, _confined: bool) -> ContentRefs:
+    """The pixel file an NRRD header names (``data file:`` or ``datafile:``; the last wins).
+
+    As Bio-Formats 7.3.1 reads it: the header ends at the first empty line (lines after the
+    first are trimmed), ``#`` and ``NRRD`` lines are skipped, and the value loses its text
+    up to the first ``/`` before it is resolved from the header's folder (so
+    ``./pix/a.raw`` is ``pix/a.raw``, ``/abs/a.raw`` is ``abs/a.raw``).
+    """
+    cap = min(NRRD_HEADER_BYTES, budget.limits.max_key_file_bytes)
+
+    def read(f: _UserFile) -> tuple[bytes, int]:
+        head = f.pread(min(cap, 1 << 14), 0)  # headers are short; a .nrrd's pixels follow
+        if b"\n\n" not in head and b"\n\r\n" not in head and len(head) < min(cap, f.st.st_size):
+            head = f.pread(cap, 0)
+        return head, f.st.st_size
+
+    head, size = _with_user_file(path, read)
+    lines = head.split(b"\n")
+    if len(head) < size and b"\n\n" not in head and b"\n\r\n" not in head:
+        raise KeyFileRejected(
+            f"NRRD header is longer than {cap:,} bytes (no empty line ends it); not importing it"
+        )
+    data_file: str | None = None
+    for i, raw in enumerate(lines):
+        budget.tick()
+        line = raw.decode("utf-8", "surrogateescape").rstrip("\r")
+        line = line if i == 0 else line.strip()
+        if not line:
+            break
+        if line.startswith(("#", "NRRD")):
+            continue
+        key, colon, value = line.partition(":")
+        if not colon:
+            return ContentRefs()  # Bio-Formats fails on such a header: nothing to group
+        if key.strip() in ("data file", "datafile"):
+            data_file = value.strip()
+    refs = ContentRefs()
+    if data_file:
+        data_file = data_file[data_file.find("/") + 1 :]
+        if data_file:
+            refs.required.append((refs.ref(os.path.dirname(path), data_file),))
+    return refs
+
+
 CONTENT_PARSERS: dict[str, Parser] = {
     "file_pattern": _parse_file_pattern,
     "metamorph_nd": _parse_metamorph_nd,
@@ -892,6 +1031,7 @@ CONTENT_PARSERS: dict[str, Parser] = {
     "leica_lei": _parse_leica_lei,
     "incell_xdce": _parse_incell_xdce,
     "mirax_slidedat": _parse_mirax_slidedat,
+    "nrrd_header": _parse_nrrd_header,
 }
 
 
@@ -904,9 +1044,20 @@ def _probe_ics_v2(path: str) -> bool:
     return re.search(rb"ics_version\s+2\.0", _read_head(path, 4096)) is not None
 
 
+def _probe_unisoku_header(path: str) -> bool:
+    return b":STM data" in _read_head(path, 9)
+
+
+def _probe_fuji_inf(path: str) -> bool:
+    """Bio-Formats reads an .img as Fuji when <base>.inf exists beside it (never followed)."""
+    return os.path.lexists(path[: path.rfind(".")] + ".inf")
+
+
 PROBES: dict[str, Callable[[str], bool]] = {
     "nifti_header": _probe_nifti_header,
     "ics_v2": _probe_ics_v2,
+    "unisoku_header": _probe_unisoku_header,
+    "fuji_inf": _probe_fuji_inf,
 }
 
 
@@ -1080,8 +1231,13 @@ class FilesetGrouper:
         rules: Sequence[Rule] = RULES,
         *,
         limits: GroupingLimits = DEFAULT_LIMITS,
+        warn: bool = True,
+        oracle: UsedFilesSource | None = None,
     ) -> None:
-        self.readers = load_readers(readers) if readers is not None else None
+        self.readers_file = read_readers_file(readers) if readers is not None else None
+        self.readers = self.readers_file.classes if self.readers_file is not None else None
+        if warn and self.readers_file is not None and (warning := self.readers_file.warning()):
+            log.warning("%s", warning)
         self.limits = limits
         # (path, st_dev, st_ino, st_size, st_mtime_ns) -> parse; LRU, limits.cache_entries
         self._cache: OrderedDict[tuple[str, int, int, int, int], _Parsed] = OrderedDict()
@@ -1107,10 +1263,18 @@ class FilesetGrouper:
                     _CompanionSuffix(r, c, c.suffix.lower(), rx)
                 )
         suffixes: set[str] = set()
-        for cls, _fmt, sufs in READER_SUFFIXES:
+        for cls, _fmt, sufs in (*READER_SUFFIXES, *((c, "", s) for c, s in OTHER_READERS.items())):
             if self._reader_enabled(cls):
                 suffixes.update(s.strip().lower() for s in sufs if s.strip())
         self._single_suffixes = frozenset(suffixes)
+        self.oracle = oracle
+        self._oracle_suffixes = frozenset(
+            suffix
+            for suffix, readers_ in ORACLE_SUFFIXES.items()
+            if any(self._reader_enabled(r) for r in readers_)
+        )
+        # (path, dev, ino, size, mtime_ns, folder mtime_ns) -> answer; LRU, limits.cache_entries
+        self._oracle_cache: OrderedDict[tuple[str, int, int, int, int, int], UsedFiles | None] = OrderedDict()
         self._max_suffix_parts = max((s.count(".") + 1 for s in suffixes), default=1)
 
     def _reader_enabled(self, reader: str | None) -> bool:
@@ -1391,6 +1555,79 @@ class FilesetGrouper:
             raise _too_many(len(out) + len(lost), self.limits)
         return list(out), list(lost)
 
+    # -- the opt-in Bio-Formats oracle
+
+    def _asks_oracle(self, name: str) -> bool:
+        return self.oracle is not None and _last_token(name) in self._oracle_suffixes
+
+    def _ask_oracle(self, path: str) -> UsedFiles | None:
+        """The oracle's answer for ``path``, cached while the file and its folder are
+        unchanged (a member copied next to it changes the folder's mtime)."""
+        assert self.oracle is not None
+        try:
+            st = os.lstat(path)
+            dst = os.lstat(os.path.dirname(path))
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ck = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, dst.st_mtime_ns)
+        if ck in self._oracle_cache:
+            self._oracle_cache.move_to_end(ck)
+            return self._oracle_cache[ck]
+        answer = self.oracle(path)
+        self._oracle_cache[ck] = answer
+        while len(self._oracle_cache) > self.limits.cache_entries:
+            self._oracle_cache.popitem(last=False)
+        return answer
+
+    def _oracle_container(self, path: str, p: _Pass) -> _Container | str | None:
+        """A container from Bio-Formats' used files of ``path``; the key file it waits for
+        (a ``str``) when Bio-Formats names a key not given yet; None when the rule table
+        decides (no answer, one file, or a file Bio-Formats cannot open)."""
+        answer = self._ask_oracle(path)
+        if answer is None:
+            return None
+        if answer.too_many:
+            reason = (
+                f"Bio-Formats uses {answer.too_many:,} files with it, over the limit of "
+                f"{answer.limit:,} files the Bio-Formats oracle may list; not importing it"
+            )
+            return _Container(path, path, [path], [], answer.format, reason)
+        raw = [os.path.abspath(f) for f in answer.files]  # Java does not resolve ".."
+        files = list(dict.fromkeys(_norm(f) for f in raw))
+        if len(files) > self.limits.max_members:
+            return _Container(
+                path, path, [path], [], answer.format, _too_many(len(files), self.limits).reason
+            )
+        if len(files) <= 1 and files in ([], [path]):
+            return None
+        where = os.path.dirname(path)
+        try:
+            if p.conf is not None:  # Bio-Formats' answer is confined as a key file's references
+                self._confine(_parsed(ContentRefs(required=[(f,) for f in files]), None), where, p.conf)
+                for f in files:
+                    if f not in p.given and p.conf.is_link(f):
+                        raise KeyFileRejected(_through_link(where, f, f))
+                for f in raw:  # the kernel resolves a ".." after any link before it
+                    if ".." in f.split(os.sep):
+                        rel = f[len(p.conf.root) + 1 :] if p.conf.inside(f) else None
+                        problem = (
+                            p.conf.stepwise(p.conf.root, rel, rel)
+                            if rel is not None
+                            else _outside(where, _norm(f))
+                        )
+                        if problem is not None:
+                            raise KeyFileRejected(problem)
+        except KeyFileRejected as exc:
+            return _Container(path, path, [path], [], answer.format, exc.reason)
+        key = files[0]
+        if key not in p.given:
+            return key
+        given = [f for f in files if f in p.given]
+        missing = [f for f in files if f not in p.given]
+        return _Container(path, key, [key] + [f for f in given if f != key], missing, answer.format)
+
     # -- grouping
 
     def group(self, files: Iterable[str], *, root: str | None = None) -> GroupingResult:
@@ -1423,6 +1660,13 @@ class FilesetGrouper:
                 continue
             matched = self._match_rule(path, name)
             if matched is None:
+                if self._asks_oracle(name):
+                    found = self._oracle_container(path, p)
+                    if isinstance(found, str):
+                        redirects[path] = found
+                    elif found is not None:
+                        containers.append(found)
+                        all_used.update(found.used)
                 continue
             rule, values = matched
             try:
@@ -1532,7 +1776,7 @@ def _walk(paths: Sequence[str], errors: list[str]) -> list[str]:
     return out
 
 
-def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
+def filesets_command(paths: Sequence[str], readers: Path | None, bioformats_oracle: bool = False) -> int:
     """``omero-dropbox filesets PATH...``: print one JSON object per line.
 
     Directories are walked recursively. Each fileset prints as
@@ -1540,17 +1784,29 @@ def filesets_command(paths: Sequence[str], readers: Path | None) -> int:
     the rules expect are absent); each file that is not imported prints as
     ``{"skipped": path, "reason": ...}``. Paths are ``str`` as Python decodes them
     (undecodable bytes come out as ``\\udcXX`` escapes). Returns 0, or 1 if a path could
-    not be read (reported on stderr), or 2 for a bad readers file.
+    not be read (reported on stderr), or 2 for a bad readers file. ``bioformats_oracle``:
+    ask Bio-Formats (one JVM) about the files the rule table cannot decide.
     """
     errors: list[str] = []
+    oracle: Any = None
+    if bioformats_oracle:
+        from omero_dropbox.bioformats import UsedFilesOracle
+
+        oracle = UsedFilesOracle(readers)
     try:
-        grouper = FilesetGrouper(readers)
+        grouper = FilesetGrouper(readers, warn=False, oracle=oracle)  # warning said here, on stderr
     except ValueError as exc:
         print(f"omero-dropbox filesets: {exc}", file=sys.stderr)
         return 2
+    if grouper.readers_file is not None and (warning := grouper.readers_file.warning()) is not None:
+        print(f"omero-dropbox filesets: warning: {warning}", file=sys.stderr)
     from omero_dropbox.progress import progress_iter  # a line on stderr, on a terminal only
 
-    result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))
+    try:
+        result = grouper.group(progress_iter(_walk(paths, errors), "Reading"))
+    finally:
+        if oracle is not None:
+            oracle.close()
     out = sys.stdout
     for fs in result.filesets:
         out.write(json.dumps(fs.to_json()) + "\n")

@@ -39,6 +39,10 @@ from typing import Literal
 
 __all__ = [
     "COMPANION_SUFFIXES",
+    "MULTI_FILE_FORMATS",
+    "ORACLE_SUFFIXES",
+    "OTHER_READERS",
+    "READER_ALIASES",
     "READER_SUFFIXES",
     "RULES",
     "SYSTEM_FILE_NAMES",
@@ -46,6 +50,7 @@ __all__ = [
     "Content",
     "Folder",
     "Member",
+    "MultiFileFormat",
     "Rule",
     "Sibling",
 ]
@@ -231,6 +236,15 @@ RULES: tuple[Rule, ...] = (
         notes="Plate index: every <Image filename=...> (and its thumbnail, if present).",
     ),
     Rule(
+        format="Unisoku STM",
+        reader="loci.formats.in.UnisokuReader",
+        key=(".hdr",),
+        probe="unisoku_header",
+        members=(Sibling(("{stem}.DAT",)),),
+        notes="A .HDR/.hdr starting with ':STM data'; the pixels are <stem>.DAT, upper case "
+        "whatever the header's case (a lower-case .dat is not used).",
+    ),
+    Rule(
         format="NIfTI",
         reader="loci.formats.in.NiftiReader",
         key=(".hdr",),
@@ -244,6 +258,48 @@ RULES: tuple[Rule, ...] = (
         members=(Sibling(("{stem}.img",)),),
         companions=(Companion(".img", ("{stem}.hdr",)),),
         notes="Bio-Formats looks for the lower-case .img/.hdr partner only.",
+    ),
+    Rule(
+        format="NRRD",
+        reader="loci.formats.in.NRRDReader",
+        key=(".nhdr", ".nrrd"),
+        members=(Content("nrrd_header"),),
+        notes="The header's 'data file:' (or 'datafile:') names the pixel file; Bio-Formats "
+        "drops the value's text up to its first '/' and resolves the rest from the header's "
+        "folder. A .nrrd may name one too. Given the data file, Bio-Formats opens "
+        "<data>.nhdr or <base>.nhdr, which sorts first in a folder.",
+    ),
+    Rule(
+        format="Simulated data",
+        reader="loci.formats.in.FakeReader",
+        key=(".fake",),
+        members=(Sibling(("{name}.ini",), required=False),),
+        companions=(Companion(".fake.ini", ("{stem}.fake",)),),
+        notes="<name>.fake.ini holds the settings of <name>.fake.",
+    ),
+    Rule(
+        format="IMAGIC",
+        reader="loci.formats.in.ImagicReader",
+        key=(".hed",),
+        members=(Sibling(("{stem}.img",)),),
+        notes="Headers in <stem>.hed, pixels in <stem>.img (lower case).",
+    ),
+    Rule(
+        format="Fuji LAS 3000",
+        reader="loci.formats.in.FujiReader",
+        key=(".img",),
+        probe="fuji_inf",
+        members=(Sibling(("{base}.inf",)),),
+        notes="An .img with a <stem>.inf beside it; Bio-Formats reports the file it was "
+        "given first, and the OMERO importer gives it the .img (it sorts first).",
+    ),
+    Rule(
+        format="PCO-RAW",
+        reader="loci.formats.in.PCORAWReader",
+        key=(".pcoraw",),
+        members=(Sibling(("{stem}.rec",), required=False),),
+        notes="The settings are in <stem>.rec, used when present; a .rec alone is an MRC "
+        "or PerkinElmer file, so it never waits.",
     ),
     Rule(
         format="ICS",
@@ -286,6 +342,188 @@ COMPANION_SUFFIXES: dict[str, str] = {
     "inf": "Fuji LAS 3000 (.img) or TillVision (.vws)",
     "par": "JEOL (.dat)",
 }
+
+#: Real Bio-Formats reader classes of the 7.3.1 jar that its readers.txt does not list,
+#: and the listed reader whose suffixes they read (``TiffReader`` is what
+#: ``TiffDelegateReader`` delegates to).
+READER_ALIASES: dict[str, str] = {
+    "loci.formats.in.TiffReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.MinimalTiffReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.TiffJAIReader": "loci.formats.in.TiffDelegateReader",
+    "loci.formats.in.TileJPEGReader": "loci.formats.in.JPEGReader",
+}
+
+#: Readers named in Bio-Formats' default readers.txt that are not in the jar (external
+#: readers a site may install) or that the OMERO importer never uses (ZIP), with the
+#: suffixes readers.txt gives them: known names, so a copy of the default readers.txt
+#: used as ``omero.fs.readers`` draws no warning.
+OTHER_READERS: dict[str, tuple[str, ...]] = {
+    "loci.formats.in.URLReader": (),
+    "loci.formats.in.ZipReader": (),
+    "loci.formats.in.SlideBook6Reader": ("sld",),
+    "loci.formats.in.ScreenReader": ("screen",),
+    "loci.formats.in.ZarrReader": ("zarr",),
+    "ch.epfl.biop.formats.in.ZeissQuickStartCZIReader": ("czi",),
+}
+
+
+@dataclass(frozen=True)
+class MultiFileFormat:
+    """One Bio-Formats reader that can use more than one file, and how we group it.
+
+    ``handling``: ``"rule"`` (a rule of :data:`RULES`), ``"oracle"`` (content- or
+    folder-dependent: with ``omero.fs.ng.bioformatsOracle=true`` the long-lived Bio-Formats
+    JVM is asked for files with ``oracle_suffixes``; without it each file is grouped by
+    suffix alone, usually as a single import), ``"same-as"`` (grouped by another rule,
+    named in ``files``). ``checked``: ``"yes"`` when a test compares our grouping with
+    Bio-Formats 7.3.1 on real example files, else why not.
+    """
+
+    reader: str
+    files: str
+    handling: Literal["rule", "oracle", "same-as"]
+    checked: str
+    oracle_suffixes: tuple[str, ...] = ()
+
+
+_NO_EXAMPLE = "no: no valid example crafted yet (vendor layout); with the oracle on, Bio-Formats decides"
+_PLATE = "no: no valid plate crafted yet (vendor XML and folders); with the oracle on, Bio-Formats decides"
+
+#: Every reader of Bio-Formats 7.3.1 whose getUsedFiles can list more than one file
+#: (found by reading the public sources: readers overriding getSeriesUsedFiles,
+#: getUsedFiles, isSingleFile or getRequiredDirectories). docs/formats.md is written
+#: from this table (``python -m omero_dropbox.bioformats formats-doc --write``).
+MULTI_FILE_FORMATS: tuple[MultiFileFormat, ...] = (
+    MultiFileFormat("FilePatternReader", ".pattern naming files by blocks or a regex", "rule", "yes"),
+    MultiFileFormat("DeltavisionReader", ".dv/.r3d/.d3d + optional .log, _log.txt", "rule", "yes"),
+    MultiFileFormat("MetamorphReader", ".nd/.scan naming .stk/.tif stage files", "rule", "yes"),
+    MultiFileFormat(
+        "OMETiffReader", ".companion.ome or OME-XML in the first IFD naming .ome.tif files", "rule", "yes"
+    ),
+    MultiFileFormat("LeicaReader", ".lei naming .tif files", "rule", "yes"),
+    MultiFileFormat("InCellReader", ".xdce naming .tif/.im files", "rule", "yes"),
+    MultiFileFormat("NiftiReader", ".hdr (NIfTI magic) + .img", "rule", "yes"),
+    MultiFileFormat("AnalyzeReader", ".hdr + .img", "rule", "yes"),
+    MultiFileFormat("ICSReader", ".ics + .ids (ICS 1.0)", "rule", "yes"),
+    MultiFileFormat("NRRDReader", ".nhdr/.nrrd + the file its 'data file:' names", "rule", "yes"),
+    MultiFileFormat("FakeReader", ".fake + .fake.ini", "rule", "yes"),
+    MultiFileFormat("FujiReader", ".img + .inf", "rule", "yes"),
+    MultiFileFormat("ImagicReader", ".hed + .img", "rule", "yes"),
+    MultiFileFormat("PCORAWReader", ".pcoraw + optional .rec", "rule", "yes"),
+    MultiFileFormat("UnisokuReader", ".HDR (':STM data') + .DAT", "rule", "yes"),
+    MultiFileFormat(
+        "CellSensReader",
+        ".vsi + _<name>_/stack*/*.ets",
+        "rule",
+        "partly: Bio-Formats' search for the .vsi from an .ets is checked; "
+        "valid .ets pixel files cannot be crafted",
+    ),
+    MultiFileFormat(
+        "PDSReader",
+        ".hdr + .IMG/.img: the Analyze rule's pair (.img only)",
+        "same-as",
+        "no: no valid example crafted yet",
+    ),
+    MultiFileFormat("AFIReader", ".afi (XML) naming .svs files", "oracle", _NO_EXAMPLE, ("afi",)),
+    MultiFileFormat("APLReader", ".apl + .mtb + .tnb + a folder of .tif", "oracle", _NO_EXAMPLE, ("apl",)),
+    MultiFileFormat("BDReader", ".exp + .dye/.ltp... + well folders", "oracle", _PLATE, ("exp",)),
+    MultiFileFormat("BDVReader", "BigDataViewer .xml + .h5", "oracle", _NO_EXAMPLE, ("xml",)),
+    MultiFileFormat("BioRadReader", ".pic files + optional lse.xml", "oracle", _NO_EXAMPLE, ("pic",)),
+    MultiFileFormat(
+        "BrukerReader", "fid + acqp + pdata folder (no suffix)", "oracle", "no: no file suffix to ask about"
+    ),
+    MultiFileFormat("CV7000Reader", ".wpi + XML + .tif per plane", "oracle", _PLATE, ("wpi",)),
+    MultiFileFormat("CellVoyagerReader", "MeasurementResult.xml + .tif", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat("CellWorxReader", ".htd + .pnl + optional .log", "oracle", _PLATE, ("htd", "pnl")),
+    MultiFileFormat("CellomicsReader", ".c01 files of one plate", "oracle", _PLATE, ("c01",)),
+    MultiFileFormat("ColumbusReader", "MeasurementIndex XML + .tif per plane", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat(
+        "DicomReader", ".dcm/.dicom files of one series", "oracle", _NO_EXAMPLE, ("dcm", "dicom", "dic")
+    ),
+    MultiFileFormat(
+        "FV1000Reader", ".oif + <name>.oif.files/ (.tif, .pty, .lut)", "oracle", _NO_EXAMPLE, ("oif",)
+    ),
+    MultiFileFormat("FlexReader", ".flex files + optional .mea/.res", "oracle", _PLATE, ("flex", "mea")),
+    MultiFileFormat("FluoviewReader", ".tif + optional .txt", "oracle", _NO_EXAMPLE, ("tif", "tiff")),
+    MultiFileFormat("HamamatsuVMSReader", ".vms naming .jpg tiles", "oracle", _NO_EXAMPLE, ("vms",)),
+    MultiFileFormat(
+        "HitachiReader",
+        ".txt + same-named .tif/.bmp/.jpg",
+        "oracle",
+        "yes, with the oracle (the .txt names the pixel file)",
+        ("txt",),
+    ),
+    MultiFileFormat(
+        "ImprovisionTiffReader", ".tif files of one series", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat(
+        "InveonReader",
+        "<name>.hdr + <name>",
+        "oracle",
+        "no: and the .hdr rules (Analyze, NIfTI, Unisoku) come first, so the oracle is not asked",
+        ("hdr",),
+    ),
+    MultiFileFormat("JEOLReader", ".img + .par (or a single .dat)", "oracle", _NO_EXAMPLE, ("par",)),
+    MultiFileFormat("KLBReader", ".klb files of one time series", "oracle", _NO_EXAMPLE, ("klb",)),
+    MultiFileFormat("L2DReader", ".l2d + folders of .tif", "oracle", _NO_EXAMPLE, ("l2d",)),
+    MultiFileFormat("LIFReader", ".lif (+ referenced .lof via XLEF)", "oracle", _NO_EXAMPLE, ("lif",)),
+    MultiFileFormat("LOFReader", ".lof (+ its .xlif)", "oracle", _NO_EXAMPLE, ("lof",)),
+    MultiFileFormat("MIASReader", "plate/well folders of .tif + .txt", "oracle", _PLATE, ("txt",)),
+    MultiFileFormat(
+        "MetamorphTiffReader", ".tif files of one acquisition", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat("MetaxpressTiffReader", ".htd + .tif files", "oracle", _PLATE, ("htd",)),
+    MultiFileFormat("MicroCTReader", "folder of .vff + XML", "oracle", _NO_EXAMPLE, ("vff",)),
+    MultiFileFormat(
+        "MicromanagerReader", "*metadata.txt + .tif files", "oracle", _NO_EXAMPLE, ("txt", "tif", "tiff")
+    ),
+    MultiFileFormat("NDPISReader", ".ndpis naming .ndpi files", "oracle", _NO_EXAMPLE, ("ndpis",)),
+    MultiFileFormat("OIRReader", ".oir + <name>_0000n.oir parts", "oracle", _NO_EXAMPLE, ("oir",)),
+    MultiFileFormat(
+        "OlympusTileReader", ".omp2info naming .oir/.vsi files", "oracle", _NO_EXAMPLE, ("omp2info",)
+    ),
+    MultiFileFormat("OperettaReader", "Index.idx.xml + .tif per plane", "oracle", _PLATE, ("xml",)),
+    MultiFileFormat(
+        "PerkinElmerReader",
+        ".htm + .tim/.ano/.csv... + .tif or .2/.3... files",
+        "oracle",
+        _NO_EXAMPLE,
+        ("htm",),
+    ),
+    MultiFileFormat("PrairieReader", ".xml + .cfg/.env + .tif files", "oracle", _NO_EXAMPLE, ("xml", "cfg")),
+    MultiFileFormat("QTReader", ".mov + resource fork", "oracle", _NO_EXAMPLE, ("mov",)),
+    MultiFileFormat("SEQReader", ".seq/.ips + same-named files", "oracle", _NO_EXAMPLE, ("seq", "ips")),
+    MultiFileFormat("SPCReader", ".spc + .set", "oracle", _NO_EXAMPLE, ("spc",)),
+    MultiFileFormat(
+        "ScanrReader", "experiment_descriptor.xml + data/ .tif + .dat", "oracle", _PLATE, ("xml",)
+    ),
+    MultiFileFormat(
+        "SlidebookTiffReader", ".tif files of one capture", "oracle", _NO_EXAMPLE, ("tif", "tiff")
+    ),
+    MultiFileFormat("TCSReader", ".xml + .tif files", "oracle", _NO_EXAMPLE, ("xml",)),
+    MultiFileFormat("TecanReader", ".db (SQLite) + .tif files", "oracle", _PLATE, ("db",)),
+    MultiFileFormat(
+        "TillVisionReader", ".vws + <name>.pst/ folder (.pst, .inf)", "oracle", _NO_EXAMPLE, ("vws",)
+    ),
+    MultiFileFormat(
+        "TrestleReader", ".tif + same-named .sld/.slx/.roi/.FocalPlane-*", "oracle", _NO_EXAMPLE, ("tif",)
+    ),
+    MultiFileFormat("VarianFDFReader", "folder of .fdf + procpar", "oracle", _NO_EXAMPLE, ("fdf",)),
+    MultiFileFormat("VectraReader", ".qptiff/.tif + annotation files", "oracle", _NO_EXAMPLE, ("qptiff",)),
+    MultiFileFormat("VisitechReader", ".html + .xys files", "oracle", _NO_EXAMPLE, ("html", "xys")),
+    MultiFileFormat("VolocityReader", ".mvd2 + Data/ folder", "oracle", _NO_EXAMPLE, ("mvd2",)),
+    MultiFileFormat("XLEFReader", ".xlef + .xlif + .lof files", "oracle", _NO_EXAMPLE, ("xlef",)),
+    MultiFileFormat("ZeissCZIReader", ".czi + '<name> (n).czi' parts", "oracle", _NO_EXAMPLE, ("czi",)),
+    MultiFileFormat("ZeissLSMReader", ".mdb naming .lsm files", "oracle", _NO_EXAMPLE, ("mdb", "lsm")),
+    MultiFileFormat("ZeissTIFFReader", "_meta.xml + .tif files", "oracle", _NO_EXAMPLE, ("xml",)),
+)
+
+#: Suffixes (lower case, no dot) of files the opt-in Bio-Formats oracle is asked about.
+ORACLE_SUFFIXES: dict[str, tuple[str, ...]] = {}
+for _f in MULTI_FILE_FORMATS:
+    for _suffix in _f.oracle_suffixes:
+        ORACLE_SUFFIXES[_suffix] = (*ORACLE_SUFFIXES.get(_suffix, ()), f"loci.formats.in.{_f.reader}")
+del _f, _suffix
 
 #: Base names that are never image data (besides dot files, which OMERO's importer skips).
 SYSTEM_FILE_NAMES: frozenset[str] = frozenset(
@@ -502,3 +740,86 @@ READER_SUFFIXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loci.formats.in.BDVReader", "BDV", ("xml", "h5")),
 )
 # END GENERATED READER_SUFFIXES
+
+
+# ---------------------------------------------------------------------------------------
+# docs/formats.md is written from the tables above:
+#
+#     python -m omero_dropbox.grouping_rules > docs/formats.md
+# ---------------------------------------------------------------------------------------
+
+_HANDLING = {
+    "rule": "rule table",
+    "oracle": "oracle (opt-in); else by suffix",
+    "same-as": "rule table (shared rule)",
+}
+
+
+def render_formats_doc() -> str:
+    """The Markdown of docs/formats.md."""
+    keys: dict[str, list[str]] = {}
+    for r in RULES:
+        if r.reader is not None:
+            known = keys.setdefault(r.reader.rsplit(".", 1)[-1], [])
+            known.extend(k for k in r.key if k not in known)
+    out = [
+        "# Multi-file formats",
+        "",
+        "<!-- Generated by `python -m omero_dropbox.grouping_rules > docs/formats.md`; do not edit. -->",
+        "",
+        "Every Bio-Formats 7.3.1 reader that can use more than one file, and how omero-dropbox",
+        "groups its files into one import. *Rule table*: names (and a few small key files) decide,",
+        "no Java needed. *Oracle*: the files depend on content or folder layout that a name rule",
+        "would only guess; with `omero.fs.ng.bioformatsOracle=true` one long-lived Bio-Formats JVM",
+        "is asked which files it uses (each answer bounded in time and in length, and confined to",
+        "the user's folder like any key file's references); without Java, or when Bio-Formats gives",
+        "no answer, each file is grouped by its suffix alone, as before.",
+        "",
+        "*Checked* says whether a test (`tests/test_filesets_bioformats.py`,",
+        "`tests/test_edges_grouping.py`) writes real example files and compares our grouping with",
+        "Bio-Formats 7.3.1's, and why not where not.",
+        "",
+        "| Reader | Files | Grouped by | Key suffixes / asked about | Checked against Bio-Formats |",
+        "|---|---|---|---|---|",
+    ]
+    for f in MULTI_FILE_FORMATS:
+        if f.handling == "oracle":
+            asked = ", ".join(f".{s}" for s in f.oracle_suffixes) or "—"
+        else:
+            asked = ", ".join(f"`{k}`" for k in keys.get(f.reader, ())) or "—"
+        files = f.files.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+        files = files.replace("<", "&lt;").replace(">", "&gt;")
+        out.append(f"| {f.reader} | {files} | {_HANDLING[f.handling]} | {asked} | {f.checked} |")
+    out += [
+        "",
+        "Formats Bio-Formats does not read, grouped after the vendor's documentation:",
+        "",
+    ]
+    for r in RULES:
+        if r.reader is None:
+            out.append(f"- {r.format} (`{'`, `'.join(r.key)}`): {r.notes}")
+    out += [
+        "",
+        "## `omero.fs.readers`",
+        "",
+        "A readers file lists Bio-Formats reader classes, one a line, as Bio-Formats' own",
+        "`readers.txt` does (`#` comments and `[...]` options are ignored). Both",
+        "`loci.formats.in.TiffDelegateReader` and `TiffDelegateReader` are accepted; real readers",
+        "that `readers.txt` does not list read the suffixes of the reader they stand behind:",
+        "",
+    ]
+    for alias, target in READER_ALIASES.items():
+        out.append(f"- `{alias}`: as `{target}`")
+    out += [
+        "",
+        "A name no reader has is logged as a WARNING naming it (with the closest real name), and",
+        "`omero-dropbox filesets --readers FILE` prints the same warning on stderr.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render_formats_doc())

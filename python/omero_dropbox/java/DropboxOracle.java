@@ -9,7 +9,8 @@
 // in the same order. Requests:
 //
 //     {"op": "ping"}
-//     {"op": "used_files", "path": "/abs/file"}
+//     {"op": "used_files", "path": "/abs/file", "max_files": N}   (N optional; over it:
+//                                          ok false, kind "too_many", "count")
 //     {"op": "readers"}            every enabled reader: class, format, suffixes
 //
 // Replies always carry "ok": true|false; failures carry "error" and "kind"
@@ -69,8 +70,10 @@ public final class DropboxOracle {
         if (name.isEmpty()) {
           continue;
         }
+        // A short name (TiffReader) is a class of loci.formats.in, as omero-dropbox reads it.
+        String full = name.indexOf('.') < 0 ? "loci.formats.in." + name : name;
         try {
-          Class<?> c = Class.forName(name);
+          Class<?> c = Class.forName(full);
           if (IFormatReader.class.isAssignableFrom(c)) {
             classes.addClass((Class<? extends IFormatReader>) c);
           }
@@ -95,7 +98,7 @@ public final class DropboxOracle {
 
   // ---------------------------------------------------------------- operations
 
-  private Map<String, Object> usedFiles(String path) throws Exception {
+  private Map<String, Object> usedFiles(String path, long maxFiles) throws Exception {
     Map<String, Object> out = new LinkedHashMap<String, Object>();
     try {
       reader.close();
@@ -103,6 +106,12 @@ public final class DropboxOracle {
       reader.setId(path);
       IFormatReader actual = reader.getReader();
       FileInfo[] infos = reader.getAdvancedUsedFiles(false);
+      if (maxFiles > 0 && infos.length > maxFiles) {
+        // Bounded reply: a count, not a list the caller would refuse anyway.
+        out = failure("too_many", "uses " + infos.length + " files, over the limit of " + maxFiles);
+        out.put("count", infos.length);
+        return out;
+      }
       // Files that can initialise the fileset first, as the OMERO importer orders them.
       List<String> ordered = new ArrayList<String>();
       for (FileInfo info : infos) {
@@ -167,7 +176,8 @@ public final class DropboxOracle {
         return out;
       }
       if ("used_files".equals(op)) {
-        return usedFiles((String) req.get("path"));
+        Object max = req.get("max_files");
+        return usedFiles((String) req.get("path"), max instanceof Number ? ((Number) max).longValue() : 0L);
       }
       if ("readers".equals(op)) {
         return readers();
