@@ -7,11 +7,11 @@
 # One abi3 wheel serves every CPython >= 3.10. Needs: cargo and rustc >= 1.91 on PATH (rustup or
 # the distribution; the locked notify-types 2.3 needs 1.91, pyo3 0.30 needs 1.85) and Python >= 3.10
 # with venv and pip. maturin, ziglang (zig links against glibc 2.17 symbols, so no old build image
-# is needed) and auditwheel come from PyPI into a throwaway virtualenv; crates come from crates.io.
-# The compiled crates stay in target/ (target/x86_64-unknown-linux-gnu/), so a second run is quick.
+# is needed) and auditwheel come from PyPI into a virtualenv in target/; crates come from crates.io.
+# The compiled crates stay in target/ (target/x86_64-unknown-linux-gnu/): a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python3}
+python=$(command -v "${PYTHON:-python3}") || { echo "build-wheels: no ${PYTHON:-python3} on PATH" >&2; exit 1; }
 out=$(realpath -m "${1:-dist}")
 min_rust=1.91
 # Versions checked together; a newer zig can change what `zig cc` accepts.
@@ -41,11 +41,13 @@ PY
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "== build tools into a private virtualenv: ${build_tools[*]}"
-"$python" -m venv "$work/tools"
-"$work/tools/bin/python" -m pip install -q "${build_tools[@]}"
-export PATH="$work/tools/bin:$PATH"
-echo "build tools: $(maturin --version), zig $(python -m ziglang version), $(auditwheel --version)"
+# Kept in target/ across runs: the same paths to zig and Python keep cargo's build of the crates valid.
+tools=$(realpath -m "${CARGO_TARGET_DIR:-target}/build-wheels-tools")
+echo "== build tools into a private virtualenv ($tools): ${build_tools[*]}"
+[ -x "$tools/bin/python" ] || "$python" -m venv "$tools"
+"$tools/bin/python" -m pip install -q "${build_tools[@]}"
+export PATH="$tools/bin:$PATH"
+echo "build tools: $(maturin --version), zig $(python -m ziglang version), $(auditwheel --version | cut -d' ' -f1-2)"
 
 echo "== maturin build --zig --compatibility manylinux2014 (rustc $rust_version)"
 mkdir -p "$out"
