@@ -24,6 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.faults_helpers import complete_lines  # noqa: E402
+
 RECORDER = """
 import json, os, sys, time
 with open(os.environ["RECORD_FILE"], "a") as fh:
@@ -63,7 +68,7 @@ def main() -> None:
             landed = time.time()
             deadline = time.monotonic() + args.dir_import_wait + 30
             while time.monotonic() < deadline:
-                lines = record.read_text().splitlines() if record.exists() else []
+                lines = complete_lines(record)
                 if len(lines) > i:
                     latencies.append(json.loads(lines[i])["started"] - landed)
                     break

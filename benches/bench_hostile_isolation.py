@@ -31,6 +31,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.faults_helpers import complete_lines  # noqa: E402
+
 ND = (
     b'"NDInfoFile", Version 1.0\r\n"DoTimelapse", TRUE\r\n"NTimePoints", 100000\r\n'
     b'"DoStage", TRUE\r\n"NStagePositions", 100000\r\n"DoWave", FALSE\r\n"EndFile"\r\n'
@@ -98,14 +103,10 @@ def one_run(name: str, args: argparse.Namespace) -> float:
         record = state / "imports.jsonl"
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
-            if record.exists():
-                for line in record.read_text().splitlines():
-                    try:
-                        doc = json.loads(line)
-                    except ValueError:
-                        continue  # a line still being appended
-                    if doc.get("user") == "amy":
-                        return float(doc["at"]) - landed
+            for line in complete_lines(record):
+                doc = json.loads(line)
+                if doc.get("user") == "amy":
+                    return float(doc["at"]) - landed
             time.sleep(0.05)
         raise RuntimeError(f"amy's file was not imported within {args.timeout} s")
     finally:

@@ -92,12 +92,29 @@ class Record:
         return frozenset(self.files)
 
 
+def complete_part(data: bytes) -> bytes:
+    """``data`` up to its last newline: a last line without one is still being appended."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def complete_lines(path: Path, errors: str = "strict") -> list[str]:
+    """The finished lines of a file that another process appends to ([] while it does not exist).
+
+    Every reader of such a file (importer records, logs) goes through here: a reader can see an
+    append half done (a large write lands page by page), so a last line without its newline is
+    left out until the writer finishes it.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [line.decode("utf-8", errors) for line in complete_part(data).split(b"\n")[:-1]]
+
+
 def read_records(path: Path) -> list[Record]:
     """The importer's records, from the RECORDER (hex bytes) or the ``record`` importer (text)."""
-    if not path.exists():
-        return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in complete_lines(path):
         if not line.strip():
             continue
         doc = json.loads(line)
@@ -173,10 +190,15 @@ class Service:
         assert self.alive() and self.text().count(STARTED) > self._starts, self.tail()
 
     def text(self) -> str:
-        return self.log.read_bytes().decode("utf-8", "backslashreplace") if self.log.exists() else ""
+        """The log so far: while the service runs, only its finished lines."""
+        running = self.alive()  # asked before reading: a log read after the exit is final
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return (complete_part(data) if running else data).decode("utf-8", "backslashreplace")
 
     def tail(self, n: int = 6000) -> str:
-        return self.text()[-n:]
+        """The end of the log, a line still being written included (for failure messages)."""
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return data.decode("utf-8", "backslashreplace")[-n:]
 
     def records(self) -> list[Record]:
         return read_records(self.record)

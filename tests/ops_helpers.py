@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .conftest import wait_for
+from .faults_helpers import complete_lines, complete_part
 
 CLI = [sys.executable, "-m", "omero_dropbox.cli"]
 
@@ -91,7 +92,10 @@ class Service:
         self.stop()
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """The log so far: while the service runs, only its finished lines."""
+        running = self.proc is not None and self.proc.poll() is None  # before reading: then it is final
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return (complete_part(data) if running else data).decode("utf-8", "replace")
 
     @property
     def url(self) -> str:
@@ -109,10 +113,8 @@ class Service:
         (self.work / f"allow-{name}").touch()
 
     def imports(self) -> list[str]:
-        f = self.work / "imports.jsonl"
-        if not f.exists():
-            return []
-        return [json.loads(line)["key"] for line in f.read_text().splitlines() if line.strip()]
+        lines = complete_lines(self.work / "imports.jsonl")
+        return [json.loads(line)["key"] for line in lines if line.strip()]
 
     def status(self) -> dict[str, object]:
         out = run_cli("status", "--state-dir", str(self.state), "--json")

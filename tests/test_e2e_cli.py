@@ -24,6 +24,7 @@ from omero_dropbox.filesets import FilesetGrouper
 from omero_dropbox.journal import INTERRUPTED_REASON, Journal
 
 from .conftest import wait_for
+from .faults_helpers import complete_lines
 
 USERS = [f"user{i:02d}" for i in range(20)]
 ODD_NAMES = [
@@ -103,9 +104,7 @@ def relocate(expected: dict[tuple[str, ...], str], src: Path, dst: Path) -> dict
 
 
 def read_records(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in complete_lines(path) if line.strip()]
 
 
 class Service:

@@ -20,6 +20,7 @@ import pytest
 from omero_dropbox.config import load_config
 
 from .conftest import wait_for
+from .faults_helpers import complete_lines
 from .ice_helpers import REPO, ServerProcess, free_port, python_env, require_ice
 
 require_ice()
@@ -137,9 +138,7 @@ class Deployment:
         return self.dropbox
 
     def imported(self) -> list[tuple[str, list[str]]]:
-        if not self.imports.exists():
-            return []
-        return [(d["user"], d["files"]) for d in map(json.loads, self.imports.read_text().splitlines())]
+        return [(d["user"], d["files"]) for d in map(json.loads, complete_lines(self.imports))]
 
     def imported_files(self) -> list[str]:
         return sorted(f for _, files in self.imported() for f in files)
