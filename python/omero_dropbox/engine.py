@@ -341,14 +341,17 @@ class DropBox:
         while self._backlog_turn:
             owner = self._backlog_turn.popleft()
             backlog = self._backlog[owner]
-            with self._journal_batch():  # a burst of skipped files is one commit, not one each
-                for _ in range(min(_QUANTUM, len(backlog))):
-                    user_cfg, event = backlog.popleft()
-                    self._on_event(user_cfg, event)
-            if backlog:
-                self._backlog_turn.append(owner)
-            else:
-                del self._backlog[owner]
+            try:
+                with self._journal_batch():  # a burst of skipped files is one commit, not one each
+                    for _ in range(min(_QUANTUM, len(backlog))):
+                        user_cfg, event = backlog[0]
+                        self._on_event(user_cfg, event)  # a JournalError leaves it for the next try
+                        backlog.popleft()
+            finally:
+                if backlog:
+                    self._backlog_turn.append(owner)
+                else:
+                    del self._backlog[owner]
             if time.monotonic() >= deadline:
                 return
 
@@ -563,9 +566,6 @@ class DropBox:
         except OSError as exc:
             self._skip(path, user, f"cannot open: {exc.strerror}")
             return False
-        if not os.access(path, os.R_OK):
-            self._skip(path, user, "unreadable by the DropBox service (check permissions)")
-            return False
         if self.config.require_owner:
             owner_dir = self._user_root(user_cfg, user)
             try:
@@ -676,16 +676,27 @@ class DropBox:
 
     @contextlib.contextmanager
     def _journal_batch(self) -> Iterator[None]:
-        """Skips journaled in one transaction; a journal that cannot commit loses no file.
+        """Skips journaled in one transaction, their log lines written after its commit.
 
-        The skipped files stay on disk and are found again after a restart; the log lines
-        were written either way.
+        A journal that cannot begin or commit the batch loses no file: the skipped files stay
+        on disk and are found again after a restart; the log lines are written either way. An
+        error of the work inside is not swallowed (the caller keeps what it did not finish).
         """
-        try:
-            with self.journal.batch():
-                yield
-        except JournalError as exc:
-            log.error("Could not record skipped files in the journal: %s", exc)
+        with self._skips.hold():
+            batch = contextlib.ExitStack()
+            try:
+                batch.enter_context(self.journal.batch())
+            except JournalError as exc:
+                log.error("Could not begin a journal batch (skips are recorded one by one): %s", exc)
+            body_done = False
+            try:
+                with batch:
+                    yield
+                    body_done = True
+            except JournalError as exc:
+                if not body_done:
+                    raise
+                log.error("Could not record skipped files in the journal: %s", exc)
 
     def _submit_due(self, user: str, pool: _Pool, now: float) -> bool:
         """Submit the filesets of ``pool`` whose wait is over; False while the journal is full."""
@@ -693,7 +704,7 @@ class DropBox:
         for fs in list(pool.filesets):
             wait = self._wait_for(user_cfg, fs)
             last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
-            if now - last < wait or self._held_for_missing_member(pool, fs, wait, now):
+            if now - last < wait or self._held_for_missing_member(user, pool, fs, wait, now):
                 continue
             pool.held_since.pop(fs.key, None)
             pool.filesets.remove(fs)
@@ -716,7 +727,8 @@ class DropBox:
             if path not in pool.files or now - since < wait or any(path in fs.files for fs in pool.filesets):
                 continue
             on_disk, being_written = self._unsettled_on_disk(pool.awaited_keys.get(path, ()), wait)
-            if on_disk and (being_written or now - since < wait + MISSING_MEMBER_GRACE):
+            unread = bool(self._backlog.get(user))  # the key's report may be among them
+            if on_disk and (being_written or unread or now - since < wait + MISSING_MEMBER_GRACE):
                 continue
             pool.files.discard(path)
             del pool.waiting_since[path]
@@ -792,7 +804,7 @@ class DropBox:
             record = replace(record, state=QUEUED)
         return record
 
-    def _held_for_missing_member(self, pool: _Pool, fs: Fileset, wait: float, now: float) -> bool:
+    def _held_for_missing_member(self, user: str, pool: _Pool, fs: Fileset, wait: float, now: float) -> bool:
         """Keep ``fs`` waiting while a member it lacks is on disk but not READY yet.
 
         The member may still be copied (recent writes), or complete but not reported yet (the
@@ -802,7 +814,9 @@ class DropBox:
         on_disk, being_written = self._unsettled_on_disk(fs.missing, wait)
         if not on_disk:
             return False
-        if being_written:
+        if being_written or self._backlog.get(user):
+            # Written recently, or the watcher reported more for this user than the engine
+            # has read yet (a burst): the member's own report may be among them.
             return True
         since = pool.held_since.setdefault(fs.key, now)
         if now - since < wait + MISSING_MEMBER_GRACE:

@@ -9,10 +9,11 @@ a skip from being logged again at every regroup, holds at most :data:`REMEMBERED
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from omero_dropbox.journal import Journal, display_path
 
@@ -46,6 +47,22 @@ class SkipLog:
         self._window_start = clock()
         self._logged: Counter[str] = Counter()
         self._held: dict[str, Counter[str]] = {}
+        self._deferred: list[tuple[str, str]] | None = None  # (path, reason) inside hold()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Log the lines of the skips made inside only at the end: wrap a journal batch in it,
+        so that whoever reads a log line (an operator, `status`) finds the journal entry."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = []
+        try:
+            yield
+        finally:
+            lines, self._deferred = self._deferred, None
+            for path, reason in lines:
+                log.warning("Not importing %s: %s", display_path(path), reason)
 
     def __contains__(self, path: str) -> bool:
         return path in self._reported
@@ -78,7 +95,10 @@ class SkipLog:
         who = user or ""
         if self._logged[who] < LOG_PER_USER:
             self._logged[who] += 1
-            log.warning("Not importing %s: %s", display_path(path), reason)
+            if self._deferred is not None:
+                self._deferred.append((path, reason))
+            else:
+                log.warning("Not importing %s: %s", display_path(path), reason)
         else:
             self._held.setdefault(who, Counter())[summary or reason] += 1
 
