@@ -84,7 +84,7 @@ impl<T> Deadlines<T> {
         let at = now + after;
         if let Some((_, fifo)) = self.fifos.iter_mut().find(|(d, _)| *d == after) {
             // `now` only moves forward, so this stays sorted; the check keeps it true anyway.
-            if fifo.back().map_or(true, |(last, _)| *last <= at) {
+            if fifo.back().is_none_or(|(last, _)| *last <= at) {
                 fifo.push_back((at, item));
                 return;
             }
@@ -116,13 +116,13 @@ impl<T> Deadlines<T> {
         let mut best: Option<(Instant, Option<usize>)> = None;
         for (i, (_, fifo)) in self.fifos.iter().enumerate() {
             if let Some((at, _)) = fifo.front() {
-                if *at <= now && best.map_or(true, |(b, _)| *at < b) {
+                if *at <= now && best.is_none_or(|(b, _)| *at < b) {
                     best = Some((*at, Some(i)));
                 }
             }
         }
         if let Some(Reverse(Timed(at, _))) = self.heap.peek() {
-            if *at <= now && best.map_or(true, |(b, _)| *at < b) {
+            if *at <= now && best.is_none_or(|(b, _)| *at < b) {
                 best = Some((*at, None));
             }
         }

@@ -361,7 +361,7 @@ mod tests {
         let mut dirs = Vec::new();
         let mut files = 0;
         walk_parallel(root.path(), Some(&ino), 3, &descend, &stop, |l| {
-            assert!(l.watch.as_ref().map_or(true, |w| w.is_ok()));
+            assert!(l.watch.as_ref().is_none_or(|w| w.is_ok()));
             files += l.listing.map(|f| f.len()).unwrap_or(0);
             dirs.push(l.dir);
         });
