@@ -435,3 +435,27 @@ def test_status_page_recent_imports_newest_first_and_status_json_has_host(base: 
     service = doc["service"]
     assert service["host"] == socket.gethostname()
     assert isinstance(service["updated_at"], float) and service["updated_at"] >= service["started_at"]
+
+
+def test_admin_login_refused_at_start_is_permanent_and_names_the_fix_fake_omero_server() -> None:
+    """A server that refuses the admin's password (no OMERO here: the factory stands in for
+    its Glacier2 router): not retried, and the message says what to check."""
+    pytest.importorskip("Ice")
+    pytest.importorskip("omero")
+    import Glacier2  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    from omero_dropbox.ice.sessions import UserSessions, check_admin_login
+
+    logins: list[int] = []
+
+    def refusing_server() -> object:
+        logins.append(1)
+        raise Glacier2.PermissionDeniedException("Password check failed")
+
+    problem = check_admin_login(UserSessions(refusing_server), "omero.example.org", 4064, "root", 5, 0.0)
+    assert problem == (
+        "OMERO at omero.example.org:4064 refused the login of admin 'root' (Password check failed); "
+        "check the admin name (--omero-admin) and its password",
+        True,
+    )
+    assert logins == [1]

@@ -286,6 +286,7 @@ def check_admin_login(
             sessions._admin(fresh=True)
             return None
         except refused as exc:
+            sessions.close()
             reason = getattr(exc, "reason", "") or getattr(exc, "message", "") or type(exc).__name__
             return (
                 f"OMERO at {host}:{port} refused the login of admin '{admin}' ({reason}); check the "
@@ -293,7 +294,7 @@ def check_admin_login(
                 True,
             )
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+            error = " ".join(str(exc).split()) or type(exc).__name__  # Ice's text spans lines
             if attempt < tries:
                 log.warning(
                     "Cannot log in to OMERO at %s:%s yet (%s); trying again in %g s",
@@ -303,6 +304,7 @@ def check_admin_login(
                     interval,
                 )
                 time.sleep(interval)
+    sessions.close()
     return (
         f"cannot reach OMERO at {host}:{port} to log in as '{admin}' ({error}; {tries} tries, {interval:g} s "
         "apart); check omero.fs.host and omero.fs.port (-D omero.fs.host=HOST -D omero.fs.port=4064, the "
