@@ -122,6 +122,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = "omero-dropbox") ->
 
 def render_reference() -> str:
     from omero_dropbox.cli import build_parser
+    from omero_dropbox.config import TOML_LAYOUT, TOML_RULES
     from omero_dropbox.metrics import __doc__ as metrics_doc
     from omero_dropbox.properties import property_reference_markdown
 
@@ -150,9 +151,21 @@ def render_reference() -> str:
         "",
         'Every setting, from `templates.xml` (`<properties id="DropBox">`), a TOML file (`--config`, the',
         "TOML key column) or `-D omero.fs.NAME=VALUE` (later wins). Per-user properties take `;`-separated",
-        "entries, entry *i* for `omero.fs.importUsers` entry *i*.",
+        "entries, entry *i* for `omero.fs.importUsers` entry *i*, as upstream; an empty entry is the default.",
+        "A per-user value without any `;` applies to every user, as the same key in TOML `[dropbox]` does",
+        "(upstream gave it to the first user only; write `VALUE;` for that).",
         "",
         property_reference_markdown().rstrip(),
+        "",
+        "## TOML configuration file",
+        "",
+        "`--config FILE.toml`; keys are the TOML key column above. An example:",
+        "",
+        "```toml",
+        TOML_LAYOUT.rstrip(),
+        "```",
+        "",
+        TOML_RULES.rstrip(),
         "",
         "## `status --json`",
         "",

@@ -187,7 +187,8 @@ def test_realistic_templates(tmp_path: Path) -> None:
     assert users["root"].event_types == ("creation",)
     assert users["default"].dir_import_wait == 60 and users["root"].dir_import_wait == 30
     assert users["default"].import_args == ("--report", "--email", "root@example.com")
-    assert users["root"].import_args == ()  # a one-entry list: root gets the default
+    # A value without ';' is every user's (issue 12; upstream gave root nothing).
+    assert users["root"].import_args == ("--report", "--email", "root@example.com")
     assert config.port == 4064  # ${ROUTERPORT} is not defined in the file: default
     # Properties set on the DropBoxTemplate server itself override the DropBox block.
     assert config.server_id_string == "MonitorServerX"
@@ -242,10 +243,15 @@ def test_override_wins_over_template(tmp_path: Path) -> None:
     config = load_config(templates=path, overrides=d(dirImportWait="5", host="omero.example.org"))
     users = users_by_name(config)
     assert users["default"].dir_import_wait == 5
-    # The override leaves root's entry out: root keeps its templates.xml value.
-    assert users["root"].dir_import_wait == 30
+    # A -D value without ';' is every user's, root's too (issue 12).
+    assert users["root"].dir_import_wait == 5
     assert config.host == "omero.example.org"
     assert config.sources["omero.fs.dirImportWait[default]"] == "-D"
+    assert config.sources["omero.fs.dirImportWait[root]"] == "-D"
+    # An override that leaves root's entry out: root keeps its templates.xml value.
+    config = load_config(templates=path, overrides=d(dirImportWait="5;"))
+    users = users_by_name(config)
+    assert users["default"].dir_import_wait == 5 and users["root"].dir_import_wait == 30
     assert config.sources["omero.fs.dirImportWait[root]"] == "templates.xml"
 
 
@@ -452,11 +458,11 @@ def test_short_lists_get_defaults() -> None:
         overrides=d(
             importUsers="a;b;c",
             watchDir="/a;/b;/c",
-            eventTypes="Deletion",
-            whitelist=".tif",
-            blacklist="tmp",
+            eventTypes="Deletion;",  # one entry, for user a only: written with its ';'
+            whitelist=".tif;",
+            blacklist="tmp;",
             dirImportWait="1;2",
-            ignoreSysFiles="False",
+            ignoreSysFiles="False;",
         )
     )
     a, b, c = config.users

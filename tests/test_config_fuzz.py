@@ -157,17 +157,21 @@ def test_valid_lists_round_trip(data: dict[str, object], draw: st.DataObject) ->
     ]
     config = load_config(overrides=[f"{name}={text}" for name, text in props])
 
+    def entry(values: Sequence[object], i: int) -> object:
+        # A one-entry list has no ';': it is every user's (issue 12), else entry i is user i's.
+        return values[0] if len(values) == 1 else values[i] if i < len(values) else None
+
     assert config.import_users == tuple(users)
     for i, user in enumerate(config.users):
         expected_dir = Path("/OMERO/DropBox") if user.import_user == "default" else Path(f"/w/{users[i]}")
         assert user.watch_dir == expected_dir
-        wait = waits[i] if i < len(waits) else None
+        wait = entry(waits, i)
         assert user.dir_import_wait == (60 if wait is None else wait)
-        event = events[i] if i < len(events) else None
+        event = entry(events, i)
         expected_events = {"creation", "modification"} if event is None else event
-        assert set(user.event_types) == expected_events
-        assert len(user.event_types) == len(expected_events)
-        assert user.whitelist == tuple(whitelists[i] if i < len(whitelists) else ())
+        assert set(user.event_types) == expected_events  # type: ignore[arg-type]
+        assert len(user.event_types) == len(expected_events)  # type: ignore[arg-type]
+        assert user.whitelist == tuple(entry(whitelists, i) or ())  # type: ignore[call-overload]
 
     # The same properties from a templates.xml give the same configuration.
     with tempfile.TemporaryDirectory() as tmp:

@@ -368,15 +368,14 @@ def test_user_sessions_as_upstream_and_closed_fake_omero_server(caplog: pytest.L
     assert KEY not in caplog.text
 
 
-def test_cli_importer_omero_logs_in_per_import_and_keeps_the_password_out(
+def test_cli_importer_omero_logs_in_at_start_and_keeps_the_password_out(
     tmp_path: Path, shm_dir: Path
 ) -> None:
-    """The real CLI wiring: admin login for each import's session. The server address is closed
-    (no OMERO server here), so the import fails with a reason naming the login, and the password
-    appears nowhere: not in the log, not in any argv."""
-    import signal
-
-    from .ice_helpers import ServerProcess, free_port, python_env, require_ice
+    """The real CLI wiring: the admin logs in before anything is watched (issue 12). The server
+    address is closed (no OMERO server here), so `run` refuses to start, exit 1, naming the
+    server and what to check, after omero.fs.maxRetries tries; the password appears nowhere:
+    not in the output, not in any argv."""
+    from .ice_helpers import free_port, python_env, require_ice
 
     require_ice()
     pw = tmp_path / "pw"
@@ -384,45 +383,25 @@ def test_cli_importer_omero_logs_in_per_import_and_keeps_the_password_out(
     pw.chmod(0o600)
     drop = shm_dir / "DropBox"
     (drop / "amy").mkdir(parents=True)
-    svc = ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "omero_dropbox.cli",
-            "run",
-            "--importer",
-            "omero",
-            "--omero-password-file",
-            str(pw),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "-D",
-            f"omero.fs.watchDir={drop}",
-            "-D",
-            "omero.fs.host=127.0.0.1",
-            "-D",
-            f"omero.fs.port={free_port()}",
-            "-D",
-            "omero.fs.dirImportWait=1",
-            "-D",
-            "omero.fs.ng.completeWait=0.5",
-            "-D",
-            "omero.fs.throttleImport=0",
-            "-D",
-            "omero.fs.ng.maxAttempts=1",
-        ],
-        env=python_env(),
-    )
-    try:
-        svc.wait_for_line("Started OMERO.fs DropBox client")
-        (drop / "amy" / "a.png").write_bytes(b"\x89PNG")
-        svc.wait_for_line(r"Import of .*a\.png failed", timeout=60)
-        assert "cannot log in as amy" in svc.log and "ConnectionRefused" in svc.log
-        assert "s3cret-admin-pw" not in svc.log
-        assert "s3cret-admin-pw" not in " ".join(svc.argv)
-    finally:
-        svc.proc.send_signal(signal.SIGTERM)
-        assert svc.stop() == 0
+    (drop / "amy" / "a.png").write_bytes(b"\x89PNG")
+    port = free_port()
+    argv = ["--importer", "omero", "--omero-password-file", str(pw), "--state-dir", str(tmp_path / "state")]
+    argv += [
+        "-D",
+        f"omero.fs.watchDir={drop}",
+        "-D",
+        "omero.fs.host=127.0.0.1",
+        "-D",
+        f"omero.fs.port={port}",
+    ]
+    argv += ["-D", "omero.fs.maxRetries=2", "-D", "omero.fs.retryInterval=0.1"]
+    r = _run_cli(*argv, env=python_env())
+    assert r.returncode == 1, r.stderr
+    assert "Started OMERO.fs DropBox client" not in r.stderr
+    assert f"cannot start: cannot reach OMERO at 127.0.0.1:{port} to log in as 'root'" in r.stderr
+    assert "Connection refused" in r.stderr
+    assert "s3cret-admin-pw" not in r.stderr + r.stdout
+    assert "s3cret-admin-pw" not in " ".join(argv)
 
 
 def test_a_rerun_after_a_crash_skips_what_omero_already_has_fake_omero(fake_omero: Path) -> None:

@@ -272,49 +272,121 @@ class RecordImporter:
         return f"RecordImporter({str(self.path)!r})"
 
 
+class StartupRefused(Exception):
+    """``run`` cannot work as configured; the message names the fix.
+
+    ``exit_code`` 2: the setup must change (an importer that cannot run, a wrong password, a
+    directory that cannot exist); 1: it may pass by itself (OMERO not reachable yet).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_OTHER_IMPORTERS = "or choose another importer: --importer-command 'ARGV TEMPLATE' or --importer record"
+
+
 def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
-    from omero_dropbox.importers import CommandImporter
+    """The importer ``run`` uses, checked now so that a bad one stops the start, not the first file."""
+    from omero_dropbox.importers import CommandImporter, ImporterConfigError
 
     kind = args.importer
     if args.importer_command:
         if kind not in ("auto", "command"):
             raise ConfigError(f"--importer-command conflicts with --importer {kind}")
         kind = "command"
+    why = ""
     if kind == "auto":
         has_login = bool(args.omero_password_file or getattr(args, "admin_password", None))
-        kind = "omero" if shutil.which("omero") and has_login else "record"
+        omero = shutil.which("omero")
+        kind = "omero" if omero and has_login else "record"
         if kind == "record":
             log.warning(
                 "No `omero` command or no OMERO admin login (--omero-password-file): recording "
                 "imports to %s instead of importing (or pass --importer-command)",
                 args.state_dir / "imports.jsonl",
             )
+        else:
+            why = (
+                f"--importer auto chose the OMERO importer (`omero` is {omero} and an admin password "
+                "is set), but "
+            )
     timeout = config.import_timeout or None
     if kind == "command":
         if not args.importer_command:
             raise ConfigError("--importer command needs --importer-command 'ARGV TEMPLATE'")
-        return CommandImporter(args.importer_command, timeout)
+        try:
+            importer = CommandImporter(args.importer_command, timeout)
+        except ImporterConfigError as exc:
+            raise ConfigError(f"--importer-command: {exc}") from None
+        check_program(importer.template[0], "--importer-command")
+        return importer
     if kind == "record":
         return RecordImporter(args.state_dir / "imports.jsonl")
-    return _omero_importer(args, config)
+    return _omero_importer(args, config, why)
 
 
-def _omero_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
-    """The OMERO CLI importer with sessions made by an admin login (password never in argv)."""
+def check_program(program: str, option: str, fix: str = "give its full path, or install it") -> str:
+    """The path of ``program`` (a path, or a name looked up on PATH); refused unless it can run."""
+    if os.sep not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise StartupRefused(
+                f"{option}: the program {program!r} is not on PATH ({os.environ.get('PATH', '')}); {fix}"
+            )
+        return found
+    path = Path(program)
+    if not path.exists():
+        raise StartupRefused(
+            f"{option}: the program {program} does not exist; give the path of an installed program"
+        )
+    if not path.is_file():
+        raise StartupRefused(f"{option}: {program} is not a program (it is a directory or a special file)")
+    if not os.access(path, os.X_OK):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        raise StartupRefused(
+            f"{option}: the program {program} is not executable (mode {mode:04o}); "
+            f"make it executable (chmod +x {program}) for the service's user"
+        )
+    return program
+
+
+def _omero_importer(args: argparse.Namespace, config: DropBoxConfig, why: str = "") -> object:
+    """The OMERO CLI importer with sessions made by an admin login (password never in argv).
+
+    Checked at start: the ``omero`` program, Ice and omero-py in this Python, and the admin login.
+    """
+    from omero_dropbox.importers import default_omero_executable
+
+    check_program(
+        default_omero_executable(),
+        f"{why}--importer omero",
+        "install omero-py in this Python's environment (pip install 'omero-dropbox-ng[omero]'); "
+        + _OTHER_IMPORTERS,
+    )
     try:
         from omero_dropbox.ice.sessions import (
             ADMIN_PASSWORD_ENV,
             UserSessions,
+            check_admin_login,
+            load_omero,
             omero_importer_for,
             password_admin_factory,
             read_password_file,
         )
+
+        load_omero()
     except ImportError as exc:
-        raise ConfigError(f"--importer omero: {exc}") from None
+        raise StartupRefused(
+            f"{why}the OMERO importer cannot run in this Python ({sys.executable}): {exc}; {_OTHER_IMPORTERS}"
+        ) from None
     if args.omero_password_file:
         password = read_password_file(args.omero_password_file)
+        source = f"--omero-password-file {args.omero_password_file}"
     elif getattr(args, "admin_password", None):
         password = args.admin_password  # taken out of the environment by cmd_run
+        source = f"${ADMIN_PASSWORD_ENV}"
     else:
         raise ConfigError(
             "--importer omero needs an OMERO admin login to create each user's session: pass "
@@ -326,6 +398,14 @@ def _omero_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
     sessions = UserSessions(
         factory, time_to_live_ms=first.time_to_live_ms, time_to_idle_ms=first.time_to_idle_ms, close=close
     )
+    problem = check_admin_login(
+        sessions, config.host, config.port, args.omero_admin, config.max_retries, config.retry_interval
+    )
+    if problem is not None:
+        message, permanent = problem
+        raise StartupRefused(
+            f"{message} (password from {source})" if permanent else message, 2 if permanent else 1
+        )
     return omero_importer_for(config, sessions, session_root=args.state_dir / "omero-sessions")
 
 
@@ -335,11 +415,64 @@ def _read_users(spec: str | None) -> object:
     if spec is None:
         return None
     if spec.startswith("@"):
-        text = Path(spec[1:]).read_text(encoding="utf-8")
+        try:
+            text = Path(spec[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"--users {spec}: cannot read the user list {spec[1:]}: {why}; give a file with one OMERO "
+                "user name per line (# starts a comment), or the names themselves: --users amy,zak"
+            ) from None
         names = [line.split("#", 1)[0] for line in text.splitlines()]
     else:
         names = spec.split(",")
     return UserList(names)
+
+
+def prepare_watch_dirs(config: DropBoxConfig) -> None:
+    """Create a missing DropBox directory of user ``default`` as upstream, or refuse, saying why.
+
+    Without ``omero.fs.watchDir`` the directory is upstream's default
+    ``<omero.data.dir>/<omero.fs.defaultDropBoxDir>``, created one level deep as upstream does
+    (``omero.data.dir`` must exist: on an OMERO server it does), with a warning; a ``watchDir``
+    given is created with its parents. Named users' directories must exist (the watcher says so).
+    """
+    for user in config.users:
+        if not user.is_default or user.watch_dir.is_dir():
+            continue
+        derived = config.sources.get(f"omero.fs.watchDir[{user.import_user}]") == "derived"
+        if derived:
+            _create_default_dropbox(user.watch_dir)
+        else:
+            _create_dir(user.watch_dir, parents=True)
+            log.info("Created the DropBox directory %s (omero.fs.watchDir)", user.watch_dir)
+
+
+def _create_default_dropbox(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise StartupRefused(
+            f"omero.fs.watchDir is not set, and its default {path} (<omero.data.dir>/"
+            f"<omero.fs.defaultDropBoxDir>) cannot be created: {path.parent} does not exist. Set the "
+            "directory to watch: -D omero.fs.watchDir=/path/to/DropBox (or -D omero.data.dir=DIR "
+            "where OMERO's data directory is)"
+        )
+    _create_dir(path, parents=False)
+    log.warning(
+        "omero.fs.watchDir is not set: created the default DropBox directory %s (<omero.data.dir>/"
+        "<omero.fs.defaultDropBoxDir>, as upstream); set -D omero.fs.watchDir=DIR to watch another",
+        path,
+    )
+
+
+def _create_dir(path: Path, *, parents: bool) -> None:
+    try:
+        path.mkdir(parents=parents, exist_ok=True)
+    except OSError as exc:
+        raise StartupRefused(
+            f"omero.fs.watchDir: cannot create the DropBox directory {path}: {exc.strerror or exc}; "
+            "create it (readable by the service's user) or set -D omero.fs.watchDir=DIR to an existing "
+            "directory"
+        ) from None
 
 
 # ---------------------------------------------------------------- commands
@@ -355,28 +488,52 @@ def take_admin_password() -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from omero_dropbox.engine import DropBox
-    from omero_dropbox.journal import JournalError, private_dir
-
     args.admin_password = take_admin_password()  # first: before anything can start a child
     config = load_config(templates=args.templates, toml_file=args.config, overrides=args.overrides)
     setup_logging(args.log_level, args.log_dir or config.log_dir, args.external_logrotate)
-    if not args.dry_run:
-        private_dir(args.state_dir)  # before anything creates a file in it
+    users = _read_users(args.users)
     drain_timeout = _drain_timeout()
-    importer = make_importer(args, config)
-    state_dir = args.state_dir
     if args.dry_run:
-        # A dry run must not mark anything imported in the real journal.
+        # A dry run must not mark anything imported in the real journal: a throw-away one,
+        # removed at exit. The importer is neither built nor run.
         state_dir = Path(tempfile.mkdtemp(prefix="omero-dropbox-dry-run-"))
-        log.info("Dry run: journal kept in %s; the real journal is untouched", state_dir)
-    log.info("Importer: %r; journal: %s", importer, state_dir)
+        try:
+            prepare_watch_dirs(config)
+            log.info(
+                "Dry run: nothing is imported; throw-away journal in %s (the real one is untouched)",
+                state_dir,
+            )
+            return _run(args, config, None, state_dir, users, drain_timeout)
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    from omero_dropbox.journal import private_dir
+
+    private_dir(args.state_dir)  # before anything creates a file in it
+    prepare_watch_dirs(config)
+    importer = make_importer(args, config)
+    log.info("Importer: %r; journal: %s", importer, args.state_dir)
+    return _run(
+        args, config, importer, args.state_dir, users or getattr(importer, "sessions", None), drain_timeout
+    )
+
+
+def _run(
+    args: argparse.Namespace,
+    config: DropBoxConfig,
+    importer: object,
+    state_dir: Path,
+    users: object,
+    drain_timeout: float | None,
+) -> int:
+    from omero_dropbox.engine import DropBox
+    from omero_dropbox.journal import JournalError
+
     try:
         dropbox = DropBox(
             config,
             importer,  # type: ignore[arg-type]
             state_dir=state_dir,
-            users=_read_users(args.users) or getattr(importer, "sessions", None),  # type: ignore[arg-type]
+            users=users,  # type: ignore[arg-type]
             dry_run=args.dry_run,
         )
     except JournalError as exc:
@@ -572,10 +729,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": cmd_run, "filesets": cmd_filesets, "status": cmd_status, "config": cmd_config}
     handlers.update(retry=cmd_retry, forget=cmd_forget)
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted. No traceback, and no second error
+        # when Python flushes stdout at exit; 141 as a program killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
     except ConfigError as exc:
         print(f"omero-dropbox: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartupRefused as exc:
+        print(f"omero-dropbox: cannot start: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"omero-dropbox: error: {exc}", file=sys.stderr)
         return 1

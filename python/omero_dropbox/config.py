@@ -19,6 +19,10 @@ Sources, lowest to highest precedence (a higher one wins):
 Property syntax (templates.xml and ``-D``) is upstream's:
 
 * ``;`` separates per-user entries: entry *i* belongs to ``importUsers`` entry *i*;
+* a per-user value without any ``;`` applies to every user (``-D omero.fs.whitelist=.tif``
+  with ``importUsers=amy;zak`` gives both ``.tif``), as the same key in TOML ``[dropbox]``
+  does. Upstream gave it to the first user only (and crashed for ``eventTypes``,
+  ``whitelist`` and ``blacklist``); write ``.tif;`` for "the first user only";
 * ``,`` separates list items; every entry and item is whitespace-stripped;
 * an empty or missing entry sets nothing, so the next source down applies and in the end
   the default. Within one source that is upstream's "empty means default"; across sources
@@ -35,30 +39,8 @@ Property syntax (templates.xml and ``-D``) is upstream's:
 watch dir names the OMERO user (see :meth:`UserMonitorConfig.owner_of`). Any other name
 imports everything under its own ``watchDir`` as that user.
 
-TOML shape (keys are the "TOML key" column of the reference table)::
-
-    [dropbox]                         # global settings, and per-user defaults
-    import_users = ["default", "amy"] # optional; else the [users.*] tables, in file order
-    host = "omero.example.org"
-    port = 4064
-    data_dir = "/OMERO"
-    dir_import_wait = 60              # a per-user key here applies to every user
-    max_concurrent_imports = 2        # our own settings (omero.fs.ng.*) live here too
-
-    [users.default]                   # <data_dir>/<default_dropbox_dir>/<user>/...
-    event_types = ["Creation", "Modification"]
-
-    [users.amy]                       # everything under watch_dir is imported as amy
-    watch_dir = "/data/amy-drop"
-    dir_import_wait = 30
-    import_args = "--transfer=ln_rm -T 'Dataset:name:From DropBox'"  # or an array
-
-Values have their TOML types (numbers, booleans, arrays of strings). A string is accepted
-for any key and read like one property-syntax entry (``"Creation,Modification"``,
-``"yes"``); an empty string sets nothing. In TOML ``import_args`` may contain ``;``.
-``[users.X]`` takes only per-user keys. Per user, ``[users.X]`` wins over ``[dropbox]``;
-both win over templates.xml and lose to ``-D``. Unknown tables, keys and ``-D`` names
-are errors that suggest the closest known name.
+The TOML layout (``[dropbox]``, ``[users.NAME]``) is :data:`TOML_LAYOUT` (an example) and
+:data:`TOML_RULES`; ``docs/reference.md`` prints both.
 
 Every bad value raises :class:`ConfigError` naming the property, the value, the user
 entry where there is one, and what is allowed; see :mod:`omero_dropbox.properties` for
@@ -102,6 +84,8 @@ __all__ = [
     "DEFAULT_USER",
     "PROPERTIES",
     "RETRY_BACKOFF_CAP",
+    "TOML_LAYOUT",
+    "TOML_RULES",
     "ConfigError",
     "DropBoxConfig",
     "UserMonitorConfig",
@@ -112,6 +96,39 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+#: An example TOML file (``--config``): keys are the "TOML key" column of the reference.
+TOML_LAYOUT = """\
+[dropbox]                         # global settings, and per-user defaults
+import_users = ["default", "amy"] # optional; else the [users.*] tables, in file order
+host = "omero.example.org"
+port = 4064
+data_dir = "/OMERO"
+dir_import_wait = 60              # a per-user key here applies to every user
+max_concurrent_imports = 2        # our own settings (omero.fs.ng.*) live here too
+
+[users.default]                   # <data_dir>/<default_dropbox_dir>/<user>/...
+event_types = ["Creation", "Modification"]
+
+[users.amy]                       # everything under watch_dir is imported as amy
+watch_dir = "/data/amy-drop"
+dir_import_wait = 30
+import_args = "--transfer=ln_rm -T 'Dataset:name:From DropBox'"  # or an array
+"""
+
+#: How a TOML file is read (Markdown; printed under :data:`TOML_LAYOUT` in the reference).
+TOML_RULES = """\
+Two tables only: `[dropbox]` holds global settings and per-user defaults (a per-user key
+there applies to every user), `[users.NAME]` holds one import user's per-user keys (a global
+key there is an error). Per user, `[users.NAME]` wins over `[dropbox]`; both win over
+templates.xml and lose to `-D`. Without `import_users`, the users are the `[users.NAME]`
+tables in file order; with it, a `[users.NAME]` for a user not listed is an error (when
+`-D omero.fs.importUsers` names the users, such a table is ignored with a warning).
+Values have their TOML types (numbers, booleans, arrays of strings). A string is accepted
+for any key and read like one property-syntax entry (`"Creation,Modification"`, `"yes"`);
+an empty string sets nothing. In TOML `import_args` may contain `;`. Unknown tables, keys
+and `-D` names are errors that suggest the closest known name.
+"""
 
 PathArg = str | os.PathLike[str]
 
@@ -408,9 +425,14 @@ class _Value:
 
 
 def _entry(text: str | None, entry: int) -> str | None:
-    """Element ``entry`` (1-based) of a ``;`` list, stripped; None if missing or empty."""
+    """Element ``entry`` (1-based) of a ``;`` list, stripped; None if missing or empty.
+
+    A value without ``;`` is every user's (as a TOML ``[dropbox]`` key), not entry 1's only.
+    """
     if text is None:
         return None
+    if ";" not in text:
+        return text.strip() or None
     elements = text.split(";")
     value = elements[entry - 1].strip() if entry <= len(elements) else ""
     return value or None

@@ -160,7 +160,7 @@ class DropBox:
         self.users = users or AnyUser()
         self.dry_run = dry_run
         self.journal = Journal(state_dir, lock_state_dir=True)
-        self._importer = as_importer(self._dry_run_importer if dry_run else importer)
+        self._importer = self._dry_run_importer if dry_run else as_importer(importer)
         self._stop = threading.Event()
         self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
         self._watchers: list[Watcher] = []
@@ -1048,7 +1048,8 @@ class DropBox:
 
     # ---------------------------------------------------------------- dry run
 
-    def _dry_run_importer(self, request: ImportRequest) -> bool:
+    def _dry_run_importer(self, request: ImportRequest) -> ImportResult:
+        # Not wrapped as an importer: it must not log "Importing ..." / "Import of ... completed".
         log.info(
             "Dry run: would import %s as %s now (fileset=%s, %d file(s), format %s)",
             display_path(request.key),
@@ -1057,4 +1058,4 @@ class DropBox:
             len(request.files),
             request.format,
         )
-        return True
+        return ImportResult.success(returncode=None)

@@ -222,8 +222,14 @@ class StatusServer:
         return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())  # type: ignore[union-attr]
 
     def status_doc(self, limit: int = 20) -> dict[str, Any]:
-        live = {"running": True, "pid": os.getpid(), **self.dropbox.runtime_status()}
+        live = {
+            "running": True,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            **self.dropbox.runtime_status(),
+        }
         live["started_at"] = self.dropbox.metrics.started
+        live["updated_at"] = time.time()  # this document is made now, from the live service
         return collect_status(self.journal, self.state_dir, limit=limit, service=live)
 
     def metrics_text(self) -> str:
@@ -245,7 +251,19 @@ class StatusServer:
         )
 
     def recent_imports(self, limit: int = 20) -> list[dict[str, Any]]:
-        recs = self.journal.filesets(IMPORTED, limit=limit)
+        """The last ``limit`` imports, newest first, by when they were imported: from the
+        history, since a fileset's ``updated`` also moves when its files are renamed later."""
+        recs = []
+        seen: set[str] = set()
+        for entry in self.journal.recent(limit * 4, IMPORTED):
+            if entry.kind != "fileset" or entry.subject in seen:
+                continue
+            seen.add(entry.subject)
+            rec = self.journal.fileset_by_id(entry.subject)
+            if rec is not None and rec.state == IMPORTED:
+                recs.append(rec)
+            if len(recs) == limit:
+                break
         objects = self.journal.objects_of(r.id for r in recs)
         out = []
         for r in recs:

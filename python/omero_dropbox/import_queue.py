@@ -408,6 +408,7 @@ class ImportQueue:
             # count): an import that kills the service every time must not loop forever.
             reason = f"gave up after {rec.attempts} attempt(s); last: {rec.last_error or '?'}"
             self._finish(fid, FAILED, reason)
+            _log_gave_up(fid, rec.key, rec.user, rec.attempts, rec.last_error or "?", permanent=False)
             self._done(fid, ImportResult.failure(reason, transient=False))
             return
         try:
@@ -469,6 +470,7 @@ class ImportQueue:
             if result.transient:
                 reason = f"gave up after {attempt} attempt(s): {reason}"
             self._finish(fid, FAILED, reason)
+            _log_gave_up(fid, rec.key, rec.user, attempt, result.reason, permanent=not result.transient)
         self._done(fid, result)
 
     def _finish(self, fid: str, state: str, reason: str, *, next_attempt_at: float | None = None) -> bool:
@@ -520,3 +522,25 @@ class ImportQueue:
             self.on_done(fid, result)
         except Exception:
             log.exception("on_done callback failed for fileset %s", fid)
+
+
+def _log_gave_up(fid: str, key: str, user: str, attempts: int, reason: str, *, permanent: bool) -> None:
+    """The one line saying a fileset will not be tried again by itself, and what to do."""
+    lines = [line.strip() for line in (reason or "import failed").splitlines() if line.strip()] or ["?"]
+    last = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    why = (
+        "the failure is permanent, so it was not retried"
+        if permanent
+        else "the last allowed by omero.fs.ng.maxAttempts"
+    )
+    log.error(
+        "Gave up on fileset %s (%s as %s) after %d attempt(s), %s; last reason: %s. Fix the cause, "
+        "then `omero-dropbox retry %s` (or --all-failed, or the status page) imports it again",
+        fid,
+        display(key),
+        user,
+        attempts,
+        why,
+        last[:500],
+        fid[:12],
+    )

@@ -47,7 +47,9 @@ __all__ = [
     "ADMIN_PASSWORD_ENV",
     "PerUserOmeroImporter",
     "UserSessions",
+    "check_admin_login",
     "internal_root_factory",
+    "load_omero",
     "omero_importer_for",
     "password_admin_factory",
     "read_password_file",
@@ -255,6 +257,61 @@ def password_admin_factory(
         clients.clear()
 
     return factory, close
+
+
+def load_omero() -> None:
+    """Import Ice and omero-py now (``ImportError`` naming the install when either is missing)."""
+    _omero()
+
+
+def check_admin_login(
+    sessions: UserSessions, host: str, port: int, admin: str, retries: int = 5, interval: float = 3.0
+) -> tuple[str, bool] | None:
+    """Log the admin in once at start, so that a wrong server or password stops the start
+    rather than the first import. None when it worked, else ``(message, permanent)``:
+    permanent when the server refused the login (not retried), otherwise after ``retries``
+    tries ``interval`` s apart (``omero.fs.maxRetries`` / ``retryInterval``, as upstream's
+    start-up)."""
+    _, omero = _omero()
+    import Glacier2  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    refused = (
+        Glacier2.PermissionDeniedException,
+        Glacier2.CannotCreateSessionException,
+        omero.SecurityViolation,
+    )
+    tries = max(1, retries)
+    for attempt in range(1, tries + 1):
+        try:
+            sessions._admin(fresh=True)
+            return None
+        except refused as exc:
+            sessions.close()
+            reason = getattr(exc, "reason", "") or getattr(exc, "message", "") or type(exc).__name__
+            return (
+                f"OMERO at {host}:{port} refused the login of admin '{admin}' ({reason}); check the "
+                "admin name (--omero-admin) and its password",
+                True,
+            )
+        except Exception as exc:
+            error = " ".join(str(exc).split()) or type(exc).__name__  # Ice's text spans lines
+            if attempt < tries:
+                log.warning(
+                    "Cannot log in to OMERO at %s:%s yet (%s); trying again in %g s",
+                    host,
+                    port,
+                    error,
+                    interval,
+                )
+                time.sleep(interval)
+    sessions.close()
+    return (
+        f"cannot reach OMERO at {host}:{port} to log in as '{admin}' ({error}; {tries} tries, {interval:g} s "
+        "apart); check omero.fs.host and omero.fs.port (-D omero.fs.host=HOST -D omero.fs.port=4064, the "
+        "server's Glacier2 router port), or start OMERO first; raise omero.fs.maxRetries and "
+        "omero.fs.retryInterval if it starts slowly",
+        False,
+    )
 
 
 # --------------------------------------------------------------------------- importer
