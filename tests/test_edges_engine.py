@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from .conftest import wait_for
 from .faults_helpers import CLI, Service, file_reason, running, write_file
 
@@ -160,3 +162,31 @@ def test_forget_then_restart_imports_nothing_until_a_copy_is_dropped_again(shm_d
         assert wait_for(lambda: _count(service, images[0]) == 2, 60), service.tail()
         _barrier(service, dropbox, "end.tif")
     assert [_count(service, p) for p in images] == [2, 1, 1, 1, 1]
+
+
+def test_with_the_bioformats_oracle_a_format_the_rule_table_cannot_decide_is_one_import(
+    shm_dir: Path,
+) -> None:
+    """A Hitachi SEM .txt names its pixel file in its content: without the oracle the .tif is
+    imported alone (and the .txt skipped); with ``omero.fs.ng.bioformatsOracle`` they are
+    Bio-Formats' one fileset, keyed by the .txt (real Java, real Bio-Formats 7.3.1)."""
+    from omero_dropbox.bioformats import BioFormatsOracle
+
+    from .test_filesets import write_tiff
+
+    probe = BioFormatsOracle()
+    if BioFormatsOracle.unavailable_reason(probe.jar, probe.java):
+        pytest.skip("no Java or Bio-Formats jar here (CI installs both)")
+    dropbox, state = shm_dir / "DropBox", shm_dir / "state"
+    props = {"dirImportWait": "1", "ng.bioformatsOracle": "true"}
+    service = Service(shm_dir, dropbox, state, users=USERS, props=props)
+    with running(service):
+        folder = dropbox / "amy" / "sem"
+        folder.mkdir(parents=True)
+        tif = write_tiff(folder / "s1.tif")
+        txt = folder / "s1.txt"
+        txt.write_text("[SemImageFile]\r\nSampleName=s\r\nImageName=s1.tif\r\nDataSize=4x3\r\n")
+        assert wait_for(lambda: _count(service, txt) == 1, 120), service.tail()
+    imports = [r for r in service.records() if os.fsencode(txt) in r.files]
+    assert len(imports) == 1 and set(imports[0].files) == {os.fsencode(txt), os.fsencode(tif)}, imports
+    assert _count(service, tif) == 1

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--readers", type=Path, help="a file of Bio-Formats reader class names (omero.fs.readers)"
     )
+    fs.add_argument(
+        "--bioformats-oracle",
+        action="store_true",
+        help="ask Bio-Formats (Java) about the formats the rule table cannot decide "
+        "(omero.fs.ng.bioformatsOracle; docs/formats.md)",
+    )
 
     st = sub.add_parser("status", help="counts per user and state, and recent journal entries")
     _state_arg(st)
@@ -617,7 +623,7 @@ def _startup_progress(dropbox: object) -> None:
 def cmd_filesets(args: argparse.Namespace) -> int:
     from omero_dropbox.filesets import filesets_command
 
-    return filesets_command(args.paths, args.readers)
+    return filesets_command(args.paths, args.readers, args.bioformats_oracle)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -218,6 +218,8 @@ class DropBoxConfig:
     backend: str  # "auto" | "native" | "poll"
     poll_interval: float
     require_owner: bool
+    bioformats_oracle: bool
+    bioformats_oracle_timeout: float
     log_dir: Path | None
     # "omero.fs.host" or "omero.fs.watchDir[amy]" -> "default" | "templates.xml" |
     # "toml" | "-D" | "derived". Not part of equality: it is provenance, not config.

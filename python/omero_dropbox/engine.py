@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
+from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
 from omero_dropbox.filesets import Fileset, FilesetGrouper
 from omero_dropbox.import_queue import ImportQueue
@@ -79,6 +80,29 @@ _PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropb
 _FULL_RETRY = 2.0
 
 
+def _listed(paths: Iterable[str], few: int = 16) -> Iterable[str]:
+    """``paths``, less those surely absent: above ``few`` paths, each folder is listed once and
+    only names found in it are kept (a key file naming 100,000 absent files costs a listing,
+    not 100,000 ``lstat`` calls at every step). A folder that cannot be listed keeps its paths."""
+    paths = list(paths)
+    if len(paths) <= few:
+        return paths
+    names: dict[str, frozenset[str] | None] = {}
+    kept = []
+    for path in paths:
+        folder, _, name = path.rpartition(os.sep)
+        if folder not in names:
+            try:
+                with os.scandir(folder or os.sep) as it:
+                    names[folder] = frozenset(e.name for e in it)
+            except (OSError, ValueError):
+                names[folder] = None
+        listing = names[folder]
+        if listing is None or name in listing:
+            kept.append(path)
+    return kept
+
+
 def _some(paths: Iterable[str], shown: int = 5) -> str:
     """The first few of ``paths`` by name, and how many more: for log lines and reasons."""
     paths = list(paths)
@@ -123,6 +147,7 @@ class _Pool:
     # not regrouped before this monotonic time: a pool that costs c seconds to regroup waits
     # c seconds before the next one, so it gets at most half of the engine thread
     next_regroup: float = 0.0
+    regroup_cost: float = 0.0  # seconds the last regroup took
 
 
 #: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
@@ -167,6 +192,7 @@ class DropBox:
         self._threads: list[threading.Thread] = []
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
+        self._oracles: list[UsedFilesOracle] = []  # one JVM per readers file, when enabled
         self._regroup_turn = 0
         self._forgotten_seen = 0  # forgotten files found unchanged in this run
         # Delivered events not handled yet, per user folder, served in turn.
@@ -195,6 +221,8 @@ class DropBox:
 
     def start(self) -> None:
         """Place the watches (with a start-up scan) and start importing."""
+        for user_cfg in self.config.users:
+            self._grouper(user_cfg)  # now: a bad readers file is said at start-up, not at the first file
         for user_cfg in self.config.users if self._watch else ():
             watch_dir = user_cfg.watch_dir
             if user_cfg.import_user == "default" and not watch_dir.exists():
@@ -273,6 +301,8 @@ class DropBox:
         if not finished:
             log.warning("Imports still running at shutdown; they will run again after restart")
         self.queue.stop()
+        for oracle in self._oracles:
+            oracle.close()
         self._snapshot.close()
         self.journal.close()
         log.info("Stopped OMERO.fs DropBox client")
@@ -589,7 +619,11 @@ class DropBox:
         readers = user_cfg.readers if user_cfg is not None else None
         grouper = self._groupers.get(readers)
         if grouper is None:
-            grouper = self._groupers[readers] = FilesetGrouper(readers)
+            oracle = None
+            if self.config.bioformats_oracle:
+                oracle = UsedFilesOracle(readers, timeout=self.config.bioformats_oracle_timeout)
+                self._oracles.append(oracle)
+            grouper = self._groupers[readers] = FilesetGrouper(readers, oracle=oracle)
         return grouper
 
     def _config_for_user(self, user: str) -> UserMonitorConfig:
@@ -617,18 +651,22 @@ class DropBox:
             if pool.files and pool.dirty and started >= pool.next_regroup:
                 self._regroup(user, pool, started)
                 done = time.monotonic()
-                pool.next_regroup = done + (done - started)
+                pool.regroup_cost = done - started
+                pool.next_regroup = done + pool.regroup_cost
                 if not self._submit_due(user, pool, done):
                     return
         self._skips.flush()
 
     def _regroup_order(self) -> list[str]:
-        """Users in turn, starting one further each step, so that no user always goes last."""
+        """Users in turn, starting one further each step, so that no user always goes last;
+        then the cheapest pools first (by their last regroup's cost), so that a user whose
+        pool costs seconds to regroup delays no other user's regroup within a step."""
         users = list(self._pools)
         if not users:
             return users
         self._regroup_turn = (self._regroup_turn + 1) % len(users)
-        return users[self._regroup_turn :] + users[: self._regroup_turn]
+        users = users[self._regroup_turn :] + users[: self._regroup_turn]
+        return sorted(users, key=lambda u: self._pools[u].regroup_cost)  # stable: turns kept
 
     def _regroup(self, user: str, pool: _Pool, now: float) -> None:
         user_cfg = self._config_for_user(user)
@@ -842,7 +880,7 @@ class DropBox:
         """
         on_disk: list[str] = []
         being_written = False
-        for path in paths:
+        for path in _listed(paths):
             if self._watchers and not any(w.reports(path) for w in self._watchers):
                 continue  # by its name alone: no system call
             try:

@@ -1207,12 +1207,31 @@ def _dirname(path: str) -> str:
     return path[:at] if at > 0 else (os.sep if at == 0 else "")
 
 
+_UNLISTED: frozenset[str] = frozenset({"\0unlisted"})  # a name no folder can hold
+
+
 class _Pass:
     """State of one ``group()`` call: the given files, the confinement, lstat answers."""
 
     def __init__(self, given: Mapping[str, str], root: str | None) -> None:
         self.given = given
         self.conf = _Confinement(root) if root is not None else None
+        self._names: dict[str, frozenset[str] | None] = {}
+
+    def may_exist(self, path: str) -> bool:
+        """False only when ``path`` is surely absent: its folder, listed once per pass, lacks
+        it. A key file naming 100,000 members that are not there then costs one listing and
+        set lookups, not 100,000 ``lstat`` calls (whose answer a listing gives as well)."""
+        folder, _, name = path.rpartition(os.sep)
+        names = self._names.get(folder, _UNLISTED)
+        if names is _UNLISTED:
+            try:
+                with os.scandir(folder or os.sep) as it:
+                    names = frozenset(e.name for e in it)
+            except (OSError, ValueError):
+                names = None  # unreadable or gone: let the caller's lstat tell
+            self._names[folder] = names
+        return names is None or name in names
 
 
 class FilesetGrouper:
@@ -1475,6 +1494,8 @@ class FilesetGrouper:
                         members[alt] = None
                     return
             for alt in alternatives:
+                if not p.may_exist(alt):
+                    continue
                 try:
                     st = os.lstat(alt)
                 except (OSError, ValueError):

@@ -795,6 +795,22 @@ PROPERTIES: tuple[Property, ...] = (
         "Import a file only if its owner (uid) matches the import user's directory owner.",
     ),
     _ng(
+        "bioformatsOracle",
+        "bioformats_oracle",
+        Bool(),
+        "false",
+        "Ask Bio-Formats (one long-lived JVM) which files a key file uses, for the multi-file formats "
+        "the rule table cannot decide (docs/formats.md); needs Java and the Bio-Formats jar.",
+    ),
+    _ng(
+        "bioformatsOracleTimeout",
+        "bioformats_oracle_timeout",
+        Seconds(positive=True),
+        "10",
+        "Seconds one answer of the Bio-Formats oracle may take; then its JVM is restarted and the "
+        "rule table decides.",
+    ),
+    _ng(
         "logDir",
         "log_dir",
         PathKind(),
