@@ -507,6 +507,7 @@ class UsedFilesOracle:
         oracle: BioFormatsOracle | None = None,
     ) -> None:
         self.max_files = max_files
+        self._lock = threading.Lock()
         self.oracle = oracle if oracle is not None else BioFormatsOracle(readers, timeout=timeout)
         reason = BioFormatsOracle.unavailable_reason(self.oracle.jar, self.oracle.java)
         self.disabled = reason
@@ -518,6 +519,11 @@ class UsedFilesOracle:
             )
 
     def __call__(self, path: str) -> UsedFiles | None:
+        """Thread-safe: the engine's grouping threads share one JVM, one question at a time."""
+        with self._lock:
+            return self._ask(path)
+
+    def _ask(self, path: str) -> UsedFiles | None:
         if self.disabled is not None:
             return None
         try:

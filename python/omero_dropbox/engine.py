@@ -35,7 +35,7 @@ from pathlib import Path
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
-from omero_dropbox.filesets import Fileset, FilesetGrouper
+from omero_dropbox.filesets import Fileset, FilesetGrouper, GroupingResult
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
@@ -148,7 +148,42 @@ class _Pool:
     # c seconds before the next one, so it gets at most half of the engine thread
     next_regroup: float = 0.0
     regroup_cost: float = 0.0  # seconds the last regroup took
+    background: _BackgroundGrouping | None = None  # a regroup running on its own thread
 
+
+class _BackgroundGrouping:
+    """One regroup of an expensive pool on a daemon thread (it ends with the process)."""
+
+    def __init__(self, grouper: FilesetGrouper, files: frozenset[str], root: str) -> None:
+        self.files = set(files)
+        self.result: GroupingResult | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(grouper, files, root), name="regroup", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, grouper: FilesetGrouper, files: frozenset[str], root: str) -> None:
+        started = time.monotonic()
+        try:
+            self.result = grouper.group(files, root=root)
+        except Exception as exc:  # reported on the engine thread, which retries later
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - started
+            self._done.set()
+
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
+#: How long the engine thread waits for a regroup before leaving it to run in the background.
+_INLINE_WAIT = 0.05
 
 #: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
 #: watcher has not reported complete (still being copied, or caught in an overflow rescan).
@@ -193,6 +228,7 @@ class DropBox:
         self._pools: dict[str, _Pool] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._oracles: list[UsedFilesOracle] = []  # one JVM per readers file, when enabled
+        self._user_groupers: dict[str, FilesetGrouper] = {}
         self._regroup_turn = 0
         self._forgotten_seen = 0  # forgotten files found unchanged in this run
         # Delivered events not handled yet, per user folder, served in turn.
@@ -643,19 +679,69 @@ class DropBox:
         if now < self._journal_full_until:
             return  # the journal cannot record new work yet; the pools keep every file
         for user, pool in list(self._pools.items()):
-            if pool.files and not pool.dirty and not self._submit_due(user, pool, now):
+            if pool.background is not None and pool.background.finished():
+                self._apply_background(user, pool)
+        for user, pool in list(self._pools.items()):
+            idle = pool.background is None and not pool.dirty
+            if pool.files and idle and not self._submit_due(user, pool, now):
                 return
         for user in self._regroup_order():
             pool = self._pools[user]
-            started = time.monotonic()
-            if pool.files and pool.dirty and started >= pool.next_regroup:
-                self._regroup(user, pool, started)
-                done = time.monotonic()
-                pool.regroup_cost = done - started
-                pool.next_regroup = done + pool.regroup_cost
-                if not self._submit_due(user, pool, done):
+            if not (pool.files and pool.dirty and pool.background is None):
+                continue
+            if time.monotonic() < pool.next_regroup:
+                continue
+            job = self._start_regroup(user, pool)
+            if job.wait(_INLINE_WAIT):  # the common case: done at once, use it in this step
+                self._apply_background(user, pool)
+                if not self._submit_due(user, pool, time.monotonic()):
                     return
         self._skips.flush()
+
+    def _start_regroup(self, user: str, pool: _Pool) -> _BackgroundGrouping:
+        """Group the pool on a thread of its own, on a copy of its files.
+
+        Most regroups end within :data:`_INLINE_WAIT` and are used in the same step. One that
+        does not (a user's thousands of files, her huge key files) goes on in the background:
+        the engine thread serves every other user meanwhile, sharing the interpreter with it
+        (so at about half speed) instead of waiting seconds or minutes for this one user.
+        """
+        user_cfg = self._config_for_user(user)
+        pool.dirty = False
+        with self._journal_batch():  # one commit for the skips; none held while grouping
+            pool.files = {p for p in pool.files if self._still_acceptable(user, p)}
+        # With the root, a key file that refers to anything outside the user's folder (a
+        # `.pattern` naming ../zak/, a link in a folder rule) is refused with its reference.
+        job = _BackgroundGrouping(
+            self._user_grouper(user, user_cfg), frozenset(pool.files), self._user_root(user_cfg, user)
+        )
+        pool.background = job
+        return job
+
+    def _apply_background(self, user: str, pool: _Pool) -> None:
+        job, pool.background = pool.background, None
+        assert job is not None
+        # A pool that costs c seconds to regroup waits c seconds before the next one.
+        pool.regroup_cost = job.seconds
+        pool.next_regroup = time.monotonic() + job.seconds
+        if job.error is not None:
+            log.error("Grouping the files of %s failed: %s; trying again later", user, job.error)
+            pool.dirty = True
+            return
+        assert job.result is not None
+        if pool.files != job.files:
+            pool.dirty = True  # files came or went meanwhile: this result is for what was there
+        self._apply_grouping(user, pool, job.result, time.monotonic(), only=pool.files)
+
+    def _user_grouper(self, user: str, user_cfg: UserMonitorConfig) -> FilesetGrouper:
+        """The user's own grouper: its caches serve one grouping thread at a time (a user has
+        at most one regroup running); the Bio-Formats oracle is shared (it locks)."""
+        grouper = self._user_groupers.get(user)
+        if grouper is None:
+            shared = self._grouper(user_cfg)
+            grouper = FilesetGrouper(user_cfg.readers, warn=False, oracle=shared.oracle)
+            self._user_groupers[user] = grouper
+        return grouper
 
     def _regroup_order(self) -> list[str]:
         """Users in turn, starting one further each step, so that no user always goes last;
@@ -668,21 +754,22 @@ class DropBox:
         users = users[self._regroup_turn :] + users[: self._regroup_turn]
         return sorted(users, key=lambda u: self._pools[u].regroup_cost)  # stable: turns kept
 
-    def _regroup(self, user: str, pool: _Pool, now: float) -> None:
-        user_cfg = self._config_for_user(user)
-        pool.dirty = False
-        # One commit for the skips of each stage, none held while grouping reads key files.
-        with self._journal_batch():
-            pool.files = {p for p in pool.files if self._still_acceptable(user, p)}
-        # With the root, a key file that refers to anything outside the user's folder (a
-        # `.pattern` naming ../zak/, a link in a folder rule) is refused with its reference.
-        result = self._grouper(user_cfg).group(pool.files, root=self._user_root(user_cfg, user))
-        pool.filesets = list(result.filesets)
+    def _apply_grouping(
+        self, user: str, pool: _Pool, result: GroupingResult, now: float, only: set[str] | None = None
+    ) -> None:
+        """Take a grouping of the pool's files; with ``only``, keep just what concerns those
+        files (a grouping made on an earlier copy of the pool)."""
+        filesets = result.filesets
+        if only is not None:
+            filesets = tuple(fs for fs in filesets if all(f in only for f in fs.files))
+        pool.filesets = list(filesets)
         keys = {fs.key for fs in pool.filesets}
         pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
         pool.awaited_keys = dict(result.awaited)
         with self._journal_batch():
             for path, reason in result.unclaimed:
+                if only is not None and path not in only:
+                    continue
                 if "waiting" in reason:
                     pool.waiting_since.setdefault(path, now)
                 else:
