@@ -182,6 +182,10 @@ class _BackgroundGrouping:
         return self._done.wait(timeout)
 
 
+#: Missing members journaled per fileset (to report a member that arrives late against its
+#: fileset); a key file naming more has the rest reported like any file.
+MISSING_KEPT = 10_000
+
 #: How long the engine thread waits for a regroup before leaving it to run in the background.
 _INLINE_WAIT = 0.05
 
@@ -921,7 +925,9 @@ class DropBox:
             elif existing.state != IMPORTING:
                 log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
             return None
-        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, fs.missing)
+        # The first MISSING_KEPT suffice to tell a late member; a key file may name 100,000.
+        missing = fs.missing[:MISSING_KEPT]
+        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, missing)
         if record.state == WAITING:
             # Queued in the same transaction; the queue learns of it after the commit.
             why = f"incomplete, without {_some(fs.missing)}" if fs.missing else "complete"
