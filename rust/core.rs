@@ -1521,9 +1521,14 @@ impl Core {
         self.rekey_files(files, from, to);
         self.denied.retain(|d, _| !d.starts_with(from));
         self.emit(Kind::Moved, to.to_path_buf(), Some(from.to_path_buf()), true);
+        // Re-watch under the new name and pick up anything created meanwhile.
+        self.rewalk(to);
+    }
+
+    /// Walk a moved directory (directories known already are listed, not watched again).
+    fn rewalk(&mut self, to: &Path) {
         if let Some(idx) = self.root_of(to) {
             if self.opts.mode == Mode::Follow || self.opts.mode == Mode::Recurse {
-                // Re-watch under the new name and pick up anything created meanwhile.
                 let was_setting_up = self.setting_up;
                 self.setting_up = self.opts.mode == Mode::Recurse;
                 self.walk(idx, to.to_path_buf(), Seen::Scanned, false);
@@ -1574,6 +1579,11 @@ impl Core {
         self.emit(Kind::Moved, to.to_path_buf(), Some(from.to_path_buf()), true);
         for d in refused {
             self.on_removed(&d);
+        }
+        // A blacklisted directory inside the moved one was never watched and may be allowed
+        // under its new name: only a walk finds it.
+        if self.opts.filter.blacklist.iter().any(|b| b.starts_with(from)) {
+            self.rewalk(to);
         }
     }
 
@@ -1778,7 +1788,8 @@ impl Core {
             // booked, without its watch, until its parent's IN_DELETE (which comes after
             // this) or a rescan removes it, so that its removal is reported.
             if let Some(dir) = self.wd_dirs.remove(wd) {
-                if let Some(booked) = self.dirs.get_mut(k(&dir)) {
+                // (A directory moved over this one has its own watch booked under the name.)
+                if let Some(booked) = self.dirs.get_mut(k(&dir)).filter(|booked| **booked == wd) {
                     *booked = NO_WD;
                 }
                 self.stats.watches = self.stats.watches.saturating_sub(1);

@@ -97,6 +97,15 @@ class WatcherProcess:
                 return events
             events.append((kind, path, src, is_dir))
 
+    def until(self, path: Path, timeout: float = 15.0) -> list[Seen]:
+        """Every event up to and including the first one about `path`."""
+        events: list[Seen] = []
+        deadline = time.monotonic() + timeout
+        while not events or events[-1][1] != str(path):
+            kind, got, src, is_dir = self._next(max(0.01, deadline - time.monotonic()))
+            events.append((kind, got, src, is_dir))
+        return events
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
@@ -186,6 +195,25 @@ def test_a_directory_renamed_twice_in_quick_succession_moves_its_files_twice(
     # The directory keeps its watch under its last name.
     write(c / "deep" / "later.tif")
     assert w.until_marker("zz-marker2.tif") == [("created", str(c / "deep" / "later.tif"), None, False)]
+
+
+def test_a_blacklisted_directory_moved_out_from_under_the_blacklist_is_watched(
+    shm_dir: Path, watch: Any
+) -> None:
+    # A moved directory keeps its watches; one inside it that was never watched (blacklisted)
+    # is allowed under its new name, and only a walk finds it.
+    a, b = shm_dir / "a", shm_dir / "b"
+    write(a / "f.tif")
+    write(a / "skip" / "s.tif")
+    w = watch(blacklist=[str(a / "skip")])
+    os.rename(a, b)
+    events = w.until(b / "skip" / "s.tif")
+    assert sorted(events) == [
+        ("created", str(b / "skip" / "s.tif"), None, False),
+        ("moved", str(b / "f.tif"), str(a / "f.tif"), False),
+    ]
+    write(b / "skip" / "later.tif")
+    assert w.until(b / "skip" / "later.tif") == [("created", str(b / "skip" / "later.tif"), None, False)]
 
 
 def test_a_file_renamed_twice_in_quick_succession_is_two_moves(shm_dir: Path, watch: Any) -> None:
