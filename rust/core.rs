@@ -25,6 +25,7 @@ use crate::filter::Filter;
 use crate::fsinfo::network_fs_name;
 use crate::inotify::{self as ino, EventBuf, Inotify};
 use crate::keys::{fk, k, FileKey, Key};
+use crate::tree::{rebase, Kids};
 use crate::walk::{read_entries, walk_parallel, walk_threads, FileStat, Found, Listed};
 
 /// Upstream `PathMode`.
@@ -247,6 +248,8 @@ enum Change {
     MovedTo {
         path: PathBuf,
         cookie: usize,
+        /// What the kernel said it is (IN_ISDIR); the path may have moved on since.
+        is_dir: Option<bool>,
     },
     Renamed {
         from: PathBuf,
@@ -257,6 +260,10 @@ enum Change {
     Removed(PathBuf),
     Rescan,
 }
+
+/// A directory without an inotify watch of its own (polling, a recursive backend, or a watch
+/// the kernel dropped before the directory's removal reached us).
+const NO_WD: i32 = -1;
 
 /// Descriptors below this live in a vector (see [`WdTable`]).
 const DENSE_WDS: usize = 1 << 20;
@@ -348,8 +355,13 @@ pub struct Core {
     inotify_buf: EventBuf,
     poll: Option<PollWatcher>,
     roots: Vec<Root>,
-    /// Every watched directory (its inotify descriptor, if any, is in `wd_dirs`).
-    dirs: hashbrown::HashSet<Key, FxBuildHasher>,
+    /// Every watched directory and its inotify descriptor ([`NO_WD`] if none); `wd_dirs` is
+    /// the reverse. Kept until the directory's removal or move is heard of, even when the
+    /// kernel dropped its watch before (IN_IGNORED comes before the parent's IN_DELETE).
+    dirs: hashbrown::HashMap<Key, i32, FxBuildHasher>,
+    /// Tracked files and directories by parent directory, so that a directory's move or
+    /// removal finds what lies below it without looking at every tracked file (see [`Kids`]).
+    kids: hashbrown::HashMap<Key, Kids, FxBuildHasher>,
     wd_dirs: WdTable,
     denied: HashMap<PathBuf, usize>,
     /// hashbrown's map for `get_key_value_mut`: one lookup per state change.
@@ -573,7 +585,8 @@ impl Core {
             inotify_buf: EventBuf::default(),
             poll: None,
             roots: Vec::new(),
-            dirs: hashbrown::HashSet::default(),
+            dirs: hashbrown::HashMap::default(),
+            kids: hashbrown::HashMap::default(),
             wd_dirs: WdTable::default(),
             denied: HashMap::new(),
             files: hashbrown::HashMap::default(),
@@ -781,7 +794,7 @@ impl Core {
     }
 
     fn add_watch(&mut self, idx: usize, dir: &Path) -> Result<(), WatchFail> {
-        if self.dirs.contains(k(dir)) {
+        if self.dirs.contains_key(k(dir)) {
             return Ok(());
         }
         let (backend, per_dir) = (self.roots[idx].backend, self.roots[idx].per_dir);
@@ -801,8 +814,63 @@ impl Core {
             }
             self.stats.watches += 1;
         }
-        self.dirs.insert(dir);
+        self.track_dir(dir, NO_WD);
         Ok(())
+    }
+
+    /// Book a directory (and its place in its parent's [`Kids`]).
+    fn track_dir(&mut self, dir: Key, wd: i32) {
+        if self.dirs.insert(dir.clone(), wd).is_none() {
+            self.index_child(dir.0);
+        }
+    }
+
+    /// Note a newly tracked file or directory in its parent's list.
+    fn index_child(&mut self, child: Arc<Path>) {
+        let Some(parent) = child.parent() else { return };
+        let (files, dirs) = (&self.files, &self.dirs);
+        let live = |p: &Path| dirs.contains_key(k(p)) || files.contains_key(&fk(p));
+        if let Some(kids) = self.kids.get_mut(k(parent)) {
+            kids.push(child, live);
+            return;
+        }
+        // The key shares the directory's own allocation when it is booked already.
+        let key = match self.dirs.get_key_value(k(parent)) {
+            Some((dir, _)) => dir.clone(),
+            None => Key::new(parent),
+        };
+        let mut kids = Kids::default();
+        kids.push(child, live);
+        self.kids.insert(key, kids);
+    }
+
+    /// Every tracked directory at or below `top` (parents before their children) and every
+    /// tracked file below it; their lists are taken out of `kids`. O(what lies below `top`).
+    fn tree_under(&mut self, top: &Path) -> (Vec<Key>, Vec<Arc<Path>>) {
+        let mut dirs_found: Vec<Key> = Vec::new();
+        let mut files_found: Vec<Arc<Path>> = Vec::new();
+        if let Some((dir, _)) = self.dirs.get_key_value(k(top)) {
+            dirs_found.push(dir.clone());
+        }
+        let mut next = 0;
+        let mut pending: Vec<Key> = vec![Key::new(top)];
+        while next < pending.len() {
+            let dir = pending[next].clone();
+            next += 1;
+            let Some(kids) = self.kids.remove(k(&dir)) else {
+                continue;
+            };
+            let (files, dirs) = (&self.files, &self.dirs);
+            for child in kids.take(|p| dirs.contains_key(k(p)) || files.contains_key(&fk(p))) {
+                if let Some((d, _)) = self.dirs.get_key_value(k(&child)) {
+                    dirs_found.push(d.clone());
+                    pending.push(d.clone());
+                } else {
+                    files_found.push(child);
+                }
+            }
+        }
+        (dirs_found, files_found)
     }
 
     /// Record an inotify watch placed on `dir`.
@@ -812,15 +880,16 @@ impl Core {
             return;
         }
         self.wd_dirs.insert(wd, dir.clone());
-        self.dirs.insert(dir);
+        self.track_dir(dir, wd);
         self.stats.watches += 1;
     }
 
     /// Stop watching `top` and every directory below it; returns them. One pass over the
-    /// tables however many there are (a deleted tree of thousands of folders).
+    /// tables however many there are (a root moving to polling); the lists of what lies
+    /// below them stay, as the same directories are watched again.
     fn remove_watches_under(&mut self, top: &Path) -> Vec<Key> {
         let mut gone: Vec<Key> = Vec::new();
-        self.dirs.retain(|d| {
+        self.dirs.retain(|d, _| {
             let under = d.starts_with(top);
             if under {
                 gone.push(d.clone());
@@ -849,6 +918,35 @@ impl Core {
             }
         }
         gone
+    }
+
+    /// Stop watching these directories (found by [`Core::tree_under`]).
+    fn unwatch(&mut self, gone: &[Key]) {
+        for d in gone {
+            let Some(wd) = self.dirs.remove(k(d)) else {
+                continue;
+            };
+            if wd != NO_WD {
+                if self.wd_dirs.get(wd).is_some_and(|booked| **booked == **d) {
+                    self.wd_dirs.remove(wd);
+                }
+                self.stats.watches = self.stats.watches.saturating_sub(1);
+                if let Some(inotify) = self.inotify.as_mut() {
+                    // The kernel drops watches of deleted directories itself; EINVAL then is expected.
+                    inotify.remove(wd);
+                }
+                continue;
+            }
+            let polled = self
+                .root_of(d)
+                .is_some_and(|i| self.roots[i].per_dir && self.roots[i].backend == Backend::Poll);
+            if polled {
+                self.stats.watches = self.stats.watches.saturating_sub(1);
+                if let Some(w) = self.poll.as_mut() {
+                    let _ = w.unwatch(d);
+                }
+            }
+        }
     }
 
     fn root_of(&self, path: &Path) -> Option<usize> {
@@ -886,7 +984,7 @@ impl Core {
                 let follow = match self.opts.mode {
                     Mode::Flat => false,
                     // Recurse: only the directories that existed at start-up.
-                    Mode::Recurse => self.setting_up || self.dirs.contains(k(dir.as_path())),
+                    Mode::Recurse => self.setting_up || self.dirs.contains_key(k(dir.as_path())),
                     Mode::Follow => true,
                 };
                 if !follow {
@@ -1176,7 +1274,9 @@ impl Core {
                 after,
             );
         }
+        let path = key.path.clone();
         self.files.insert(key, entry);
+        self.index_child(path);
     }
 
     /// Metadata of a tracked file changed (chmod, or `cp -p`/`tar`/`rsync -t` setting its
@@ -1206,6 +1306,7 @@ impl Core {
         let (settle, grace, write_timeout) = (o.settle, o.close_grace, o.write_timeout);
         let mut gone: Vec<FileKey> = Vec::new();
         let mut estimate: Option<i64> = None;
+        let mut quiet_bound: Option<i64> = None;
         while !self.stopped() {
             let Some((at, path)) = self.deadlines.pop_due(now) else {
                 break;
@@ -1243,8 +1344,14 @@ impl Core {
                 continue;
             };
             let FileStat { size, mtime } = FileStat::of(&meta);
-            let stable = size == e.size && mtime == e.mtime;
             let phase = e.phase;
+            // A writer's file reaches this deadline only when no event came for a whole write
+            // timeout (each write moved it later). Its first look has nothing to compare with:
+            // an mtime well before the timeout began (a write without events, through mmap,
+            // would be later) says it is quiet, rather than one more timeout.
+            let stable = (size == e.size && mtime == e.mtime)
+                || (phase == Phase::Writing
+                    && mtime <= *quiet_bound.get_or_insert_with(|| written_before(write_timeout)));
             e.size = size;
             e.mtime = mtime;
             e.look = false;
@@ -1261,7 +1368,11 @@ impl Core {
                 let kind = e.complete();
                 push_event(&self.opts, &mut self.out, kind, path.path, None, false);
             } else {
-                let after = phase_length(next, settle, grace, write_timeout);
+                let after = match (phase, next) {
+                    // Its create, `settle` ago, was its last event.
+                    (Phase::Created, Phase::Writing) => write_timeout.saturating_sub(settle),
+                    _ => phase_length(next, settle, grace, write_timeout),
+                };
                 schedule(&mut self.deadlines, self.clock, now, key, e, next, after);
             }
         }
@@ -1293,15 +1404,10 @@ impl Core {
     // ---------------------------------------------------- directory changes
 
     fn on_removed(&mut self, path: &Path) {
-        let was_dir = self.dirs.contains(k(path));
+        let was_dir = self.dirs.contains_key(k(path));
         if was_dir {
-            self.remove_watches_under(path);
-            let files: Vec<FileKey> = self
-                .files
-                .keys()
-                .filter(|f| f.starts_with(path))
-                .cloned()
-                .collect();
+            let (dirs, files) = self.tree_under(path);
+            self.unwatch(&dirs);
             for f in files {
                 self.forget_file(&f);
             }
@@ -1339,7 +1445,8 @@ impl Core {
 
     /// Start tracking a file we had not seen (its create event may have been lost).
     fn track_if_allowed(&mut self, idx: usize, path: PathBuf, seen: Seen) {
-        if !self.dirs.contains(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path) {
+        if !self.dirs.contains_key(k(path.as_path())) && self.in_scope(idx, &path) && self.file_allowed(&path)
+        {
             self.on_file(idx, &path, seen);
         }
     }
@@ -1349,22 +1456,25 @@ impl Core {
         match path.parent() {
             Some(parent) => match self.opts.mode {
                 Mode::Flat => parent == self.roots[idx].path,
-                _ => self.dirs.contains(k(parent)),
+                _ => self.dirs.contains_key(k(parent)),
             },
             None => false,
         }
     }
 
-    fn on_rename(&mut self, from: PathBuf, to: PathBuf) {
+    /// `is_dir`: what the backend said `to` is. Without it `to` is looked at, and a path
+    /// that moved on again meanwhile counts as gone.
+    fn on_rename(&mut self, from: PathBuf, to: PathBuf, is_dir: Option<bool>) {
         let from_known =
-            self.files.contains_key(&fk(from.as_path())) || self.dirs.contains(k(from.as_path()));
+            self.files.contains_key(&fk(from.as_path())) || self.dirs.contains_key(k(from.as_path()));
         let to_idx = self.root_of(&to);
+        let is_dir = is_dir.or_else(|| std::fs::symlink_metadata(&to).ok().map(|m| m.is_dir()));
         let to_ok = to_idx.is_some_and(|i| {
             self.in_scope(i, &to)
-                && match std::fs::symlink_metadata(&to) {
-                    Ok(m) if m.is_dir() => self.opts.filter.child_dir_allowed(&to),
-                    Ok(_) => self.opts.filter.child_file_allowed(&to),
-                    Err(_) => false,
+                && match is_dir {
+                    Some(true) => self.opts.filter.child_dir_allowed(&to),
+                    Some(false) => self.opts.filter.child_file_allowed(&to),
+                    None => false,
                 }
         });
         if !from_known {
@@ -1376,7 +1486,7 @@ impl Core {
             self.on_removed(&from);
             return;
         }
-        if self.dirs.contains(k(from.as_path())) {
+        if self.dirs.contains_key(k(from.as_path())) {
             self.rename_dir(&from, &to);
         } else if let Some(entry) = self.files.remove(&fk(from.as_path())) {
             self.rekey(from, to, entry);
@@ -1390,6 +1500,7 @@ impl Core {
         if let Some(at) = self.clock.instant(entry.deadline) {
             self.deadlines.push_at(at, key.clone());
         }
+        self.index_child(key.path.clone());
         if let Some(old) = self.files.insert(key, entry) {
             if old.reported && !report {
                 self.emit(Kind::Deleted, to.clone(), None, false);
@@ -1401,28 +1512,85 @@ impl Core {
     }
 
     fn rename_dir(&mut self, from: &Path, to: &Path) {
-        self.remove_watches_under(from);
-        let moved: Vec<FileKey> = self
-            .files
-            .keys()
-            .filter(|f| f.starts_with(from))
-            .cloned()
-            .collect();
-        for old in moved {
-            if let (Some(entry), Ok(rel)) = (self.files.remove(&old), old.strip_prefix(from)) {
-                let new = to.join(rel);
-                self.rekey(old.to_path_buf(), new, entry);
-            }
+        let kernel = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| core.closes(i));
+        if kernel(self, from) && kernel(self, to) {
+            return self.move_tree(from, to);
         }
+        let (dirs, files) = self.tree_under(from);
+        self.unwatch(&dirs);
+        self.rekey_files(files, from, to);
         self.denied.retain(|d, _| !d.starts_with(from));
         self.emit(Kind::Moved, to.to_path_buf(), Some(from.to_path_buf()), true);
+        // Re-watch under the new name and pick up anything created meanwhile.
+        self.rewalk(to);
+    }
+
+    /// Walk a moved directory (directories known already are listed, not watched again).
+    fn rewalk(&mut self, to: &Path) {
         if let Some(idx) = self.root_of(to) {
             if self.opts.mode == Mode::Follow || self.opts.mode == Mode::Recurse {
-                // Re-watch under the new name and pick up anything created meanwhile.
                 let was_setting_up = self.setting_up;
                 self.setting_up = self.opts.mode == Mode::Recurse;
                 self.walk(idx, to.to_path_buf(), Seen::Scanned, false);
                 self.setting_up = was_setting_up;
+            }
+        }
+    }
+
+    /// A directory moved within inotify-watched roots. Its watches follow it (a watch belongs
+    /// to the inode), so the same descriptors are booked under the new names, and events the
+    /// kernel queued on them before the move was read name the new paths. Costs
+    /// O(tracked paths below `from`).
+    fn move_tree(&mut self, from: &Path, to: &Path) {
+        let (dirs, files) = self.tree_under(from);
+        let mut refused: Vec<Key> = Vec::new();
+        for old in &dirs {
+            let Some(wd) = self.dirs.remove(k(old)) else {
+                continue;
+            };
+            let new = Key::new(&rebase(old, from, to));
+            if wd != NO_WD {
+                self.wd_dirs.insert(wd, new.clone());
+            }
+            if *new != *to && !self.opts.filter.child_dir_allowed(&new) {
+                refused.push(new.clone()); // moved under a blacklisted path
+            }
+            self.track_dir(new, wd);
+        }
+        self.rekey_files(files, from, to);
+        if !self.denied.is_empty() {
+            let moved: Vec<PathBuf> = self
+                .denied
+                .keys()
+                .filter(|d| d.starts_with(from))
+                .cloned()
+                .collect();
+            for d in moved {
+                if let Some(idx) = self.denied.remove(&d) {
+                    self.denied.insert(rebase(&d, from, to), idx);
+                }
+            }
+        }
+        for (path, _) in self.pending_from.values_mut() {
+            if path.starts_with(from) {
+                *path = rebase(path, from, to);
+            }
+        }
+        self.emit(Kind::Moved, to.to_path_buf(), Some(from.to_path_buf()), true);
+        for d in refused {
+            self.on_removed(&d);
+        }
+        // A blacklisted directory inside the moved one was never watched and may be allowed
+        // under its new name: only a walk finds it.
+        if self.opts.filter.blacklist.iter().any(|b| b.starts_with(from)) {
+            self.rewalk(to);
+        }
+    }
+
+    fn rekey_files(&mut self, files: Vec<Arc<Path>>, from: &Path, to: &Path) {
+        for old in files {
+            if let Some(entry) = self.files.remove(&fk(&old)) {
+                self.rekey(old.to_path_buf(), rebase(&old, from, to), entry);
             }
         }
     }
@@ -1451,7 +1619,7 @@ impl Core {
         }
         let gone_dirs: Vec<Key> = self
             .dirs
-            .iter()
+            .keys()
             .filter(|d| !d.is_dir() && !self.roots.iter().any(|r| *r.path == ***d))
             .cloned()
             .collect();
@@ -1497,7 +1665,11 @@ impl Core {
             },
             EventKind::Modify(ModifyKind::Name(mode)) => match (mode, ev.tracker()) {
                 (RenameMode::From, Some(cookie)) => Change::MovedFrom { path, cookie },
-                (RenameMode::To, Some(cookie)) => Change::MovedTo { path, cookie },
+                (RenameMode::To, Some(cookie)) => Change::MovedTo {
+                    path,
+                    cookie,
+                    is_dir: None,
+                },
                 (RenameMode::Both, _) => match ev.paths.get(1) {
                     Some(to) => Change::Renamed {
                         from: path,
@@ -1610,11 +1782,16 @@ impl Core {
             return Some((Change::Rescan, 0));
         }
         if mask & ino::IGNORED != 0 {
-            // The kernel dropped this watch (directory deleted, moved away or unwatched).
-            // A descriptor still booked means we had not heard of it otherwise (removals
-            // and renames unbook their descriptors at once).
+            // The kernel dropped this watch (directory deleted, moved out of the filesystem's
+            // reach, or unwatched). A descriptor still booked means we had not heard of it
+            // otherwise (removals unbook their descriptors at once). The directory stays
+            // booked, without its watch, until its parent's IN_DELETE (which comes after
+            // this) or a rescan removes it, so that its removal is reported.
             if let Some(dir) = self.wd_dirs.remove(wd) {
-                self.dirs.remove(k(&dir));
+                // (A directory moved over this one has its own watch booked under the name.)
+                if let Some(booked) = self.dirs.get_mut(k(&dir)).filter(|booked| **booked == wd) {
+                    *booked = NO_WD;
+                }
                 self.stats.watches = self.stats.watches.saturating_sub(1);
             }
             return None;
@@ -1654,6 +1831,7 @@ impl Core {
             Change::MovedTo {
                 path,
                 cookie: cookie as usize,
+                is_dir: Some(is_dir),
             }
         } else if mask & ino::DELETE != 0 {
             Change::Removed(path)
@@ -1714,11 +1892,11 @@ impl Core {
             Change::MovedFrom { path, cookie } => {
                 self.pending_from.insert(cookie, (path, Instant::now()));
             }
-            Change::MovedTo { path, cookie } => match self.pending_from.remove(&cookie) {
-                Some((from, _)) => self.on_rename(from, path),
+            Change::MovedTo { path, cookie, is_dir } => match self.pending_from.remove(&cookie) {
+                Some((from, _)) => self.on_rename(from, path, is_dir),
                 None => self.on_appeared(path, Seen::MovedIn),
             },
-            Change::Renamed { from, to } => self.on_rename(from, to),
+            Change::Renamed { from, to } => self.on_rename(from, to, None),
             Change::RenamedSomehow(path) => {
                 if std::fs::symlink_metadata(&path).is_ok() {
                     self.on_appeared(path, Seen::MovedIn);

@@ -7,6 +7,7 @@ mod fsinfo;
 mod inotify;
 mod keys;
 mod namematch;
+mod tree;
 mod walk;
 
 use std::path::{Path, PathBuf};
