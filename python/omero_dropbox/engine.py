@@ -35,7 +35,7 @@ from pathlib import Path
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
-from omero_dropbox.filesets import Fileset, FilesetGrouper, GroupingResult
+from omero_dropbox.filesets import Fileset, FilesetGrouper, FolderNames, GroupingResult
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
@@ -81,26 +81,14 @@ _FULL_RETRY = 2.0
 
 
 def _listed(paths: Iterable[str], few: int = 16) -> Iterable[str]:
-    """``paths``, less those surely absent: above ``few`` paths, each folder is listed once and
-    only names found in it are kept (a key file naming 100,000 absent files costs a listing,
-    not 100,000 ``lstat`` calls at every step). A folder that cannot be listed keeps its paths."""
+    """``paths``, less those surely absent: above ``few`` paths, each folder is listed once
+    (:class:`~omero_dropbox.filesets.FolderNames`), so a key file naming 100,000 absent files
+    costs a listing, not 100,000 ``lstat`` calls at every step."""
     paths = list(paths)
     if len(paths) <= few:
         return paths
-    names: dict[str, frozenset[str] | None] = {}
-    kept = []
-    for path in paths:
-        folder, _, name = path.rpartition(os.sep)
-        if folder not in names:
-            try:
-                with os.scandir(folder or os.sep) as it:
-                    names[folder] = frozenset(e.name for e in it)
-            except (OSError, ValueError):
-                names[folder] = None
-        listing = names[folder]
-        if listing is None or name in listing:
-            kept.append(path)
-    return kept
+    folders = FolderNames()
+    return [p for p in paths if folders.may_exist(p)]
 
 
 def _some(paths: Iterable[str], shown: int = 5) -> str:
@@ -1009,13 +997,14 @@ class DropBox:
             return fd_identity(fd, st), st.st_mtime_ns
 
     def _submit(self, user: str, fs: Fileset) -> None:
+        identities = []
         try:
-            identities = [self._identity(user, f) for f in fs.files]
+            for member in fs.files:
+                identities.append(self._identity(user, member))
         except FileRefused as exc:
             # A link renamed over a member (or over a directory above it) since it was reported.
-            bad = next(f for f in fs.files if not self._usable(user, f))
-            self._skip(bad, user, f"not imported: {exc}")
-            self._return_to_pool(user, [f for f in fs.files if f != bad])
+            self._skip(member, user, f"not imported: {exc}")
+            self._return_to_pool(user, [f for f in fs.files if f != member])
             return
         except (OSError, ValueError) as exc:
             log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
@@ -1054,13 +1043,6 @@ class DropBox:
             self.queue.submit(record)
         elif record.state == SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
-
-    def _usable(self, user: str, path: str) -> bool:
-        try:
-            self._identity(user, path)
-        except (OSError, ValueError, FileRefused):
-            return False
-        return True
 
     def _return_to_pool(self, user: str, files: Iterable[str]) -> None:
         pool = self._pools[user]
@@ -1101,10 +1083,11 @@ class DropBox:
 
     def _members_changed(self, request: ImportRequest) -> str:
         """Why a member is not the file that was journaled, or "" if every member is."""
+        user_cfg = self._config_for_user(request.user)
+        trusted, root = str(user_cfg.watch_dir), self._user_root(user_cfg, request.user)
         for path in request.files:
             try:
-                user_cfg = self._config_for_user(request.user)
-                found = check_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, request.user), path)
+                found = check_beneath(trusted, root, path)
             except FileRefused as exc:
                 return str(exc)
             except OSError as exc:

@@ -1210,18 +1210,19 @@ def _dirname(path: str) -> str:
 _UNLISTED: frozenset[str] = frozenset({"\0unlisted"})  # a name no folder can hold
 
 
-class _Pass:
-    """State of one ``group()`` call: the given files, the confinement, lstat answers."""
+class FolderNames:
+    """Folder listings, each read once: which paths are surely absent.
 
-    def __init__(self, given: Mapping[str, str], root: str | None) -> None:
-        self.given = given
-        self.conf = _Confinement(root) if root is not None else None
+    A key file naming 100,000 members that are not there then costs one listing and set
+    lookups, not 100,000 ``lstat`` calls (whose answer a listing gives as well). Keep one
+    only for a moment (one grouping pass, one check): the listings are not refreshed.
+    """
+
+    def __init__(self) -> None:
         self._names: dict[str, frozenset[str] | None] = {}
 
     def may_exist(self, path: str) -> bool:
-        """False only when ``path`` is surely absent: its folder, listed once per pass, lacks
-        it. A key file naming 100,000 members that are not there then costs one listing and
-        set lookups, not 100,000 ``lstat`` calls (whose answer a listing gives as well)."""
+        """False only when ``path``'s folder was listed and lacks it."""
         folder, _, name = path.rpartition(os.sep)
         names = self._names.get(folder, _UNLISTED)
         if names is _UNLISTED:
@@ -1232,6 +1233,15 @@ class _Pass:
                 names = None  # unreadable or gone: let the caller's lstat tell
             self._names[folder] = names
         return names is None or name in names
+
+
+class _Pass:
+    """State of one ``group()`` call: the given files, the confinement, folder listings."""
+
+    def __init__(self, given: Mapping[str, str], root: str | None) -> None:
+        self.given = given
+        self.conf = _Confinement(root) if root is not None else None
+        self.folders = FolderNames()
 
 
 class FilesetGrouper:
@@ -1494,7 +1504,7 @@ class FilesetGrouper:
                         members[alt] = None
                     return
             for alt in alternatives:
-                if not p.may_exist(alt):
+                if not p.folders.may_exist(alt):
                     continue
                 try:
                     st = os.lstat(alt)
