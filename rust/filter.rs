@@ -33,6 +33,9 @@ pub struct Rule {
     pub how: Match,
     pub pattern: &'static str,
     pub why: &'static str,
+    /// Never image data, whatever `ignore_sys_files` says: grouping refuses such a file
+    /// even when the watcher reports it (the OMERO importer skips dot files as well).
+    pub never_data: bool,
 }
 
 /// Names that are never image data: editor and OS droppings, partial downloads
@@ -43,86 +46,121 @@ pub const SYSTEM_FILE_RULES: &[Rule] = &[
         how: Match::Prefix,
         pattern: ".",
         why: "hidden file (dotfile); Bio-Formats skips these too",
+        never_data: true,
     },
     Rule {
         how: Match::Suffix,
         pattern: "~",
         why: "editor backup",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".part",
         why: "partial download or transfer",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".partial",
         why: "partial download or transfer",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".tmp",
         why: "temporary file",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".temp",
         why: "temporary file",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".crdownload",
         why: "Chrome partial download",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".download",
         why: "Safari partial download",
+        never_data: false,
     },
     Rule {
         how: Match::Suffix,
         pattern: ".swp",
         why: "vim swap file",
+        never_data: false,
     },
     Rule {
         how: Match::Prefix,
         pattern: "~$",
         why: "Microsoft Office lock file",
+        never_data: false,
     },
     Rule {
         how: Match::Exact,
         pattern: "thumbs.db",
         why: "Windows thumbnail cache",
+        never_data: true,
     },
     Rule {
         how: Match::Exact,
         pattern: "desktop.ini",
         why: "Windows folder settings",
+        never_data: true,
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "ehthumbs.db",
+        why: "Windows Media Center thumbnail cache",
+        never_data: true,
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "icon\r",
+        why: "macOS custom folder icon",
+        never_data: true,
+    },
+    Rule {
+        how: Match::Exact,
+        pattern: "__macosx",
+        why: "resource forks unpacked from a macOS zip archive",
+        never_data: true,
     },
     Rule {
         how: Match::Exact,
         pattern: "$recycle.bin",
         why: "Windows recycle bin",
+        never_data: false,
     },
     Rule {
         how: Match::Exact,
         pattern: "system volume information",
         why: "Windows system folder",
+        never_data: false,
     },
     Rule {
         how: Match::Exact,
         pattern: "untitled folder",
         why: "placeholder folder about to be renamed (macOS)",
+        never_data: false,
     },
     Rule {
         how: Match::Exact,
         pattern: "new folder",
         why: "placeholder folder about to be renamed (Windows)",
+        never_data: false,
     },
     Rule {
         how: Match::Exact,
         pattern: "lost+found",
         why: "filesystem recovery folder",
+        never_data: false,
     },
 ];
 // `.DS_Store`, AppleDouble `._*`, `.nfs*` silly-renames and `.Trashes` are all covered

@@ -7,6 +7,7 @@ mod fsinfo;
 mod inotify;
 mod keys;
 mod namematch;
+mod policy;
 mod tree;
 mod walk;
 
@@ -200,7 +201,7 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
-fn absolute(path: &Path) -> PyResult<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> PyResult<PathBuf> {
     std::path::absolute(path)
         .map_err(|e| PyOSError::new_err(format!("cannot resolve {}: {e}", path.display())))
 }
@@ -365,14 +366,6 @@ impl NativeWatcher {
             check_root(&root)?;
             abs_roots.push(root);
         }
-        let mut abs_blacklist = Vec::new();
-        for entry in &blacklist {
-            if entry.is_absolute() {
-                abs_blacklist.push(entry.clone());
-            } else {
-                abs_blacklist.extend(abs_roots.iter().map(|r| r.join(entry)));
-            }
-        }
         let poll_interval = seconds("poll_interval", poll_interval)?;
         if poll_interval.is_zero() {
             return Err(PyValueError::new_err(
@@ -384,14 +377,7 @@ impl NativeWatcher {
             mode: parse_mode(mode)?,
             types: parse_types(&event_types)?,
             ignore_dir_events,
-            filter: Filter {
-                ignore_sys_files,
-                whitelist: whitelist
-                    .iter()
-                    .filter_map(|s| Filter::normalise_suffix(s))
-                    .collect(),
-                blacklist: abs_blacklist,
-            },
+            filter: policy::build_filter(&abs_roots, ignore_sys_files, &whitelist, &blacklist),
             settle: seconds("settle", settle)?,
             close_grace: seconds("close_grace", close_grace)?,
             write_timeout: seconds("write_timeout", write_timeout)?,
@@ -590,6 +576,7 @@ fn regex_full_matches(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeWatcher>()?;
     m.add_class::<Event>()?;
+    m.add_class::<policy::PathPolicy>()?;
     m.add_function(wrap_pyfunction!(system_file_rules, m)?)?;
     m.add_function(wrap_pyfunction!(network_filesystem, m)?)?;
     m.add_function(wrap_pyfunction!(regex_full_matches, m)?)?;

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox import engine
+from omero_dropbox import aggregator
 from omero_dropbox.config import load_config
 from omero_dropbox.engine import DropBox, UserList
 
@@ -214,7 +214,7 @@ def test_companion_whose_key_is_on_disk_but_never_reported_is_skipped_naming_the
     """A header left open by its writer is never reported complete; its data file gives up
     after dirImportWait plus the missing-member grace, with a reason that names the header.
     In-process (the real engine, watcher and journal) to shorten the 60 s grace to 1 s."""
-    monkeypatch.setattr(engine, "MISSING_MEMBER_GRACE", 1.0)
+    monkeypatch.setattr(aggregator, "MISSING_MEMBER_GRACE", 1.0)
     dropbox, state = shm_dir / "DropBox", shm_dir / "state"
     amy = dropbox / "amy"
     amy.mkdir(parents=True)

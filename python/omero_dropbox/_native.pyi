@@ -3,7 +3,9 @@
 Use :class:`omero_dropbox.Watcher` rather than these classes directly.
 """
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 __version__: str
 
@@ -73,6 +75,25 @@ class NativeWatcher:
         """(root, "native" | "poll") for each root."""
     def stats(self) -> dict[str, int]:
         """raw_events, overflows, rescans, watches, reported, pending, tracked, denied, poll_roots."""
+
+class PathPolicy:
+    """Which files below one root a watcher reports (the one path policy)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        mode: str = "recurse",
+        ignore_sys_files: bool = True,
+        whitelist: Sequence[str] = (),
+        blacklist: Sequence[str | os.PathLike[str]] = (),
+    ) -> None: ...
+    @property
+    def root(self) -> Path: ...
+    def reports(self, path: str | os.PathLike[str]) -> bool: ...
+    def why(self, path: str | os.PathLike[str]) -> str | None: ...
+    def enters_dir(self, path: str | os.PathLike[str]) -> bool: ...
+    def never_data(self, path: str | os.PathLike[str]) -> bool: ...
 
 def system_file_rules() -> list[tuple[str, str, str]]:
     """The system-file rules as (``"prefix"|"suffix"|"exact"``, pattern, reason)."""

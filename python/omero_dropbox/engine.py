@@ -1,19 +1,16 @@
-"""The DropBox engine: READY files -> users -> filesets -> journal -> import queue.
+"""The DropBox engine: the wiring from READY events to the import queue.
 
-One :class:`~omero_dropbox.watcher.Watcher` per configured import user feeds a single
-engine thread. The engine
+One :class:`~omero_dropbox.watcher.Watcher` per configured monitor (or a MonitorServer,
+through :meth:`DropBox.feed`) delivers events to a single engine thread, which
 
-* maps each file to its OMERO user (``default`` mode: the first path component
-  below the watch dir) and skips, with a journal entry and a log line, what must
-  not be imported (files in the DropBox root, unknown users, symlinks and hard
-  links, unreadable files);
-* keeps every READY, not yet imported file in a per-user pool and regroups the
-  pool into filesets whenever it changes;
-* starts a fileset's import once its directory has been quiet for
-  ``dirImportWait`` seconds, or only ``completeWait`` seconds when every member the
-  format needs is present and no other format could still claim its files;
-* records everything in the :class:`~omero_dropbox.journal.Journal`, so that a
-  restart (even ``kill -9``) resumes, and a fileset whose content was imported
+* serves each user's events in turn (one user's burst delays another by a few quanta);
+* asks :mod:`~omero_dropbox.admission` whether each file joins its user's pool (who owns it
+  is :mod:`~omero_dropbox.ownership`'s answer);
+* regroups a pool that changed into filesets (:mod:`~omero_dropbox.filesets`), on a thread of
+  its own when that takes long;
+* asks :mod:`~omero_dropbox.aggregator` which filesets are due, and journals and queues those
+  (:class:`~omero_dropbox.journal.Journal`, :class:`~omero_dropbox.import_queue.ImportQueue`),
+  so that a restart (even ``kill -9``) resumes, and a fileset whose content was imported
   before (renamed, touched, chmod-ed, rescanned) is never imported again.
 """
 
@@ -24,14 +21,15 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from omero_dropbox.admission import Admission, WatchEvent
+from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, GiveUp, Pool, Waits
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
@@ -39,7 +37,6 @@ from omero_dropbox.filesets import Fileset, FilesetGrouper, FolderNames, Groupin
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
-    FAILED,
     IMPORTED,
     IMPORTING,
     QUEUED,
@@ -54,24 +51,18 @@ from omero_dropbox.journal import (
     JournalFullError,
     display_path,
     fd_identity,
-    file_identity,
     fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
+from omero_dropbox.ownership import AnyUser, Owner, Ownership, UserDirectory, UserList
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.status import ServiceSnapshot, parse_omero_objects
-from omero_dropbox.watcher import Event, Watcher
+from omero_dropbox.watcher import Watcher
 
-__all__ = ["AnyUser", "DropBox", "UserDirectory", "UserList"]
+__all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList", "WatchEvent"]
 
 log = logging.getLogger("omero_dropbox.dropbox")
 
-# Suffixes a single file may have and still turn out to be a member of a multi-file
-# fileset whose key has not arrived yet (MetaMorph .nd, Leica .lei, OME companion,
-# .pattern, Analyze/ICS pairs); such files always get the full dirImportWait.
-_MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
-# A leading "-" would reach an importer command line (``--user {user}``) as an option.
-_BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^[.\-]|^\s|\s$")
 _TICK = 0.25
 # Events handled for one user before the next user's turn (see DropBox._serve_backlog).
 _QUANTUM = 256
@@ -96,47 +87,6 @@ def _some(paths: Iterable[str], shown: int = 5) -> str:
     paths = list(paths)
     names = ", ".join(display_path(os.path.basename(p)) for p in paths[:shown])
     return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
-
-
-class UserDirectory:
-    """Which OMERO user names exist. The default accepts every well-formed name."""
-
-    def exists(self, name: str) -> bool:
-        return True
-
-
-class AnyUser(UserDirectory):
-    pass
-
-
-class UserList(UserDirectory):
-    """A fixed set of user names (``--users amy,zak`` or a file with one name per line)."""
-
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(n.strip() for n in names if n.strip())
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-
-@dataclass
-class _Pool:
-    """READY files of one user that are not imported yet, and when each directory last changed."""
-
-    files: set[str] = field(default_factory=set)
-    activity: dict[str, float] = field(default_factory=dict)
-    dirty: bool = False
-    filesets: list[Fileset] = field(default_factory=list)
-    waiting_since: dict[str, float] = field(default_factory=dict)
-    # fileset key -> when it was first held back for a member that is on disk but not READY
-    held_since: dict[str, float] = field(default_factory=dict)
-    # waiting companion -> the key files that would claim it (from the last grouping)
-    awaited_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # not regrouped before this monotonic time: a pool that costs c seconds to regroup waits
-    # c seconds before the next one, so it gets at most half of the engine thread
-    next_regroup: float = 0.0
-    regroup_cost: float = 0.0  # seconds the last regroup took
-    background: _BackgroundGrouping | None = None  # a regroup running on its own thread
 
 
 class _BackgroundGrouping:
@@ -177,9 +127,59 @@ MISSING_KEPT = 10_000
 #: How long the engine thread waits for a regroup before leaving it to run in the background.
 _INLINE_WAIT = 0.05
 
-#: How long a fileset waits, beyond its own wait, for a member that is on disk but that the
-#: watcher has not reported complete (still being copied, or caught in an overflow rescan).
-MISSING_MEMBER_GRACE = 60.0
+
+@dataclass
+class _RegroupSlot:
+    """When a user's pool may be regrouped next, and the regroup running for it."""
+
+    # not regrouped before this monotonic time: a pool that costs c seconds to regroup waits
+    # c seconds before the next one, so it gets at most half of the engine thread
+    next_regroup: float = 0.0
+    cost: float = 0.0  # seconds the last regroup took
+    background: _BackgroundGrouping | None = None
+
+
+class _JournalDisk:
+    """The aggregator's view of the disk: files not reported yet that still will be."""
+
+    def __init__(self, journal: Journal, ownership: Ownership) -> None:
+        self.journal = journal
+        self.ownership = ownership
+
+    def unsettled(self, paths: Sequence[str], wait: float) -> tuple[list[str], bool]:
+        """Which of ``paths`` (files not reported yet) are on disk, and whether one was written
+        within ``wait`` s.
+
+        A recently written file is not READY yet (a large file still being copied): importing
+        its fileset now would import it without that file.  Its writes count as activity, as
+        upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per file (a
+        ``stat`` more for a link, whose target's writes are what count).  A file the journal
+        already settled (skipped, imported or failed), or one no watcher reports by its name
+        (a system file, off the whitelist), is not waited for: it will not be reported.
+        """
+        on_disk: list[str] = []
+        being_written = False
+        for path in _listed(paths):
+            if not self.ownership.reported(path):
+                continue  # by its name alone: no system call
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            settled = self.journal.file_state(path)
+            if settled is not None and settled.state in TERMINAL_STATES:
+                continue
+            on_disk.append(path)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+            # abs(): a share's clock may run a little ahead; an mtime far in the future
+            # (a `touch -d`) must not keep the fileset waiting for ever.
+            if abs(time.time() - st.st_mtime) < wait:
+                being_written = True
+        return on_disk, being_written
 
 
 class DropBox:
@@ -210,27 +210,36 @@ class DropBox:
         self.config = config
         self._watch = watch
         self.users = users or AnyUser()
+        self.ownership = Ownership(config, self.users)
         self.dry_run = dry_run
         self.journal = Journal(state_dir, lock_state_dir=True)
         self._importer = self._dry_run_importer if dry_run else as_importer(importer)
         self._stop = threading.Event()
-        self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
+        self._events: queue.Queue[list[WatchEvent]] = queue.Queue()
         self._watchers: list[Watcher] = []
         self._threads: list[threading.Thread] = []
-        self._pools: dict[str, _Pool] = {}
+        self.aggregator = Aggregator()
+        self._disk = _JournalDisk(self.journal, self.ownership)
+        self._regroups: dict[str, _RegroupSlot] = {}
         self._groupers: dict[Path | None, FilesetGrouper] = {}
         self._oracles: list[UsedFilesOracle] = []  # one JVM per readers file, when enabled
         self._user_groupers: dict[str, FilesetGrouper] = {}
         self._regroup_turn = 0
-        self._forgotten_seen = 0  # forgotten files found unchanged in this run
         # Delivered events not handled yet, per user folder, served in turn.
-        self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, Event]]] = {}
+        self._backlog: dict[str, collections.deque[WatchEvent]] = {}
         self._backlog_turn: collections.deque[str] = collections.deque()
         self._journal_full_until = 0.0  # monotonic time before which no new work is taken
         self._journal_full = False
         # Operator view (status, metrics, status page): counters fed cheaply here.
         self.metrics = EngineMetrics()
         self._skips = SkipLog(self.journal, on_skip=self.metrics.skip)
+        self.admission = Admission(
+            self.journal,
+            self.ownership,
+            self._skips,
+            require_owner=config.require_owner,
+            retry_rewritten=self._retry_rewritten,
+        )
         self.http_url: str | None = None  # set by `run --http`, shown by `status`
         self._snapshot = ServiceSnapshot(state_dir)
         self._published = 0.0
@@ -281,7 +290,7 @@ class DropBox:
                 backends,
             )
             t = threading.Thread(
-                target=self._pump, args=(user_cfg, watcher), name=f"watch-{user_cfg.import_user}", daemon=True
+                target=self._pump, args=(watcher,), name=f"watch-{user_cfg.import_user}", daemon=True
             )
             self._threads.append(t)
         resumed = self.queue.start(resume=True)
@@ -312,13 +321,15 @@ class DropBox:
         """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
         self._stop.set()
 
-    def feed(self, user_cfg: UserMonitorConfig, events: list[Event]) -> None:
+    def feed(self, events: Sequence[WatchEvent]) -> None:
         """Hand over READY events from another source (thread-safe; handled by :meth:`step`).
 
-        Anything with ``path``, ``kind``, ``is_dir`` and ``src_path`` attributes will do.
+        Anything with ``path``, ``kind``, ``is_dir`` and ``src_path`` attributes will do
+        (:class:`~omero_dropbox.admission.WatchEvent`); who owns each path is decided here,
+        from the configuration, whatever the source.
         """
         if events:
-            self._events.put((user_cfg, events))
+            self._events.put(list(events))
 
     def shutdown(self, drain_timeout: float | None = 300.0) -> None:
         for w in self._watchers:
@@ -335,13 +346,13 @@ class DropBox:
         self.journal.close()
         log.info("Stopped OMERO.fs DropBox client")
 
-    def _pump(self, user_cfg: UserMonitorConfig, watcher: Watcher) -> None:
+    def _pump(self, watcher: Watcher) -> None:
         while not self._stop.is_set():
             batch = watcher.next_batch(timeout=0.5)
             if batch is None:
                 return
             if batch:
-                self._events.put((user_cfg, batch))
+                self._events.put(list(batch))
 
     # --------------------------------------------------------------- events
 
@@ -364,31 +375,23 @@ class DropBox:
         the first batch (no wait with None)."""
         try:
             if until is None:
-                item = self._events.get_nowait()
+                batch = self._events.get_nowait()
             else:
-                item = self._events.get(timeout=max(0.0, until - time.monotonic()))
+                batch = self._events.get(timeout=max(0.0, until - time.monotonic()))
         except queue.Empty:
             return
         while True:
-            user_cfg, batch = item
             for event in batch:
-                owner = self._owner_key(user_cfg, event.path)
+                owner = self.ownership.backlog_key(event.path)
                 backlog = self._backlog.get(owner)
                 if backlog is None:
                     backlog = self._backlog[owner] = collections.deque()
                     self._backlog_turn.append(owner)
-                backlog.append((user_cfg, event))
+                backlog.append(event)
             try:
-                item = self._events.get_nowait()
+                batch = self._events.get_nowait()
             except queue.Empty:
                 return
-
-    def _owner_key(self, user_cfg: UserMonitorConfig, path: str) -> str:
-        """Whose backlog an event joins: the user folder's name, by string work only."""
-        if user_cfg.import_user != "default":
-            return user_cfg.import_user
-        top = str(user_cfg.watch_dir) + os.sep
-        return path[len(top) :].split(os.sep, 1)[0] if path.startswith(top) else ""
 
     def _serve_backlog(self, deadline: float) -> None:
         """Handle backlogged events, :data:`_QUANTUM` per user in turn, until ``deadline``.
@@ -402,8 +405,7 @@ class DropBox:
             try:
                 with self._journal_batch():  # a burst of skipped files is one commit, not one each
                     for _ in range(min(_QUANTUM, len(backlog))):
-                        user_cfg, event = backlog[0]
-                        self._on_event(user_cfg, event)  # a JournalError leaves it for the next try
+                        self._on_event(backlog[0])  # a JournalError leaves it for the next try
                         backlog.popleft()
             finally:
                 if backlog:
@@ -413,114 +415,19 @@ class DropBox:
             if time.monotonic() >= deadline:
                 return
 
-    def _on_event(self, user_cfg: UserMonitorConfig, event: Event) -> None:
+    def _on_event(self, event: WatchEvent) -> None:
         self.metrics.event(event.kind)
-        if event.is_dir:
-            return
-        path = event.path
-        if event.kind == "deleted":
-            self._forget(path)
-            return
-        if event.kind == "moved":
-            if event.src_path is not None:
-                self._forget(event.src_path)
-            if "creation" not in user_cfg.event_types:
-                return
-        elif event.kind == "created" and "creation" not in user_cfg.event_types:
-            return
-        elif event.kind == "modified" and "modification" not in user_cfg.event_types:
-            return
-        user = self._user_for(user_cfg, path)
-        if user is None:
-            return
-        if self._already_done(path):
-            return
-        if not self._acceptable(user_cfg, user, path):
-            # It may have been waiting as a good file that a link or FIFO was renamed over.
-            self._drop_from_pools(path)
-            return
-        late = self.journal.late_member_of(path)
-        if late is not None:
-            self._skip(
-                path,
-                user,
-                f"arrived after its fileset {display_path(late.key)} (fileset={late.id}) was queued "
-                f"without it and is now {late.state}; to import the whole fileset, `omero-dropbox "
-                "forget` its key file and copy every file of it again",
-            )
-            return
-        pool = self._pools.setdefault(user, _Pool())
-        pool.files.add(path)
+        verdict = self.admission.admit(event)
         now = time.monotonic()
-        for d in self._scope_dirs(user_cfg, user, path):
-            pool.activity[d] = now
-        pool.dirty = True
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("Waiting: %s (%s, user %s)", display_path(path), event.kind, user)
-
-    def _already_done(self, path: str) -> bool:
-        """Whether the file at ``path`` needs nothing: the journal has it (imported, failed,
-        queued or importing) with the same content, or an operator forgot it and it was not
-        written again since.
-
-        What keeps restarts, rescans, ``touch`` and ``chmod`` from importing twice: a file whose
-        inode, size and mtime are as journaled is not read at all; one whose mtime changed is
-        fingerprinted again, so a same-size rewrite with new content is a new version (imported),
-        while a ``touch`` is not. A failed file written again (a new copy, same content) is
-        retried at once.
-        """
-        rec = self.journal.file_state(path)
-        if rec is None or rec.identity is None:
-            tomb = self.journal.forgotten_as(path)  # a new file: no system call unless forgotten
-            if tomb is None:
-                return False
-            try:
-                st = os.lstat(path)
-            except OSError:
-                return False
-            if (st.st_ino, st.st_size, st.st_mtime_ns) == tomb:
-                self._forgotten_seen += 1
-                # A restart finds every forgotten file again: a few lines, not one per file.
-                log.log(
-                    logging.INFO if self._forgotten_seen <= 20 else logging.DEBUG,
-                    "Not importing %s: forgotten by an operator and not written since; "
-                    "copy it again to import it",
-                    display_path(path),
+        for path in verdict.gone:
+            self.aggregator.drop(path, now)
+        admitted = verdict.admitted
+        if admitted is not None:
+            self.aggregator.add(admitted.owner.user, admitted.path, admitted.owner.root, now)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "Waiting: %s (%s, user %s)", display_path(admitted.path), event.kind, admitted.owner.user
                 )
-                return True
-            return False
-        if rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
-            return False
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        if (st.st_ino, st.st_size) != (rec.identity.ino, rec.identity.size):
-            return False
-        seen = self.journal.seen_mtime(rec.id)
-        if seen == st.st_mtime_ns:
-            return True  # a rescan or restart: not even read
-        try:
-            now_fp = file_identity(path).fingerprint
-        except (OSError, ValueError):
-            return False  # the arrival checks say what is wrong with it
-        if now_fp != rec.identity.fingerprint:
-            log.info(
-                "%s was rewritten in place with new content since it was %s; importing the new version",
-                display_path(path),
-                rec.state,
-            )
-            return False
-        self.journal.set_seen_mtime(rec.id, st.st_mtime_ns)
-        if rec.state == FAILED and seen is not None and rec.fileset_id is not None:
-            self._retry_rewritten(path, rec.fileset_id)
-        else:
-            log.info(
-                "%s is already %s with the same content; not importing it again",
-                display_path(path),
-                rec.state,
-            )
-        return True
 
     def _retry_rewritten(self, path: str, fid: str) -> None:
         """A file of a failed fileset was written again: the user's way of asking for a retry."""
@@ -533,113 +440,6 @@ class DropBox:
             "%s was written again after its import failed; trying fileset %s again", display_path(path), fid
         )
         self.queue.submit(fid)
-
-    def _forget(self, path: str) -> None:
-        self._skips.forget(path)
-        self._drop_from_pools(path)
-
-    def _drop_from_pools(self, path: str) -> None:
-        for pool in self._pools.values():
-            if path in pool.files:
-                pool.files.discard(path)
-                pool.activity[os.path.dirname(path)] = time.monotonic()
-                pool.dirty = True
-
-    def _user_root(self, user_cfg: UserMonitorConfig, user: str) -> str:
-        if user_cfg.import_user == "default":
-            return os.path.join(str(user_cfg.watch_dir), user)
-        return str(user_cfg.watch_dir)
-
-    def _scope_dirs(self, user_cfg: UserMonitorConfig, user: str, path: str) -> list[str]:
-        """The file's directory and its ancestors up to the user's root: any of them may hold the key."""
-        root = self._user_root(user_cfg, user)
-        dirs = []
-        d = os.path.dirname(path)
-        while True:
-            dirs.append(d)
-            if d == root or len(d) <= len(root):
-                break
-            d = os.path.dirname(d)
-        return dirs
-
-    def _user_for(self, user_cfg: UserMonitorConfig, path: str) -> str | None:
-        if user_cfg.import_user != "default":
-            return user_cfg.import_user
-        rel = os.path.relpath(path, user_cfg.watch_dir)
-        parts = rel.split(os.sep)
-        if len(parts) < 2 or parts[0] in ("", ".", ".."):
-            self._skip(path, None, "file added outside user directories (directly in the DropBox root)")
-            return None
-        name = parts[0]
-        if _BAD_USER_NAME.search(name):
-            self._skip(path, None, f"directory name '{display_path(name)}' is not a valid OMERO user name")
-            return None
-        if not self.users.exists(name):
-            self._skip(path, name, f"user unknown: no OMERO user named '{display_path(name)}'")
-            return None
-        return name
-
-    def _acceptable(self, user_cfg: UserMonitorConfig, user: str, path: str) -> bool:
-        """Security and sanity checks: never import through links or from another user's tree."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self._skip(path, user, f"cannot stat: {exc.strerror}")
-            return False
-        if stat.S_ISLNK(st.st_mode):
-            target = os.path.realpath(path)
-            root = os.path.realpath(self._user_root(user_cfg, user))
-            where = "outside" if os.path.commonpath([target, root]) != root else "inside"
-            self._skip(
-                path,
-                user,
-                f"symbolic link to {display_path(target)} ({where} {user}'s DropBox); "
-                "links are never imported, copy the file instead",
-            )
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            self._skip(path, user, "not a regular file")
-            return False
-        if st.st_nlink > 1:
-            self._skip(
-                path,
-                user,
-                f"hard link ({st.st_nlink} links): other links may lie outside {user}'s DropBox; "
-                "copy the file instead",
-            )
-            return False
-        try:
-            # No link on the way either: a directory above may be a link into another user's tree.
-            check_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, user), path)
-        except FileRefused as exc:
-            self._skip(path, user, str(exc))
-            return False
-        except FileNotFoundError:
-            return False
-        except PermissionError:
-            self._skip(path, user, "unreadable by the DropBox service (check permissions)")
-            return False
-        except OSError as exc:
-            self._skip(path, user, f"cannot open: {exc.strerror}")
-            return False
-        if self.config.require_owner:
-            owner_dir = self._user_root(user_cfg, user)
-            try:
-                dir_uid = os.stat(owner_dir).st_uid
-            except OSError:
-                dir_uid = -1
-            if st.st_uid != dir_uid:
-                self._skip(
-                    path, user, f"owner uid {st.st_uid} is not the owner of {owner_dir} (requireOwner)"
-                )
-                return False
-        return True
-
-    def _skip(self, path: str, user: str | None, reason: str) -> None:
-        # The summary line counts by the reason's kind: the text before a file name in brackets.
-        self._skips.skip(path, user, reason, summary=reason.split(" (", 1)[0])
 
     # ------------------------------------------------------------- grouping
 
@@ -654,15 +454,6 @@ class DropBox:
             grouper = self._groupers[readers] = FilesetGrouper(readers, oracle=oracle)
         return grouper
 
-    def _config_for_user(self, user: str) -> UserMonitorConfig:
-        for u in self.config.users:
-            if u.import_user == user:
-                return u
-        for u in self.config.users:
-            if u.import_user == "default":
-                return u
-        return self.config.users[0]
-
     def _regroup_and_submit(self) -> None:
         """Submit what is due, then regroup what changed: a user whose pool is expensive to
         regroup (thousands of files, a huge key file) delays no other user's due fileset by
@@ -670,27 +461,35 @@ class DropBox:
         now = time.monotonic()
         if now < self._journal_full_until:
             return  # the journal cannot record new work yet; the pools keep every file
-        for user, pool in list(self._pools.items()):
-            if pool.background is not None and pool.background.finished():
-                self._apply_background(user, pool)
-        for user, pool in list(self._pools.items()):
-            idle = pool.background is None and not pool.dirty
-            if pool.files and idle and not self._submit_due(user, pool, now):
+        pools = self.aggregator.pools
+        for user, pool in list(pools.items()):
+            slot = self._slot(user)
+            if slot.background is not None and slot.background.finished():
+                self._apply_background(user, pool, slot)
+        for user, pool in list(pools.items()):
+            idle = self._slot(user).background is None and not pool.dirty
+            if pool.files and idle and not self._submit_due(user, now):
                 return
         for user in self._regroup_order():
-            pool = self._pools[user]
-            if not (pool.files and pool.dirty and pool.background is None):
+            pool, slot = pools[user], self._slot(user)
+            if not (pool.files and pool.dirty and slot.background is None):
                 continue
-            if time.monotonic() < pool.next_regroup:
+            if time.monotonic() < slot.next_regroup:
                 continue
-            job = self._start_regroup(user, pool)
+            job = self._start_regroup(user, pool, slot)
             if job.wait(_INLINE_WAIT):  # the common case: done at once, use it in this step
-                self._apply_background(user, pool)
-                if not self._submit_due(user, pool, time.monotonic()):
+                self._apply_background(user, pool, slot)
+                if not self._submit_due(user, time.monotonic()):
                     return
         self._skips.flush()
 
-    def _start_regroup(self, user: str, pool: _Pool) -> _BackgroundGrouping:
+    def _slot(self, user: str) -> _RegroupSlot:
+        slot = self._regroups.get(user)
+        if slot is None:
+            slot = self._regroups[user] = _RegroupSlot()
+        return slot
+
+    def _start_regroup(self, user: str, pool: Pool, slot: _RegroupSlot) -> _BackgroundGrouping:
         """Group the pool on a thread of its own, on a copy of its files.
 
         Most regroups end within :data:`_INLINE_WAIT` and are used in the same step. One that
@@ -698,24 +497,22 @@ class DropBox:
         the engine thread serves every other user meanwhile, sharing the interpreter with it
         (so at about half speed) instead of waiting seconds or minutes for this one user.
         """
-        user_cfg = self._config_for_user(user)
+        owner = self.ownership.of_user(user)
         pool.dirty = False
         with self._journal_batch():  # one commit for the skips; none held while grouping
-            pool.files = {p for p in pool.files if self._still_acceptable(user, p)}
+            pool.files = {p for p in pool.files if self.admission.still_acceptable(user, p)}
         # With the root, a key file that refers to anything outside the user's folder (a
         # `.pattern` naming ../zak/, a link in a folder rule) is refused with its reference.
-        job = _BackgroundGrouping(
-            self._user_grouper(user, user_cfg), frozenset(pool.files), self._user_root(user_cfg, user)
-        )
-        pool.background = job
+        job = _BackgroundGrouping(self._user_grouper(owner), frozenset(pool.files), owner.root)
+        slot.background = job
         return job
 
-    def _apply_background(self, user: str, pool: _Pool) -> None:
-        job, pool.background = pool.background, None
+    def _apply_background(self, user: str, pool: Pool, slot: _RegroupSlot) -> None:
+        job, slot.background = slot.background, None
         assert job is not None
         # A pool that costs c seconds to regroup waits c seconds before the next one.
-        pool.regroup_cost = job.seconds
-        pool.next_regroup = time.monotonic() + job.seconds
+        slot.cost = job.seconds
+        slot.next_regroup = time.monotonic() + job.seconds
         if job.error is not None:
             log.error("Grouping the files of %s failed: %s; trying again later", user, job.error)
             pool.dirty = True
@@ -725,71 +522,41 @@ class DropBox:
             pool.dirty = True  # files came or went meanwhile: this result is for what was there
         self._apply_grouping(user, pool, job.result, time.monotonic(), only=pool.files)
 
-    def _user_grouper(self, user: str, user_cfg: UserMonitorConfig) -> FilesetGrouper:
+    def _user_grouper(self, owner: Owner) -> FilesetGrouper:
         """The user's own grouper: its caches serve one grouping thread at a time (a user has
         at most one regroup running); the Bio-Formats oracle is shared (it locks)."""
-        grouper = self._user_groupers.get(user)
+        grouper = self._user_groupers.get(owner.user)
         if grouper is None:
-            shared = self._grouper(user_cfg)
-            grouper = FilesetGrouper(user_cfg.readers, warn=False, oracle=shared.oracle)
-            self._user_groupers[user] = grouper
+            shared = self._grouper(owner.monitor)
+            grouper = FilesetGrouper(owner.monitor.readers, warn=False, oracle=shared.oracle)
+            self._user_groupers[owner.user] = grouper
         return grouper
 
     def _regroup_order(self) -> list[str]:
         """Users in turn, starting one further each step, so that no user always goes last;
         then the cheapest pools first (by their last regroup's cost), so that a user whose
         pool costs seconds to regroup delays no other user's regroup within a step."""
-        users = list(self._pools)
+        users = list(self.aggregator.pools)
         if not users:
             return users
         self._regroup_turn = (self._regroup_turn + 1) % len(users)
         users = users[self._regroup_turn :] + users[: self._regroup_turn]
-        return sorted(users, key=lambda u: self._pools[u].regroup_cost)  # stable: turns kept
+        return sorted(users, key=lambda u: self._slot(u).cost)  # stable: turns kept
 
     def _apply_grouping(
-        self, user: str, pool: _Pool, result: GroupingResult, now: float, only: set[str] | None = None
+        self, user: str, pool: Pool, result: GroupingResult, now: float, only: set[str] | None = None
     ) -> None:
         """Take a grouping of the pool's files; with ``only``, keep just what concerns those
         files (a grouping made on an earlier copy of the pool)."""
-        filesets = result.filesets
-        if only is not None:
-            filesets = tuple(fs for fs in filesets if all(f in only for f in fs.files))
-        pool.filesets = list(filesets)
-        keys = {fs.key for fs in pool.filesets}
-        pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
-        pool.awaited_keys = dict(result.awaited)
+        awaited = dict(result.awaited)
+        waiting = {path: awaited.get(path, ()) for path, reason in result.unclaimed if "waiting" in reason}
+        self.aggregator.take_grouping(user, result.filesets, waiting, now, only=only)
         with self._journal_batch():
             for path, reason in result.unclaimed:
-                if only is not None and path not in only:
+                if (only is not None and path not in only) or path in waiting:
                     continue
-                if "waiting" in reason:
-                    pool.waiting_since.setdefault(path, now)
-                else:
-                    pool.files.discard(path)
-                    self._skip(path, user, reason)
-
-    def _still_acceptable(self, user: str, path: str) -> bool:
-        """Whether a waiting file is still there and still a plain file (one ``lstat``).
-
-        A link or FIFO renamed over a waiting file leaves the pool with a journaled reason;
-        a file that is gone leaves it silently. The full walk from the watch directory is
-        made again when the fileset is submitted and right before and after its import.
-        """
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            return True
-        if stat.S_ISLNK(st.st_mode):
-            what = "a symbolic link"
-        elif stat.S_ISREG(st.st_mode):
-            what = f"a file with {st.st_nlink} hard links"
-        else:
-            what = "something that is not a regular file"
-        self._skips.forget(path)  # it was reported as waiting; this is news
-        self._skip(path, user, f"replaced by {what} while it waited for import; links are never imported")
-        return False
+                pool.files.discard(path)
+                self.admission.skip(path, user, reason)
 
     @contextlib.contextmanager
     def _journal_batch(self) -> Iterator[None]:
@@ -815,49 +582,28 @@ class DropBox:
                     raise
                 log.error("Could not record skipped files in the journal: %s", exc)
 
-    def _submit_due(self, user: str, pool: _Pool, now: float) -> bool:
-        """Submit the filesets of ``pool`` whose wait is over; False while the journal is full."""
-        user_cfg = self._config_for_user(user)
-        for fs in list(pool.filesets):
-            wait = self._wait_for(user_cfg, fs)
-            last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
-            if now - last < wait or self._held_for_missing_member(user, pool, fs, wait, now):
-                continue
-            pool.held_since.pop(fs.key, None)
-            pool.filesets.remove(fs)
-            for f in fs.files:
-                pool.files.discard(f)
-                pool.waiting_since.pop(f, None)
+    # ------------------------------------------------------------- submission
+
+    def _waits(self, user: str) -> Waits:
+        monitor = self.ownership.of_user(user).monitor
+        return Waits(monitor.dir_import_wait, self.config.complete_wait)
+
+    def _submit_due(self, user: str, now: float) -> bool:
+        """Submit the filesets of ``user`` whose wait is over; False while the journal is full."""
+        due, given_up = self.aggregator.due(
+            user, now, self._waits(user), self._disk, unread=bool(self._backlog.get(user))
+        )
+        for i, fs in enumerate(due):
             if not self._submit_unless_full(user, fs):
+                for rest in due[i + 1 :]:
+                    self.aggregator.put_back(user, (f for f in rest.files if os.path.lexists(f)))
                 return False
-        self._give_up_on_companions(user, pool, user_cfg.dir_import_wait, now)
+        self._skip_given_up(user, given_up)
         return True
 
-    def _give_up_on_companions(self, user: str, pool: _Pool, wait: float, now: float) -> None:
-        """Skip, with a reason, companions whose key file did not come within ``wait`` s.
-
-        A key that is on disk but not reported yet (an overflow rescan on a big tree reports
-        it late, or it is still being written) is waited for as a fileset waits for a missing
-        member: giving up would skip the companion for good and import the key alone.
-        """
-        for path, since in list(pool.waiting_since.items()):
-            if path not in pool.files or now - since < wait or any(path in fs.files for fs in pool.filesets):
-                continue
-            on_disk, being_written = self._unsettled_on_disk(pool.awaited_keys.get(path, ()), wait)
-            unread = bool(self._backlog.get(user))  # the key's report may be among them
-            if on_disk and (being_written or unread or now - since < wait + MISSING_MEMBER_GRACE):
-                continue
-            pool.files.discard(path)
-            del pool.waiting_since[path]
-            if not on_disk:
-                self._skip(path, user, "companion file whose key file never arrived")
-            else:
-                self._skip(
-                    path,
-                    user,
-                    f"companion file whose key file {os.path.basename(on_disk[0])} is on disk but was "
-                    f"not reported complete within {wait + MISSING_MEMBER_GRACE:g} s",
-                )
+    def _skip_given_up(self, user: str, given_up: list[GiveUp]) -> None:
+        for g in given_up:
+            self.admission.skip(g.path, user, g.reason)
 
     def _submit_unless_full(self, user: str, fs: Fileset) -> bool:
         """Submit ``fs``; if the state disk is full, keep its files waiting and pause new work.
@@ -884,9 +630,7 @@ class DropBox:
                 )
             self._journal_full = True
             self._journal_full_until = time.monotonic() + _FULL_RETRY
-            pool = self._pools[user]
-            pool.files.update(f for f in fs.files if os.path.lexists(f))
-            pool.dirty = True
+            self.aggregator.put_back(user, (f for f in fs.files if os.path.lexists(f)))
             return False
         if self._journal_full:
             self._journal_full = False
@@ -923,77 +667,11 @@ class DropBox:
             record = replace(record, state=QUEUED)
         return record
 
-    def _held_for_missing_member(self, user: str, pool: _Pool, fs: Fileset, wait: float, now: float) -> bool:
-        """Keep ``fs`` waiting while a member it lacks is on disk but not READY yet.
-
-        The member may still be copied (recent writes), or complete but not reported yet (the
-        watcher settles files found by an overflow rescan, which takes a while on a big tree).
-        After :data:`MISSING_MEMBER_GRACE` more seconds the fileset goes without it, logged.
-        """
-        on_disk, being_written = self._unsettled_on_disk(fs.missing, wait)
-        if not on_disk:
-            return False
-        if being_written or self._backlog.get(user):
-            # Written recently, or the watcher reported more for this user than the engine
-            # has read yet (a burst): the member's own report may be among them.
-            return True
-        since = pool.held_since.setdefault(fs.key, now)
-        if now - since < wait + MISSING_MEMBER_GRACE:
-            return True
-        log.warning(
-            "Importing %s without %s: it is on disk but was not reported complete within %g s",
-            display_path(fs.key),
-            ", ".join(display_path(p) for p in on_disk),
-            wait + MISSING_MEMBER_GRACE,
-        )
-        return False
-
-    def _unsettled_on_disk(self, paths: Iterable[str], wait: float) -> tuple[list[str], bool]:
-        """Which of ``paths`` (files not reported yet) are on disk, and whether one was written
-        within ``wait`` s.
-
-        A recently written file is not READY yet (a large file still being copied): importing
-        its fileset now would import it without that file.  Its writes count as activity, as
-        upstream's "directory quiet for dirImportWait" intends.  One ``lstat`` per file (a
-        ``stat`` more for a link, whose target's writes are what count).  A file the journal
-        already settled (skipped, imported or failed), or one the watchers drop by its name
-        (a system file, off the whitelist), is not waited for: it will not be reported.
-        """
-        on_disk: list[str] = []
-        being_written = False
-        for path in _listed(paths):
-            if self._watchers and not any(w.reports(path) for w in self._watchers):
-                continue  # by its name alone: no system call
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            settled = self.journal.file_state(path)
-            if settled is not None and settled.state in TERMINAL_STATES:
-                continue
-            on_disk.append(path)
-            if stat.S_ISLNK(st.st_mode):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-            # abs(): a share's clock may run a little ahead; an mtime far in the future
-            # (a `touch -d`) must not keep the fileset waiting for ever.
-            if abs(time.time() - st.st_mtime) < wait:
-                being_written = True
-        return on_disk, being_written
-
-    def _wait_for(self, user_cfg: UserMonitorConfig, fs: Fileset) -> float:
-        could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
-        if fs.complete and not could_grow:
-            return min(self.config.complete_wait, user_cfg.dir_import_wait)
-        return user_cfg.dir_import_wait
-
     def _identity(self, user: str, path: str) -> tuple[FileIdentity, int]:
         """The journal identity and mtime of a member, read through the walk from the watch
         directory."""
-        user_cfg = self._config_for_user(user)
-        with open_beneath(str(user_cfg.watch_dir), self._user_root(user_cfg, user), path) as (fd, st):
+        owner = self.ownership.of_user(user)
+        with open_beneath(str(owner.monitor.watch_dir), owner.root, path) as (fd, st):
             return fd_identity(fd, st), st.st_mtime_ns
 
     def _submit(self, user: str, fs: Fileset) -> None:
@@ -1003,7 +681,7 @@ class DropBox:
                 identities.append(self._identity(user, member))
         except FileRefused as exc:
             # A link renamed over a member (or over a directory above it) since it was reported.
-            self._skip(member, user, f"not imported: {exc}")
+            self.admission.skip(member, user, f"not imported: {exc}")
             self._return_to_pool(user, [f for f in fs.files if f != member])
             return
         except (OSError, ValueError) as exc:
@@ -1045,9 +723,7 @@ class DropBox:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
 
     def _return_to_pool(self, user: str, files: Iterable[str]) -> None:
-        pool = self._pools[user]
-        pool.files.update(f for f in files if os.path.lexists(f))
-        pool.dirty = True
+        self.aggregator.put_back(user, (f for f in files if os.path.lexists(f)))
 
     # ------------------------------------------------------------- at use
 
@@ -1083,8 +759,8 @@ class DropBox:
 
     def _members_changed(self, request: ImportRequest) -> str:
         """Why a member is not the file that was journaled, or "" if every member is."""
-        user_cfg = self._config_for_user(request.user)
-        trusted, root = str(user_cfg.watch_dir), self._user_root(user_cfg, request.user)
+        owner = self.ownership.of_user(request.user)
+        trusted, root = str(owner.monitor.watch_dir), owner.root
         for path in request.files:
             try:
                 found = check_beneath(trusted, root, path)
@@ -1133,8 +809,8 @@ class DropBox:
     def runtime_status(self) -> dict[str, object]:
         """What only the running service knows: waiting files, queue, watcher counters."""
         waiting: dict[str, int] = {}
-        for user, pool in list(self._pools.items()):
-            n = len(pool.filesets) + sum(1 for p in list(pool.waiting_since) if p in pool.files)
+        for user, pool in list(self.aggregator.pools.items()):
+            n = pool.waiting_count()
             if n:
                 waiting[user] = n
         watcher: dict[str, int] = {}

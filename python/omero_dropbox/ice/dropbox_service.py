@@ -51,8 +51,8 @@ from omero_dropbox.engine import DropBox, UserDirectory, UserList  # noqa: E402
 from omero_dropbox.ice.monitor_server import configure_logging, take_command_line_properties  # noqa: E402
 from omero_dropbox.importers import CommandImporter  # noqa: E402
 from omero_dropbox.journal import JournalError, open_private, private_dir  # noqa: E402
+from omero_dropbox.ownership import policy_for  # noqa: E402
 from omero_dropbox.properties import property_by_name  # noqa: E402
-from omero_dropbox.watcher import system_file_rules  # noqa: E402
 
 __all__ = ["DropBoxApp", "DropBoxClientI", "RemoteEvent", "main", "scan_tree"]
 
@@ -78,39 +78,16 @@ class RemoteEvent:
 # --------------------------------------------------------------------------- scan
 
 
-def _system_name(name: str, rules: Sequence[tuple[str, str, str]]) -> bool:
-    low = name.lower()
-    for kind, pattern, _ in rules:
-        if (
-            (kind == "prefix" and low.startswith(pattern))
-            or (kind == "suffix" and low.endswith(pattern))
-            or (kind == "exact" and low == pattern)
-        ):
-            return True
-    return False
-
-
 def scan_tree(user_cfg: UserMonitorConfig) -> Iterator[str]:
-    """Regular files under the user's watch dir that the monitor would report, by path mode and filters."""
-    root = str(user_cfg.watch_dir)
-    rules = system_file_rules() if user_cfg.ignore_sys_files else []
-    whitelist = tuple("." + w.lower().lstrip("*").lstrip(".") for w in user_cfg.whitelist if w.strip("*. "))
-    blacklist = tuple(b if os.path.isabs(b) else os.path.join(root, b) for b in user_cfg.blacklist)
-
-    def excluded_dir(path: str, name: str) -> bool:
-        return _system_name(name, rules) or any(path == b or path.startswith(b + os.sep) for b in blacklist)
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        if user_cfg.path_mode == "flat":
-            dirnames[:] = []
-        else:
-            dirnames[:] = [d for d in dirnames if not excluded_dir(os.path.join(dirpath, d), d)]
+    """Regular files under the user's watch dir that the monitor would report: the same path
+    policy as the watchers' (:func:`omero_dropbox.ownership.policy_for`)."""
+    policy = policy_for(user_cfg)
+    for dirpath, dirnames, filenames in os.walk(str(policy.root)):
+        dirnames[:] = [d for d in dirnames if policy.enters_dir(os.path.join(dirpath, d))]
         for name in filenames:
-            if _system_name(name, rules):
-                continue
-            if whitelist and not name.lower().endswith(whitelist):
-                continue
-            yield os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if policy.reports(path):
+                yield path
 
 
 # --------------------------------------------------------------------------- servant
@@ -142,7 +119,7 @@ class DropBoxClientI(monitors.MonitorClient):  # type: ignore[misc, name-defined
             if kind is not None:
                 events.append(RemoteEvent(info.fileId, kind))
         self.received += len(el)
-        self.engine.feed(self.user_cfg, events)  # type: ignore[arg-type]
+        self.engine.feed(events)
 
 
 # --------------------------------------------------------------------------- monitors
@@ -464,9 +441,9 @@ class Supervisor:
                 continue
             batch.append(RemoteEvent(path, "created"))
             if len(batch) >= 1000:
-                self.engine.feed(user_cfg, batch)  # type: ignore[arg-type]
+                self.engine.feed(batch)
                 batch = []
-        self.engine.feed(user_cfg, batch)  # type: ignore[arg-type]
+        self.engine.feed(batch)
         return count
 
     def release_settled(self) -> None:
@@ -481,7 +458,7 @@ class Supervisor:
                 continue
             if (st.st_size, st.st_mtime) == (size, mtime):
                 del self._unsettled[path]
-                self.engine.feed(user_cfg, [RemoteEvent(path, "created")])  # type: ignore[list-item]
+                self.engine.feed([RemoteEvent(path, "created")])
             else:
                 self._unsettled[path] = (user_cfg, st.st_size, st.st_mtime, now)
 
