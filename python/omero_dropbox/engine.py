@@ -33,9 +33,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
-from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
-from omero_dropbox.filesets import Fileset, FilesetGrouper, FolderNames, GroupingResult
+from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, GroupingResult
+from omero_dropbox.grouping.oracle import UsedFilesOracle
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
@@ -66,10 +66,6 @@ __all__ = ["AnyUser", "DropBox", "UserDirectory", "UserList"]
 
 log = logging.getLogger("omero_dropbox.dropbox")
 
-# Suffixes a single file may have and still turn out to be a member of a multi-file
-# fileset whose key has not arrived yet (MetaMorph .nd, Leica .lei, OME companion,
-# .pattern, Analyze/ICS pairs); such files always get the full dirImportWait.
-_MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
 # A leading "-" would reach an importer command line (``--user {user}``) as an option.
 _BAD_USER_NAME = re.compile(r"[\x00-\x1f\x7f/\\]|^[.\-]|^\s|\s$")
 _TICK = 0.25
@@ -82,7 +78,7 @@ _FULL_RETRY = 2.0
 
 def _listed(paths: Iterable[str], few: int = 16) -> Iterable[str]:
     """``paths``, less those surely absent: above ``few`` paths, each folder is listed once
-    (:class:`~omero_dropbox.filesets.FolderNames`), so a key file naming 100,000 absent files
+    (:class:`~omero_dropbox.grouping.FolderNames`), so a key file naming 100,000 absent files
     costs a listing, not 100,000 ``lstat`` calls at every step."""
     paths = list(paths)
     if len(paths) <= few:
@@ -757,16 +753,15 @@ class DropBox:
         pool.filesets = list(filesets)
         keys = {fs.key for fs in pool.filesets}
         pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
-        pool.awaited_keys = dict(result.awaited)
+        pool.awaited_keys = {w.path: w.awaited_keys for w in result.waiting}
         with self._journal_batch():
-            for path, reason in result.unclaimed:
-                if only is not None and path not in only:
-                    continue
-                if "waiting" in reason:
-                    pool.waiting_since.setdefault(path, now)
-                else:
-                    pool.files.discard(path)
-                    self._skip(path, user, reason)
+            for w in result.waiting:
+                if only is None or w.path in only:
+                    pool.waiting_since.setdefault(w.path, now)
+            for r in result.refused:
+                if only is None or r.path in only:
+                    pool.files.discard(r.path)
+                    self._skip(r.path, user, r.reason)
 
     def _still_acceptable(self, user: str, path: str) -> bool:
         """Whether a waiting file is still there and still a plain file (one ``lstat``).
@@ -984,8 +979,7 @@ class DropBox:
         return on_disk, being_written
 
     def _wait_for(self, user_cfg: UserMonitorConfig, fs: Fileset) -> float:
-        could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
-        if fs.complete and not could_grow:
+        if fs.complete and not fs.may_grow:
             return min(self.config.complete_wait, user_cfg.dir_import_wait)
         return user_cfg.dir_import_wait
 
