@@ -22,7 +22,7 @@ from omero_dropbox.grouping.refs import ContentRefs, Parser
 from omero_dropbox.grouping.tiff import tiff_description
 from omero_dropbox.grouping.user_files import UserFile, read_small, with_user_file
 
-__all__ = ["CONTENT_PARSERS", "NRRD_HEADER_BYTES", "parse_ome_xml"]
+__all__ = ["CONTENT_PARSERS", "METAMORPH_STAGE_SUFFIXES", "NRRD_HEADER_BYTES", "parse_ome_xml"]
 
 
 def _local(tag: str) -> str:
@@ -96,6 +96,10 @@ def _parse_ome_tiff(path: str, budget: Budget, _confined: bool) -> ContentRefs:
     if refs.redirect == me:
         refs.redirect = None
     return refs
+
+
+#: A MetaMorph stage file is the first of these that exists (as Bio-Formats looks for it).
+METAMORPH_STAGE_SUFFIXES = (".STK", ".TIF", ".tif", ".stk")
 
 
 def _nd_values(text: str) -> tuple[dict[str, str], list[str]]:
@@ -181,7 +185,7 @@ def _parse_metamorph_nd(path: str, budget: Budget, _confined: bool) -> ContentRe
                 if times > 1 or do_timelapse:
                     name += f"_t{t + 1}"
                 full = os.path.join(where, name)
-                refs.required.append(tuple(norm_path(full + ext) for ext in (".STK", ".TIF", ".tif", ".stk")))
+                refs.required.append(tuple(norm_path(full + ext) for ext in METAMORPH_STAGE_SUFFIXES))
     return refs
 
 
