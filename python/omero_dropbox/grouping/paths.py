@@ -26,5 +26,6 @@ def parent_dir(path: str) -> str:
 
 
 def shown(path: str) -> str:
-    """A user's name for a reason: escaped, and never reading as "waiting" to the engine."""
+    """A user's name for a reason: escaped, and never reading as "waiting" (a refused key
+    file's reason is not to look like a held file's to operators grepping the log)."""
     return display_path(path).replace("waiting", "waitin\\x67")

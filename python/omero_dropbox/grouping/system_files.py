@@ -20,6 +20,7 @@ def is_system_file(path: str) -> bool:
 
 
 def is_system_name(path: str, name: str) -> bool:
+    """:func:`is_system_file` for a normalised ``path`` whose base name ``name`` is known."""
     if name.startswith(".") or name.lower() in SYSTEM_FILE_NAMES:
         return True
     return "__MACOSX" in path and "__MACOSX" in path.split(os.sep)
