@@ -24,8 +24,9 @@ rows 2 and 3 (skipped otherwise, or with ``--skip-java``).
 ``--regroup N`` measures instead what the engine does on every event batch: regroup a
 pool holding one N-member MetaMorph .nd (N time points) and one N-member ``.pattern``,
 with the user's folder as ``root``: the first grouping and a regroup by the same
-grouper (medians of R runs). ``--module FILE`` loads ``omero_dropbox.filesets`` from
-FILE instead (e.g. an older version, via ``git show REV:python/omero_dropbox/filesets.py``)
+grouper (medians of R runs). ``--module FILE`` takes ``FilesetGrouper`` from the module
+FILE instead (e.g. ``git show REV:python/omero_dropbox/grouping/grouper.py``; before the
+grouping package, REV's ``filesets.py``, run in a checkout of REV whose imports it needs)
 to compare before/after; a module whose ``group`` has no ``root`` runs without it.
 """
 
@@ -48,8 +49,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE.parent))
 
-from omero_dropbox.bioformats import BioFormatsOracle  # noqa: E402
-from omero_dropbox.filesets import FilesetGrouper  # noqa: E402
+from omero_dropbox.grouping import FilesetGrouper  # noqa: E402
+from omero_dropbox.grouping.oracle import BioFormatsOracle  # noqa: E402
 from tests.test_filesets import (  # noqa: E402
     write_analyze,
     write_dv,
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-java", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
     ap.add_argument("--regroup", type=int, metavar="N", help="regroup a pool with two N-member key files")
-    ap.add_argument("--module", help="load omero_dropbox.filesets from this file (with --regroup)")
+    ap.add_argument("--module", help="take FilesetGrouper from this module file (with --regroup)")
     args = ap.parse_args(argv)
     if args.regroup:
         return regroup_main(args)

@@ -171,13 +171,14 @@ fn lower(name: &OsStr) -> Vec<u8> {
 }
 
 /// What a name must show for any rule to match it, taken from the table once: a prefix
-/// rule's first byte, a suffix rule's last two bytes (or last byte), an exact rule's length.
+/// rule's first byte, a suffix rule's last two bytes (or last byte), an exact rule's length
+/// and first byte.
 /// Most names of image data show none of these, and are let through without trying each rule.
 struct Hints {
     first: [bool; 256],
     last: [bool; 256],
     last_two: Vec<[u8; 2]>,
-    lengths: Vec<usize>,
+    exact: Vec<(usize, u8)>,
 }
 
 fn hints() -> &'static Hints {
@@ -187,7 +188,7 @@ fn hints() -> &'static Hints {
             first: [false; 256],
             last: [false; 256],
             last_two: Vec::new(),
-            lengths: Vec::new(),
+            exact: Vec::new(),
         };
         for rule in SYSTEM_FILE_RULES {
             let pat = rule.pattern.as_bytes();
@@ -196,7 +197,7 @@ fn hints() -> &'static Hints {
                 (Match::Prefix, [first, ..]) => h.first[usize::from(*first)] = true,
                 (Match::Suffix, [last]) => h.last[usize::from(*last)] = true,
                 (Match::Suffix, [.., a, b]) => h.last_two.push([*a, *b]),
-                (Match::Exact, _) => h.lengths.push(pat.len()),
+                (Match::Exact, [first, ..]) => h.exact.push((pat.len(), *first)),
             }
         }
         h
@@ -215,7 +216,9 @@ fn may_be_system(name: &[u8]) -> bool {
                 .contains(&[a.to_ascii_lowercase(), b.to_ascii_lowercase()]),
             _ => false,
         }
-        || h.lengths.contains(&name.len())
+        || name
+            .first()
+            .is_some_and(|b| h.exact.contains(&(name.len(), b.to_ascii_lowercase())))
 }
 
 /// The rule that makes `name` a system file, if any. Patterns are lower case; names are
@@ -234,6 +237,25 @@ pub fn system_rule(name: &OsStr) -> Option<&'static Rule> {
             }
             Match::Exact => name.eq_ignore_ascii_case(pat),
         }
+    })
+}
+
+/// Whether a file is never image data, whatever `ignore_sys_files` says: its own name
+/// matches a rule marked `never_data`, or a folder between `below` and it (every folder when
+/// `below` is None or not an ancestor) is named as an exact `never_data` rule (`__MACOSX`).
+/// Folders are not matched by prefix: a dot folder above the DropBox is the operator's.
+pub fn never_data(path: &Path, below: Option<&Path>) -> bool {
+    let never = |name: &OsStr| system_rule(name).is_some_and(|r| r.never_data);
+    if path.file_name().is_some_and(never) {
+        return true;
+    }
+    let rel = below.and_then(|b| path.strip_prefix(b).ok()).unwrap_or(path);
+    let Some(folders) = rel.parent() else {
+        return false;
+    };
+    folders.components().any(|c| match c {
+        Component::Normal(name) => system_rule(name).is_some_and(|r| r.never_data && r.how == Match::Exact),
+        _ => false,
     })
 }
 
@@ -342,6 +364,28 @@ mod tests {
 
     fn os(s: &str) -> &OsStr {
         OsStr::new(s)
+    }
+
+    #[test]
+    fn never_data_is_the_name_or_a_named_folder_below_the_root() {
+        let p = Path::new;
+        assert!(never_data(p("/d/amy/.DS_Store"), None));
+        assert!(never_data(p("/d/amy/Thumbs.db"), None));
+        assert!(never_data(p("/d/amy/ehthumbs.db"), None));
+        assert!(never_data(p("/d/amy/Icon\r"), None));
+        assert!(never_data(p("/d/amy/__MACOSX/run/a.tif"), None));
+        assert!(!never_data(p("/d/amy/run/a.tif"), None));
+        assert!(
+            !never_data(p("/d/amy/a.tmp"), None),
+            "ignored by the watcher only"
+        );
+        // A dot folder is not data-free by itself; above the root it is the operator's.
+        assert!(!never_data(p("/d/amy/.run/a.tif"), None));
+        assert!(!never_data(p("/__MACOSX/d/amy/a.tif"), Some(p("/__MACOSX/d"))));
+        assert!(never_data(
+            p("/__MACOSX/d/amy/__macosx/a.tif"),
+            Some(p("/__MACOSX/d"))
+        ));
     }
 
     #[test]

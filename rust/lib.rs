@@ -545,6 +545,13 @@ fn system_file_rules() -> Vec<(&'static str, &'static str, &'static str)> {
         .collect()
 }
 
+/// Whether the file at `path` is never image data, whatever `ignore_sys_files` says: its name
+/// (a dot file, Thumbs.db, desktop.ini...) or a folder on its way (`__MACOSX`) says so.
+#[pyfunction]
+fn never_data(path: PathBuf) -> bool {
+    filter::never_data(&path, None)
+}
+
 /// The name of the network filesystem `path` is on ("nfs", "cifs", ...), or None.
 #[pyfunction]
 fn network_filesystem(path: PathBuf) -> Option<&'static str> {
@@ -579,6 +586,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::PathPolicy>()?;
     m.add_function(wrap_pyfunction!(system_file_rules, m)?)?;
     m.add_function(wrap_pyfunction!(network_filesystem, m)?)?;
+    m.add_function(wrap_pyfunction!(never_data, m)?)?;
     m.add_function(wrap_pyfunction!(regex_full_matches, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

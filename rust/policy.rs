@@ -169,19 +169,12 @@ impl PathPolicy {
         Ok(true)
     }
 
-    /// Whether the file at `path` is never image data whatever `ignore_sys_files` says: its
-    /// name, or a folder's name between the root and it, matches a system rule marked so
-    /// (dot files, Thumbs.db, __MACOSX...). Grouping never claims nor imports such a file.
+    /// Whether the file at `path` is never image data, whatever `ignore_sys_files` says (dot
+    /// files, Thumbs.db, anything in a __MACOSX folder below the root...): grouping never
+    /// claims nor imports such a file.
     fn never_data(&self, path: PathBuf) -> PyResult<bool> {
         let path = crate::absolute(&path)?;
-        let never = |name: &std::ffi::OsStr| system_rule(name).is_some_and(|r| r.never_data);
-        match path.strip_prefix(&self.root) {
-            Ok(rel) => Ok(rel
-                .components()
-                .any(|c| matches!(c, Component::Normal(n) if never(n)))),
-            // Outside the root only its own name counts: the folders above are the operator's.
-            Err(_) => Ok(path.file_name().is_some_and(never)),
-        }
+        Ok(crate::filter::never_data(&path, Some(&self.root)))
     }
 
     fn __repr__(&self) -> String {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox.filesets import FilesetGrouper
+from omero_dropbox.grouping import FilesetGrouper
 from omero_dropbox.journal import INTERRUPTED_REASON, Journal
 
 from .conftest import wait_for

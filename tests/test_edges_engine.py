@@ -170,7 +170,7 @@ def test_with_the_bioformats_oracle_a_format_the_rule_table_cannot_decide_is_one
     """A Hitachi SEM .txt names its pixel file in its content: without the oracle the .tif is
     imported alone (and the .txt skipped); with ``omero.fs.ng.bioformatsOracle`` they are
     Bio-Formats' one fileset, keyed by the .txt (real Java, real Bio-Formats 7.3.1)."""
-    from omero_dropbox.bioformats import BioFormatsOracle
+    from omero_dropbox.grouping.oracle import BioFormatsOracle
 
     from .test_filesets import write_tiff
 

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox.bioformats import BioFormatsOracle, UsedFilesOracle
-from omero_dropbox.filesets import FilesetGrouper, read_readers_file
-from omero_dropbox.grouping_rules import MULTI_FILE_FORMATS, READER_SUFFIXES, RULES, render_formats_doc
+from omero_dropbox.grouping import FilesetGrouper, read_readers_file
+from omero_dropbox.grouping.formats_doc import render_formats_doc
+from omero_dropbox.grouping.oracle import BioFormatsOracle, UsedFilesOracle
+from omero_dropbox.grouping.readers import MULTI_FILE_FORMATS, READER_SUFFIXES
+from omero_dropbox.grouping.rules import RULES
 from tests.test_filesets import by_key, files_under, strs, write_ics, write_tiff
 
 UNAVAILABLE = BioFormatsOracle.unavailable_reason()
@@ -224,7 +226,7 @@ def test_oracle_decides_what_the_rule_table_cannot(
 def test_oracle_through_the_filesets_command(tmp_path: Path, oracle: BioFormatsOracle) -> None:
     write_hitachi(tmp_path)
     code = (
-        "import sys; from omero_dropbox.filesets import filesets_command; "
+        "import sys; from omero_dropbox.grouping.command import filesets_command; "
         "sys.exit(filesets_command(sys.argv[1:], None, bioformats_oracle=True))"
     )
     proc = subprocess.run(
@@ -261,7 +263,7 @@ def test_oracle_without_java_falls_back_to_the_rule_table(
 ) -> None:
     files = strs(write_hitachi(tmp_path))
     no_java = BioFormatsOracle(java=str(tmp_path / "no-such-java"))
-    with caplog.at_level(logging.WARNING, logger="omero_dropbox.bioformats"):
+    with caplog.at_level(logging.WARNING, logger="omero_dropbox.grouping.oracle"):
         got = FilesetGrouper(oracle=UsedFilesOracle(oracle=no_java)).group(files)
         again = FilesetGrouper(oracle=UsedFilesOracle(oracle=no_java)).group(files)
     assert by_key(got) == by_key(again) == by_key(FilesetGrouper().group(files))
@@ -300,7 +302,7 @@ def test_unknown_reader_names_are_warned_naming_each(
     assert groups == {str(tmp_path / "a.tif"): {str(tmp_path / "a.tif")}}
     assert "loci.formats.in.TifReader" in stderr and "NoSuchReader" in stderr
     assert "did you mean loci.formats.in.TiffReader" in stderr
-    with caplog.at_level(logging.WARNING, logger="omero_dropbox.filesets"):
+    with caplog.at_level(logging.WARNING, logger="omero_dropbox.grouping.grouper"):
         FilesetGrouper(readers)
     (record,) = caplog.records
     assert record.levelno == logging.WARNING and "NoSuchReader" in record.getMessage()
@@ -309,7 +311,7 @@ def test_unknown_reader_names_are_warned_naming_each(
 def test_bioformats_default_readers_txt_is_all_known(tmp_path: Path) -> None:
     """A copy of the jar's own readers.txt (external readers included) draws no warning."""
     jar = pytest.importorskip("zipfile")
-    from omero_dropbox.bioformats import find_jar
+    from omero_dropbox.grouping.oracle import find_jar
 
     path = find_jar()
     if path is None:
@@ -328,7 +330,7 @@ def test_bioformats_default_readers_txt_is_all_known(tmp_path: Path) -> None:
 def test_formats_doc_is_current() -> None:
     doc = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
     assert doc.read_text() == render_formats_doc(), (
-        "run: python -m omero_dropbox.grouping_rules > docs/formats.md"
+        "run: python -m omero_dropbox.grouping.formats_doc > docs/formats.md"
     )
 
 

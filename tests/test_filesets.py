@@ -19,16 +19,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from omero_dropbox.filesets import (
-    Fileset,
-    FilesetGrouper,
-    GroupingResult,
-    expand_file_pattern,
-    filesets_command,
-    group_paths,
-    tiff_description,
-)
-from omero_dropbox.grouping_rules import COMPANION_SUFFIXES, READER_SUFFIXES, RULES
+from omero_dropbox.grouping import Fileset, FilesetGrouper, GroupingResult, group_paths
+from omero_dropbox.grouping.command import filesets_command
+from omero_dropbox.grouping.file_pattern import expand_file_pattern
+from omero_dropbox.grouping.readers import READER_SUFFIXES
+from omero_dropbox.grouping.rules import COMPANION_SUFFIXES, RULES
+from omero_dropbox.grouping.tiff import tiff_description
 
 # ============================================================================ dataset writers
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox.bioformats import BioFormatsOracle, suffix_table
-from omero_dropbox.filesets import FilesetGrouper, GroupingResult
-from omero_dropbox.grouping_rules import READER_SUFFIXES, RULES
+from omero_dropbox.grouping import FilesetGrouper, GroupingResult
+from omero_dropbox.grouping.oracle import BioFormatsOracle, suffix_table
+from omero_dropbox.grouping.readers import READER_SUFFIXES
+from omero_dropbox.grouping.rules import RULES
 from tests.test_filesets import (
     by_key,
     check_invariants,

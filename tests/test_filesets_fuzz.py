@@ -16,8 +16,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omero_dropbox.filesets import FilesetGrouper
-from omero_dropbox.grouping_rules import COMPANION_SUFFIXES, RULES
+from omero_dropbox.grouping import FilesetGrouper
+from omero_dropbox.grouping.rules import COMPANION_SUFFIXES, RULES
 from tests.test_filesets import (
     check_invariants,
     strs,

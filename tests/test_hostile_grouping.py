@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from omero_dropbox.filesets import FilesetGrouper, GroupingLimits, GroupingResult
+from omero_dropbox.grouping import FilesetGrouper, GroupingLimits, GroupingResult
 from tests.test_filesets import (
     strs,
     write_mrxs,
@@ -69,7 +69,7 @@ def group_in_child(files: list[str], root: str | None = None, limits: dict[str, 
     code = textwrap.dedent(
         """
         import json, sys
-        from omero_dropbox.filesets import FilesetGrouper, GroupingLimits
+        from omero_dropbox.grouping import FilesetGrouper, GroupingLimits
         args = json.load(sys.stdin)
         grouper = FilesetGrouper(limits=GroupingLimits(**(args["limits"] or {})))
         kw = {"root": args["root"]} if args["root"] else {}

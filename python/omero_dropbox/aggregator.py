@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from omero_dropbox.filesets import Fileset
+from omero_dropbox.grouping import Fileset
 from omero_dropbox.text import printable as display_path
 
 __all__ = [
@@ -45,11 +45,6 @@ log = logging.getLogger("omero_dropbox.dropbox")
 #: watcher has not reported complete (still being copied, or caught in an overflow rescan).
 MISSING_MEMBER_GRACE = 60.0
 
-# Suffixes a single file may have and still turn out to be a member of a multi-file
-# fileset whose key has not arrived yet (MetaMorph .nd, Leica .lei, OME companion,
-# .pattern, Analyze/ICS pairs); such files always get the full dirImportWait.
-_MAYBE_MEMBER = (".tif", ".tiff", ".stk", ".img", ".ids", ".txt", ".xml", ".log", ".ets", ".dat")
-
 
 @dataclass(frozen=True)
 class Waits:
@@ -60,9 +55,10 @@ class Waits:
 
 
 def wait_for(fs: Fileset, waits: Waits) -> float:
-    """How long the folders of ``fs`` must be quiet before it is due."""
-    could_grow = len(fs.files) == 1 and fs.key.lower().endswith(_MAYBE_MEMBER)
-    if fs.complete and not could_grow:
+    """How long the folders of ``fs`` must be quiet before it is due: the full
+    ``dirImportWait`` unless it is complete and could not still grow (the grouping rules say
+    whether a lone file may yet become a member of a fileset whose key has not arrived)."""
+    if fs.complete and not fs.may_grow:
         return min(waits.complete_wait, waits.dir_import_wait)
     return waits.dir_import_wait
 

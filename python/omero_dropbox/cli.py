@@ -621,7 +621,7 @@ def _startup_progress(dropbox: object) -> None:
 
 
 def cmd_filesets(args: argparse.Namespace) -> int:
-    from omero_dropbox.filesets import filesets_command
+    from omero_dropbox.grouping.command import filesets_command
 
     return filesets_command(args.paths, args.readers, args.bioformats_oracle)
 

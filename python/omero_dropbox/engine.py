@@ -6,7 +6,7 @@ through :meth:`DropBox.feed`) delivers events to a single engine thread, which
 * serves each user's events in turn (one user's burst delays another by a few quanta);
 * asks :mod:`~omero_dropbox.admission` whether each file joins its user's pool (who owns it
   is :mod:`~omero_dropbox.ownership`'s answer);
-* regroups a pool that changed into filesets (:mod:`~omero_dropbox.filesets`), on a thread of
+* regroups a pool that changed into filesets (:mod:`~omero_dropbox.grouping`), on a thread of
   its own when that takes long;
 * asks :mod:`~omero_dropbox.aggregator` which filesets are due, and journals and queues those
   (:class:`~omero_dropbox.journal.Journal`, :class:`~omero_dropbox.import_queue.ImportQueue`),
@@ -31,9 +31,9 @@ from pathlib import Path
 from omero_dropbox.admission import Admission, WatchEvent
 from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, GiveUp, Pool, Waits
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
-from omero_dropbox.bioformats import UsedFilesOracle
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
-from omero_dropbox.filesets import Fileset, FilesetGrouper, FolderNames, GroupingResult
+from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, GroupingResult
+from omero_dropbox.grouping.oracle import UsedFilesOracle
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
@@ -73,7 +73,7 @@ _FULL_RETRY = 2.0
 
 def _listed(paths: Iterable[str], few: int = 16) -> Iterable[str]:
     """``paths``, less those surely absent: above ``few`` paths, each folder is listed once
-    (:class:`~omero_dropbox.filesets.FolderNames`), so a key file naming 100,000 absent files
+    (:class:`~omero_dropbox.grouping.FolderNames`), so a key file naming 100,000 absent files
     costs a listing, not 100,000 ``lstat`` calls at every step."""
     paths = list(paths)
     if len(paths) <= few:
@@ -548,15 +548,13 @@ class DropBox:
     ) -> None:
         """Take a grouping of the pool's files; with ``only``, keep just what concerns those
         files (a grouping made on an earlier copy of the pool)."""
-        awaited = dict(result.awaited)
-        waiting = {path: awaited.get(path, ()) for path, reason in result.unclaimed if "waiting" in reason}
+        waiting = {w.path: w.awaited_keys for w in result.waiting}
         self.aggregator.take_grouping(user, result.filesets, waiting, now, only=only)
         with self._journal_batch():
-            for path, reason in result.unclaimed:
-                if (only is not None and path not in only) or path in waiting:
-                    continue
-                pool.files.discard(path)
-                self.admission.skip(path, user, reason)
+            for r in result.refused:
+                if only is None or r.path in only:
+                    pool.files.discard(r.path)
+                    self.admission.skip(r.path, user, r.reason)
 
     @contextlib.contextmanager
     def _journal_batch(self) -> Iterator[None]:

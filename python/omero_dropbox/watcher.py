@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Literal
 
-from omero_dropbox._native import Event, NativeWatcher, network_filesystem, system_file_rules
+from omero_dropbox._native import Event, NativeWatcher, PathPolicy, network_filesystem, system_file_rules
 
 __all__ = [
     "Event",
@@ -31,6 +31,7 @@ __all__ = [
     "Watcher",
     "WatcherError",
     "network_filesystem",
+    "scan_tree",
     "system_file_rules",
 ]
 
@@ -173,3 +174,14 @@ class Watcher:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<Watcher {state} roots={self.roots!r}>"
+
+
+def scan_tree(policy: PathPolicy) -> Iterator[str]:
+    """Every file below the policy's root that a watcher reports (a start-up walk where no
+    native watcher runs, as in the Ice DropBox): the same policy decides, folder by folder."""
+    for dirpath, dirnames, filenames in os.walk(str(policy.root)):
+        dirnames[:] = [d for d in dirnames if policy.enters_dir(os.path.join(dirpath, d))]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if policy.reports(path):
+                yield path

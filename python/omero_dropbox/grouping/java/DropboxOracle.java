@@ -1,7 +1,7 @@
 // omero-dropbox-ng: a long-lived Bio-Formats oracle speaking JSON lines.
 //
 // Written for this project (not derived from OMERO or Bio-Formats source). It is
-// compiled at run time by omero_dropbox.bioformats into a cache directory and run as
+// compiled at run time by omero_dropbox.grouping.oracle into a cache directory and run as
 //
 //     java -cp bioformats_package.jar:<cache> DropboxOracle [--readers FILE]
 //

@@ -7,7 +7,7 @@ the :class:`BioFormatsOracle` lives and answers one JSON request per line (see
 
 The oracle is used two ways:
 
-* by the tests, as the reference the table-driven grouper in :mod:`omero_dropbox.filesets`
+* by the tests, as the reference the table-driven grouper in :mod:`omero_dropbox.grouping.grouper`
   is compared against;
 * optionally by the engine, for files the rule table does not know.
 
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omero_dropbox.filesets import Fileset, GroupingResult, UsedFiles
+from omero_dropbox.grouping.result import Fileset, GroupingResult, Refused, UsedFiles
 
 __all__ = [
     "BioFormatsOracle",
@@ -481,14 +481,14 @@ class BioFormatsOracle:
         unclaimed = [(p, r) for p, r in unclaimed if p not in claimed]
         return GroupingResult(
             filesets=tuple(sorted(filesets, key=lambda f: f.key)),
-            unclaimed=tuple(sorted(unclaimed)),
+            refused=tuple(Refused(p, r) for p, r in sorted(unclaimed)),
         )
 
 
 class UsedFilesOracle:
-    """The opt-in run-time oracle of :class:`~omero_dropbox.filesets.FilesetGrouper`
+    """The opt-in run-time oracle of :class:`~omero_dropbox.grouping.grouper.FilesetGrouper`
     (``omero.fs.ng.bioformatsOracle=true``): for a file of a multi-file format the rule
-    table cannot decide (``grouping_rules.ORACLE_SUFFIXES``), ask the long-lived
+    table cannot decide (``readers.ORACLE_SUFFIXES``), ask the long-lived
     Bio-Formats JVM which files it uses.
 
     Bounded: one answer takes at most ``timeout`` s (the JVM is then killed and restarted
@@ -555,7 +555,7 @@ def _reason(answer: OracleAnswer) -> str:
 def suffix_table(oracle: BioFormatsOracle) -> list[tuple[str, str, tuple[str, ...]]]:
     """(reader class, format, suffixes) for every default reader, in readers.txt order.
 
-    This is how ``grouping_rules.READER_SUFFIXES`` was generated; see :func:`main`.
+    This is how ``readers.READER_SUFFIXES`` was generated; see :func:`main`.
     """
     return [(r.cls, r.format, r.suffixes) for r in oracle.reader_infos()]
 
@@ -581,7 +581,7 @@ def render_suffix_table(rows: Sequence[tuple[str, str, tuple[str, ...]]]) -> str
 
 
 def write_suffix_table(rows: Sequence[tuple[str, str, tuple[str, ...]]], target: Path) -> None:
-    """Replace the generated block of ``grouping_rules.py`` with ``rows``."""
+    """Replace the generated block of ``readers.py`` with ``rows``."""
     text = target.read_text(encoding="utf-8")
     start = text.index(BEGIN_MARK) + len(BEGIN_MARK) + 1
     end = text.index(END_MARK)
@@ -589,14 +589,14 @@ def write_suffix_table(rows: Sequence[tuple[str, str, tuple[str, ...]]], target:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m omero_dropbox.bioformats COMMAND``.
+    """Command line: ``python -m omero_dropbox.grouping.oracle COMMAND``.
 
-    * ``suffix-table [--write]``: print (or write into ``grouping_rules.py``) the table
+    * ``suffix-table [--write]``: print (or write into ``readers.py``) the table
       of every reader's suffixes;
     * ``used-files PATH...``: what Bio-Formats uses for each file (JSON lines);
     * ``group PATH...``: group the files as the OMERO importer would (JSON lines).
     """
-    parser = argparse.ArgumentParser(prog="python -m omero_dropbox.bioformats")
+    parser = argparse.ArgumentParser(prog="python -m omero_dropbox.grouping.oracle")
     parser.add_argument("command", choices=("suffix-table", "used-files", "group"))
     parser.add_argument("paths", nargs="*")
     parser.add_argument("--readers", type=Path, default=None)
@@ -606,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "suffix-table":
             rows = suffix_table(oracle)
             if args.write:
-                write_suffix_table(rows, Path(__file__).with_name("grouping_rules.py"))
+                write_suffix_table(rows, Path(__file__).with_name("readers.py"))
             else:
                 sys.stdout.write(render_suffix_table(rows))
         elif args.command == "used-files":
