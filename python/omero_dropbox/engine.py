@@ -28,7 +28,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,9 +58,10 @@ from omero_dropbox.journal import (
     fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
+from omero_dropbox.omero_objects import parse_omero_objects
 from omero_dropbox.skip_log import SkipLog
-from omero_dropbox.status import ServiceSnapshot, parse_omero_objects
-from omero_dropbox.watcher import Event, Watcher
+from omero_dropbox.snapshot import LiveStatus, ServiceSnapshot
+from omero_dropbox.watcher import ReadyEvent, Watcher
 
 __all__ = ["AnyUser", "DropBox", "UserDirectory", "UserList"]
 
@@ -200,7 +201,7 @@ class DropBox:
     def __init__(
         self,
         config: DropBoxConfig,
-        importer: Callable[[ImportRequest], ImportResult | bool | None],
+        importer: Callable[[ImportRequest], ImportResult | bool | None] | None,  # None: dry_run only
         *,
         state_dir: Path,
         users: UserDirectory | None = None,
@@ -214,7 +215,7 @@ class DropBox:
         self.journal = Journal(state_dir, lock_state_dir=True)
         self._importer = self._dry_run_importer if dry_run else as_importer(importer)
         self._stop = threading.Event()
-        self._events: queue.Queue[tuple[UserMonitorConfig, list[Event]]] = queue.Queue()
+        self._events: queue.Queue[tuple[UserMonitorConfig, Sequence[ReadyEvent]]] = queue.Queue()
         self._watchers: list[Watcher] = []
         self._threads: list[threading.Thread] = []
         self._pools: dict[str, _Pool] = {}
@@ -224,7 +225,7 @@ class DropBox:
         self._regroup_turn = 0
         self._forgotten_seen = 0  # forgotten files found unchanged in this run
         # Delivered events not handled yet, per user folder, served in turn.
-        self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, Event]]] = {}
+        self._backlog: dict[str, collections.deque[tuple[UserMonitorConfig, ReadyEvent]]] = {}
         self._backlog_turn: collections.deque[str] = collections.deque()
         self._journal_full_until = 0.0  # monotonic time before which no new work is taken
         self._journal_full = False
@@ -259,7 +260,7 @@ class DropBox:
                 log.info("Created DropBox directory %s", watch_dir)
             watcher = Watcher(
                 watch_dir,
-                mode=user_cfg.path_mode,  # type: ignore[arg-type]
+                mode=user_cfg.path_mode,
                 event_types=("all",),
                 ignore_sys_files=user_cfg.ignore_sys_files,
                 ignore_dir_events=True,
@@ -267,7 +268,7 @@ class DropBox:
                 blacklist=user_cfg.blacklist,
                 block_size=user_cfg.block_size,
                 settle=self.config.settle,
-                backend=self.config.backend,  # type: ignore[arg-type]
+                backend=self.config.backend,
                 poll_interval=self.config.poll_interval,
                 initial_scan=True,
             )
@@ -312,7 +313,7 @@ class DropBox:
         """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
         self._stop.set()
 
-    def feed(self, user_cfg: UserMonitorConfig, events: list[Event]) -> None:
+    def feed(self, user_cfg: UserMonitorConfig, events: Sequence[ReadyEvent]) -> None:
         """Hand over READY events from another source (thread-safe; handled by :meth:`step`).
 
         Anything with ``path``, ``kind``, ``is_dir`` and ``src_path`` attributes will do.
@@ -413,7 +414,7 @@ class DropBox:
             if time.monotonic() >= deadline:
                 return
 
-    def _on_event(self, user_cfg: UserMonitorConfig, event: Event) -> None:
+    def _on_event(self, user_cfg: UserMonitorConfig, event: ReadyEvent) -> None:
         self.metrics.event(event.kind)
         if event.is_dir:
             return
@@ -1130,7 +1131,7 @@ class DropBox:
         if objects:
             self.journal.record_objects(fid, objects)
 
-    def runtime_status(self) -> dict[str, object]:
+    def runtime_status(self) -> LiveStatus:
         """What only the running service knows: waiting files, queue, watcher counters."""
         waiting: dict[str, int] = {}
         for user, pool in list(self._pools.items()):

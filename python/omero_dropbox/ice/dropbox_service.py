@@ -39,17 +39,23 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omero_dropbox.ice import load_slice
 
 Ice, omero = load_slice()
 monitors = omero.grid.monitors
 
+if TYPE_CHECKING:  # typed stand-ins of the untyped Ice bases: see omero_dropbox.ice
+    from omero_dropbox.ice import Application as _Application
+    from omero_dropbox.ice import Servant as _MonitorClient
+else:
+    _Application, _MonitorClient = Ice.Application, monitors.MonitorClient
+
 from omero_dropbox.config import ConfigError, DropBoxConfig, UserMonitorConfig, load_config  # noqa: E402
 from omero_dropbox.engine import DropBox, UserDirectory, UserList  # noqa: E402
 from omero_dropbox.ice.monitor_server import configure_logging, take_command_line_properties  # noqa: E402
-from omero_dropbox.importers import CommandImporter  # noqa: E402
+from omero_dropbox.importers import CommandImporter, ImportFunction  # noqa: E402
 from omero_dropbox.journal import JournalError, open_private, private_dir  # noqa: E402
 from omero_dropbox.properties import property_by_name  # noqa: E402
 from omero_dropbox.watcher import system_file_rules  # noqa: E402
@@ -116,7 +122,7 @@ def scan_tree(user_cfg: UserMonitorConfig) -> Iterator[str]:
 # --------------------------------------------------------------------------- servant
 
 
-class DropBoxClientI(monitors.MonitorClient):  # type: ignore[misc, name-defined]
+class DropBoxClientI(_MonitorClient):
     """``MonitorClient`` servant ``<clientIdString>.<user>``: events go to the engine, nothing blocks."""
 
     def __init__(self, user_cfg: UserMonitorConfig, engine: DropBox) -> None:
@@ -142,7 +148,7 @@ class DropBoxClientI(monitors.MonitorClient):  # type: ignore[misc, name-defined
             if kind is not None:
                 events.append(RemoteEvent(info.fileId, kind))
         self.received += len(el)
-        self.engine.feed(self.user_cfg, events)  # type: ignore[arg-type]
+        self.engine.feed(self.user_cfg, events)
 
 
 # --------------------------------------------------------------------------- monitors
@@ -308,7 +314,7 @@ def _old_monitor_ids(state_dir: Path) -> list[str]:
         return []
 
 
-class DropBoxApp(Ice.Application):  # type: ignore[misc, name-defined]
+class DropBoxApp(_Application):
     """``python -m omero_dropbox.ice.dropbox_service``: the DropBox server."""
 
     def run(self, args: list[str]) -> int:
@@ -334,7 +340,7 @@ class DropBoxApp(Ice.Application):  # type: ignore[misc, name-defined]
         sessions = None
         users: UserDirectory | None = UserList(opts.users.split(",")) if opts.users else None
         if opts.importer_command:
-            importer: Any = CommandImporter(opts.importer_command, config.import_timeout or None)
+            importer: ImportFunction = CommandImporter(opts.importer_command, config.import_timeout or None)
         else:
             from omero_dropbox.ice.sessions import UserSessions, internal_root_factory, omero_importer_for
 
@@ -464,9 +470,9 @@ class Supervisor:
                 continue
             batch.append(RemoteEvent(path, "created"))
             if len(batch) >= 1000:
-                self.engine.feed(user_cfg, batch)  # type: ignore[arg-type]
+                self.engine.feed(user_cfg, batch)
                 batch = []
-        self.engine.feed(user_cfg, batch)  # type: ignore[arg-type]
+        self.engine.feed(user_cfg, batch)
         return count
 
     def release_settled(self) -> None:
@@ -481,7 +487,7 @@ class Supervisor:
                 continue
             if (st.st_size, st.st_mtime) == (size, mtime):
                 del self._unsettled[path]
-                self.engine.feed(user_cfg, [RemoteEvent(path, "created")])  # type: ignore[list-item]
+                self.engine.feed(user_cfg, [RemoteEvent(path, "created")])
             else:
                 self._unsettled[path] = (user_cfg, st.st_size, st.st_mtime, now)
 
