@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # typed stand-ins of the untyped Ice bases: see omero_dropbox
 else:
     _Application, _MonitorClient = Ice.Application, monitors.MonitorClient
 
+from omero_dropbox.choices import WatchEventType  # noqa: E402
 from omero_dropbox.config import ConfigError, DropBoxConfig, UserMonitorConfig, load_config  # noqa: E402
 from omero_dropbox.engine import DropBox, UserDirectory, UserList  # noqa: E402
 from omero_dropbox.ice.monitor_server import configure_logging, take_command_line_properties  # noqa: E402
@@ -68,7 +69,11 @@ event_log = logging.getLogger("fsclient.fsDropBoxMonitorClient")
 #: Seconds between checks that the MonitorServer still has our monitors.
 SUPERVISE_EVERY = 5.0
 _KINDS = {"Create": "created", "Modify": "modified", "Delete": "deleted"}
-_WATCH_TYPES = {"creation": "Creation", "modification": "Modification", "deletion": "Deletion"}
+_WATCH_TYPES: dict[WatchEventType, str] = {
+    "creation": "Creation",
+    "modification": "Modification",
+    "deletion": "Deletion",
+}
 
 
 @dataclass(frozen=True)

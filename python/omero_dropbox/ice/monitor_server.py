@@ -65,7 +65,7 @@ monitors = omero.grid.monitors
 if TYPE_CHECKING:  # typed stand-ins of the untyped Ice bases: see omero_dropbox.ice
     from omero_dropbox.ice import Application as _Application
     from omero_dropbox.ice import Servant as _MonitorServer
-    from omero_dropbox.watcher import Watcher
+    from omero_dropbox.watcher import Event, Watcher
 else:
     _Application, _MonitorServer = Ice.Application, monitors.MonitorServer
 
@@ -282,7 +282,7 @@ class _Monitor:
 
     # ---------------------------------------------------------- events
 
-    def _convert(self, batch: Iterable[Any]) -> list[tuple[str, Any]]:
+    def _convert(self, batch: Iterable[Event]) -> list[tuple[str, Any]]:
         types = self.params.event_types
         ET = monitors.EventType
         out: list[tuple[str, Any]] = []
