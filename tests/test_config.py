@@ -174,6 +174,23 @@ def test_config_is_frozen() -> None:
         config.users[0].watch_dir = Path("/x")  # type: ignore[misc]
 
 
+def test_closed_choices_checked_when_built_in_code() -> None:
+    # The loader checks them against what is allowed; a config built or replace()d in code is
+    # checked too, so a value outside its Literal type never reaches the watcher.
+    config = load_config()
+    user = config.users[0]
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(user, path_mode="Flat")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "omero.fs.pathMode: unknown value 'Flat' for user 'default'; allowed: flat, recurse, follow"
+    )
+    with pytest.raises(ConfigError, match=r"^omero.fs.eventTypes: unknown value 'all' for user 'default'"):
+        dataclasses.replace(user, event_types=("creation", "all"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^omero.fs.ng.backend: unknown value 'inotify'; allowed: auto,"):
+        dataclasses.replace(config, backend="inotify")  # type: ignore[arg-type]
+    assert dataclasses.replace(user, path_mode="flat").path_mode == "flat"
+
+
 # --------------------------------------------------------------------------- templates.xml
 
 

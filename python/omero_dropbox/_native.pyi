@@ -1,22 +1,46 @@
-"""Typed interface of the native watcher core (Rust, notify + PyO3).
+"""Typed interface of the native watcher core (Rust, notify + PyO3), built from ``rust/lib.rs``.
 
-Use :class:`omero_dropbox.Watcher` rather than these classes directly.
+Use :class:`omero_dropbox.Watcher` rather than these classes directly. CI checks this stub
+against the built module (``python -m mypy.stubtest omero_dropbox._native``).
 """
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, final
+
+from typing_extensions import Self
+
+__all__ = [
+    "Event",
+    "NativeWatcher",
+    "PathPolicy",
+    "__version__",
+    "network_filesystem",
+    "never_data",
+    "regex_full_matches",
+    "system_file_rules",
+]
 
 __version__: str
 
+# The spellings documented here; the core also accepts them in any case (and "polling").
+_PathMode = Literal["flat", "recurse", "follow"]
+_EventType = Literal["creation", "modification", "deletion", "all"]
+_Backend = Literal["auto", "native", "poll"]
+_EventKind = Literal["created", "modified", "deleted", "moved"]
+# A path argument: PyO3 reads it as a PathBuf, as os.fspath would.
+_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+@final
 class Event:
-    """One READY event, delivered in batches."""
+    """One READY event, delivered in batches. Made by the core only (no constructor)."""
 
     @property
     def path(self) -> str:
         """Absolute path; non-UTF-8 bytes are surrogate-escaped like ``os.fsdecode``."""
     @property
-    def kind(self) -> str:
+    def kind(self) -> _EventKind:
         """``"created"``, ``"modified"``, ``"deleted"`` or ``"moved"``."""
     @property
     def is_dir(self) -> bool:
@@ -24,9 +48,10 @@ class Event:
     @property
     def src_path(self) -> str | None:
         """For ``"moved"``: the previous path; otherwise None."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+@final
 class NativeWatcher:
     """The native watcher thread. The constructor returns once every watch is placed.
 
@@ -38,26 +63,26 @@ class NativeWatcher:
             ``backend="native"``; the message names the sysctl to raise).
     """
 
-    def __init__(
-        self,
-        roots: Sequence[str | bytes],
+    def __new__(
+        cls,
+        roots: Sequence[_Path],
         *,
-        mode: str = "follow",
-        event_types: Sequence[str] = ("all",),
+        mode: _PathMode = "follow",
+        event_types: Sequence[_EventType] = ...,  # ["all"]
         ignore_sys_files: bool = True,
         ignore_dir_events: bool = True,
-        whitelist: Sequence[str] = (),
-        blacklist: Sequence[str | bytes] = (),
+        whitelist: Sequence[str] = ...,  # []
+        blacklist: Sequence[_Path] = ...,  # []
         block_size: int = 0,
         settle: float = 2.0,
         close_grace: float = 0.1,
         write_timeout: float = 60.0,
-        backend: str = "auto",
+        backend: _Backend = "auto",
         poll_interval: float = 1.0,
         initial_scan: bool = False,
         debounce: float = 0.05,
         max_latency: float = 1.0,
-    ) -> None: ...
+    ) -> Self: ...
     def next_batch(self, timeout: float | None = None) -> list[Event] | None:
         """Wait (GIL released, Ctrl-C honoured) for the next batch.
 
@@ -69,25 +94,26 @@ class NativeWatcher:
     def closed(self) -> bool: ...
     @property
     def roots(self) -> list[str]: ...
-    def reports(self, path: str) -> bool:
+    def reports(self, path: _Path) -> bool:
         """Whether a file at ``path`` would be reported once complete, by its path alone."""
-    def backends(self) -> list[tuple[str, str]]:
+    def backends(self) -> list[tuple[str, Literal["native", "poll"]]]:
         """(root, "native" | "poll") for each root."""
     def stats(self) -> dict[str, int]:
         """raw_events, overflows, rescans, watches, reported, pending, tracked, denied, poll_roots."""
 
+@final
 class PathPolicy:
     """Which files below one root a watcher reports (the one path policy)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         root: str | os.PathLike[str],
         *,
-        mode: str = "recurse",
+        mode: Literal["flat", "recurse", "follow"] = "recurse",
         ignore_sys_files: bool = True,
-        whitelist: Sequence[str] = (),
-        blacklist: Sequence[str | os.PathLike[str]] = (),
-    ) -> None: ...
+        whitelist: Sequence[str] = ...,
+        blacklist: Sequence[str | os.PathLike[str]] = ...,
+    ) -> Self: ...
     @property
     def root(self) -> Path: ...
     def reports(self, path: str | os.PathLike[str]) -> bool: ...
@@ -96,10 +122,10 @@ class PathPolicy:
     def never_data(self, path: str | os.PathLike[str]) -> bool: ...
 
 def never_data(path: str | os.PathLike[str]) -> bool: ...
-def system_file_rules() -> list[tuple[str, str, str]]:
+def system_file_rules() -> list[tuple[Literal["prefix", "suffix", "exact"], str, str]]:
     """The system-file rules as (``"prefix"|"suffix"|"exact"``, pattern, reason)."""
 
-def network_filesystem(path: str | bytes) -> str | None:
+def network_filesystem(path: _Path) -> str | None:
     """The network filesystem ``path`` lives on (``"nfs"``, ``"cifs"``, ...), or None."""
 
 def regex_full_matches(pattern: str, names: Sequence[str], size_limit: int) -> list[int]:

@@ -21,35 +21,19 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from omero_dropbox.at_use import FileRefused, check_beneath
 from omero_dropbox.journal import FAILED, IMPORTED, IMPORTING, QUEUED, Journal, file_identity
 from omero_dropbox.ownership import NotOwned, Owner, Ownership
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.text import printable as display_path
+from omero_dropbox.watcher import ReadyEvent
 
-__all__ = ["Admission", "Admitted", "Verdict", "WatchEvent"]
+__all__ = ["Admission", "Admitted", "Verdict"]
 
 log = logging.getLogger("omero_dropbox.dropbox")
 
 _EVENT_TYPE = {"created": "creation", "modified": "modification", "moved": "creation"}
-
-
-class WatchEvent(Protocol):
-    """What the engine needs of an event: the native ``Event``, or anything alike (``feed``)."""
-
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...  # "created" | "modified" | "deleted" | "moved"
-
-    @property
-    def is_dir(self) -> bool: ...
-
-    @property
-    def src_path(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +72,7 @@ class Admission:
         self._retry_rewritten = retry_rewritten  # (path, fileset id): a failed file copied again
         self._forgotten_seen = 0  # forgotten files found unchanged in this run
 
-    def admit(self, event: WatchEvent) -> Verdict:
+    def admit(self, event: ReadyEvent) -> Verdict:
         if event.is_dir:
             return _NOTHING
         path = event.path

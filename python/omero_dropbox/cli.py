@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import logging.handlers
 import os
 import shutil
 import signal
@@ -20,15 +18,17 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from omero_dropbox.config import ConfigError, DropBoxConfig, format_config, load_config
-from omero_dropbox.text import EscapingFormatter, printable
+from omero_dropbox.logging_setup import setup_logging
+from omero_dropbox.text import printable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: `status`, `retry` and `config` start without them
+    from omero_dropbox.engine import DropBox, UserDirectory
     from omero_dropbox.http_status import StatusServer
+    from omero_dropbox.ice.sessions import PerUserOmeroImporter
+    from omero_dropbox.importers import ImportFunction, ImportRequest
 
 log = logging.getLogger("omero_dropbox.cli")
 
-# Upstream's DropBox.log line format, so sites keep their log tooling.
-LOG_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)40s] (%(threadName)-10s) %(message)s"
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "omero-dropbox"
 #: Seconds `run` waits, after SIGTERM/SIGINT/SIGHUP, for running imports (default 300); then
 #: the importers still running are ended and their filesets run again at the next start.
@@ -184,63 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------- logging
-
-
-#: DropBox.log holds every user's file names: not for others.  0640 as packaging/logrotate's
-#: ``create`` (group: the service's own, for log readers), whatever the umask.
-LOG_FILE_MODE = 0o640
-LOG_DIR_MODE = 0o750
-
-
-class _PrivateLogFile:
-    """Opens (and reopens, after a rotation) the log file with :data:`LOG_FILE_MODE`."""
-
-    baseFilename: str
-    mode: str
-    encoding: str | None
-    errors: str | None
-
-    def _open(self) -> io.TextIOWrapper:  # logging.FileHandler's hook
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
-        try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode & ~LOG_FILE_MODE:
-                os.fchmod(fd, mode & LOG_FILE_MODE)
-        except OSError:
-            pass  # not ours to change (another owner): log to it as it is
-        return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-
-class _RotatingLog(_PrivateLogFile, logging.handlers.RotatingFileHandler):
-    pass
-
-
-class _WatchedLog(_PrivateLogFile, logging.handlers.WatchedFileHandler):
-    pass
-
-
-def setup_logging(level: str, log_dir: Path | None, external_rotation: bool = False) -> None:
-    """Log to stderr and, with ``log_dir``, to DropBox.log; every line escaped (:mod:`omero_dropbox.text`)."""
-    root = logging.getLogger()
-    root.setLevel(level)
-    formatter = EscapingFormatter(LOG_FORMAT)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(formatter)
-    root.addHandler(stream)
-    if log_dir is not None:
-        log_dir.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
-        handler: logging.Handler
-        if external_rotation:
-            # logrotate moves the file away; WatchedFileHandler notices and reopens it.
-            handler = _WatchedLog(log_dir / "DropBox.log")
-        else:
-            handler = _RotatingLog(log_dir / "DropBox.log", maxBytes=5_000_000, backupCount=9)
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-
-
 # --------------------------------------------------------------- importers
 
 
@@ -253,10 +196,7 @@ class RecordImporter:
         self.path = path
         private_dir(path.parent)
 
-    def __call__(self, request: object) -> bool:
-        from omero_dropbox.importers import ImportRequest
-
-        assert isinstance(request, ImportRequest)
+    def __call__(self, request: ImportRequest) -> bool:
         line = {
             "user": request.user,
             "key": os.fsencode(request.key).decode("utf-8", "backslashreplace"),
@@ -293,7 +233,7 @@ class StartupRefused(Exception):
 _OTHER_IMPORTERS = "or choose another importer: --importer-command 'ARGV TEMPLATE' or --importer record"
 
 
-def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> object:
+def make_importer(args: argparse.Namespace, config: DropBoxConfig) -> ImportFunction:
     """The importer ``run`` uses, checked now so that a bad one stops the start, not the first file."""
     from omero_dropbox.importers import CommandImporter, ImporterConfigError
 
@@ -358,7 +298,7 @@ def check_program(program: str, option: str, fix: str = "give its full path, or 
     return program
 
 
-def _omero_importer(args: argparse.Namespace, config: DropBoxConfig, why: str = "") -> object:
+def _omero_importer(args: argparse.Namespace, config: DropBoxConfig, why: str = "") -> PerUserOmeroImporter:
     """The OMERO CLI importer with sessions made by an admin login (password never in argv).
 
     Checked at start: the ``omero`` program, Ice and omero-py in this Python, and the admin login.
@@ -415,7 +355,7 @@ def _omero_importer(args: argparse.Namespace, config: DropBoxConfig, why: str = 
     return omero_importer_for(config, sessions, session_root=args.state_dir / "omero-sessions")
 
 
-def _read_users(spec: str | None) -> object:
+def _read_users(spec: str | None) -> UserDirectory | None:
     from omero_dropbox.engine import UserList
 
     if spec is None:
@@ -518,17 +458,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare_watch_dirs(config)
     importer = make_importer(args, config)
     log.info("Importer: %r; journal: %s", importer, args.state_dir)
-    return _run(
-        args, config, importer, args.state_dir, users or getattr(importer, "sessions", None), drain_timeout
-    )
+    if users is None:
+        users = _known_users(importer)
+    return _run(args, config, importer, args.state_dir, users, drain_timeout)
+
+
+def _known_users(importer: ImportFunction) -> UserDirectory | None:
+    """The OMERO importer's sessions, which can tell which users exist; None for other importers."""
+    from omero_dropbox.engine import UserDirectory
+
+    sessions = getattr(importer, "sessions", None)
+    return sessions if isinstance(sessions, UserDirectory) else None
 
 
 def _run(
     args: argparse.Namespace,
     config: DropBoxConfig,
-    importer: object,
+    importer: ImportFunction | None,
     state_dir: Path,
-    users: object,
+    users: UserDirectory | None,
     drain_timeout: float | None,
 ) -> int:
     from omero_dropbox.engine import DropBox
@@ -537,9 +485,9 @@ def _run(
     try:
         dropbox = DropBox(
             config,
-            importer,  # type: ignore[arg-type]
+            importer,
             state_dir=state_dir,
-            users=users,  # type: ignore[arg-type]
+            users=users,
             dry_run=args.dry_run,
         )
     except JournalError as exc:
@@ -581,27 +529,27 @@ def _drain_timeout() -> float | None:
     return value
 
 
-def _start_status_server(args: argparse.Namespace, dropbox: object, state_dir: Path) -> StatusServer | None:
+def _start_status_server(args: argparse.Namespace, dropbox: DropBox, state_dir: Path) -> StatusServer | None:
     if not args.http:
         return None
     from omero_dropbox.http_status import StatusServer, parse_http_address
 
     host, port = parse_http_address(args.http)
-    server = StatusServer(dropbox, state_dir, host, port, omero_web=args.omero_web)  # type: ignore[arg-type]
+    server = StatusServer(dropbox, state_dir, host, port, omero_web=args.omero_web)
     server.start()
     return server
 
 
-def _startup_progress(dropbox: object) -> None:
+def _startup_progress(dropbox: DropBox) -> None:
     """On a terminal: files found by the start-up scan until it has been quiet for 3 s."""
     from omero_dropbox.progress import watch_progress
 
     last = {"events": -1, "since": time.monotonic()}
-    wanted = len(dropbox.config.users)  # type: ignore[attr-defined]
+    wanted = len(dropbox.config.users)
 
     def poll() -> tuple[int, str, bool]:
-        live = dropbox.runtime_status()  # type: ignore[attr-defined]
-        events = sum(dropbox.metrics.events.values())  # type: ignore[attr-defined]
+        live = dropbox.runtime_status()
+        events = sum(dropbox.metrics.events.values())
         watcher = live["watcher"]
         if live["watching"] < wanted:
             return events, "placing watches", False
@@ -719,7 +667,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _service_running(state_dir: Path) -> bool:
-    from omero_dropbox.status import read_service
+    from omero_dropbox.snapshot import read_service
 
     return bool(read_service(state_dir).get("running"))
 

@@ -61,6 +61,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any
 
+from omero_dropbox.choices import BACKENDS, PATH_MODES, WATCH_EVENT_TYPES, Backend, PathMode, WatchEventType
 from omero_dropbox.properties import (
     DEFAULT_USER,
     PROPERTIES,
@@ -148,14 +149,23 @@ def _relative_parts(path: PathArg, base: Path) -> tuple[str, ...] | None:
     return None if ".." in rest else rest
 
 
+def _check_choices(
+    name: str, given: Sequence[object], allowed: Sequence[str], user: str | None = None
+) -> None:
+    for value in given:
+        if value not in allowed:
+            who = f" for user '{user}'" if user is not None else ""
+            raise ConfigError(f"{name}: unknown value {value!r}{who}; allowed: {', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class UserMonitorConfig:
     """The resolved settings of one ``importUsers`` entry (one watched directory)."""
 
     import_user: str  # "default" or an OMERO user name
     watch_dir: Path
-    event_types: tuple[str, ...]  # subset of "creation", "modification", "deletion"
-    path_mode: str  # "flat" | "recurse" | "follow"
+    event_types: tuple[WatchEventType, ...]
+    path_mode: PathMode
     whitelist: tuple[str, ...]
     blacklist: tuple[str, ...]
     timeout: float
@@ -169,6 +179,11 @@ class UserMonitorConfig:
     time_to_idle_ms: int
     readers: Path | None  # only an existing file, as upstream
     import_args: tuple[str, ...]  # shlex-split
+
+    def __post_init__(self) -> None:
+        # The loader has checked these already; this catches code that builds or replace()s one.
+        _check_choices("omero.fs.eventTypes", self.event_types, WATCH_EVENT_TYPES, self.import_user)
+        _check_choices("omero.fs.pathMode", (self.path_mode,), PATH_MODES, self.import_user)
 
     @property
     def is_default(self) -> bool:
@@ -215,7 +230,7 @@ class DropBoxConfig:
     max_attempts: int
     retry_backoff: float
     import_timeout: float
-    backend: str  # "auto" | "native" | "poll"
+    backend: Backend
     poll_interval: float
     require_owner: bool
     bioformats_oracle: bool
@@ -226,6 +241,9 @@ class DropBoxConfig:
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        _check_choices("omero.fs.ng.backend", (self.backend,), BACKENDS)
 
     @property
     def import_users(self) -> tuple[str, ...]:

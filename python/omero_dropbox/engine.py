@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omero_dropbox.admission import Admission, WatchEvent
+from omero_dropbox.admission import Admission
 from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, GiveUp, Pool, Waits
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
@@ -54,12 +54,13 @@ from omero_dropbox.journal import (
     fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
+from omero_dropbox.omero_objects import parse_omero_objects
 from omero_dropbox.ownership import AnyUser, Owner, Ownership, UserDirectory, UserList
 from omero_dropbox.skip_log import SkipLog
-from omero_dropbox.status import ServiceSnapshot, parse_omero_objects
-from omero_dropbox.watcher import Watcher
+from omero_dropbox.snapshot import LiveStatus, ServiceSnapshot
+from omero_dropbox.watcher import ReadyEvent, Watcher
 
-__all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList", "WatchEvent"]
+__all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList"]
 
 log = logging.getLogger("omero_dropbox.dropbox")
 
@@ -200,7 +201,7 @@ class DropBox:
     def __init__(
         self,
         config: DropBoxConfig,
-        importer: Callable[[ImportRequest], ImportResult | bool | None],
+        importer: Callable[[ImportRequest], ImportResult | bool | None] | None,  # None: dry_run only
         *,
         state_dir: Path,
         users: UserDirectory | None = None,
@@ -215,7 +216,7 @@ class DropBox:
         self.journal = Journal(state_dir, lock_state_dir=True)
         self._importer = self._dry_run_importer if dry_run else as_importer(importer)
         self._stop = threading.Event()
-        self._events: queue.Queue[list[WatchEvent]] = queue.Queue()
+        self._events: queue.Queue[list[ReadyEvent]] = queue.Queue()
         self._watchers: list[Watcher] = []
         self._threads: list[threading.Thread] = []
         self.aggregator = Aggregator()
@@ -226,7 +227,7 @@ class DropBox:
         self._user_groupers: dict[str, FilesetGrouper] = {}
         self._regroup_turn = 0
         # Delivered events not handled yet, per user folder, served in turn.
-        self._backlog: dict[str, collections.deque[WatchEvent]] = {}
+        self._backlog: dict[str, collections.deque[ReadyEvent]] = {}
         self._backlog_turn: collections.deque[str] = collections.deque()
         self._journal_full_until = 0.0  # monotonic time before which no new work is taken
         self._journal_full = False
@@ -268,7 +269,7 @@ class DropBox:
                 log.info("Created DropBox directory %s", watch_dir)
             watcher = Watcher(
                 watch_dir,
-                mode=user_cfg.path_mode,  # type: ignore[arg-type]
+                mode=user_cfg.path_mode,
                 event_types=("all",),
                 ignore_sys_files=user_cfg.ignore_sys_files,
                 ignore_dir_events=True,
@@ -276,7 +277,7 @@ class DropBox:
                 blacklist=user_cfg.blacklist,
                 block_size=user_cfg.block_size,
                 settle=self.config.settle,
-                backend=self.config.backend,  # type: ignore[arg-type]
+                backend=self.config.backend,
                 poll_interval=self.config.poll_interval,
                 initial_scan=True,
             )
@@ -321,11 +322,11 @@ class DropBox:
         """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
         self._stop.set()
 
-    def feed(self, events: Sequence[WatchEvent]) -> None:
+    def feed(self, events: Sequence[ReadyEvent]) -> None:
         """Hand over READY events from another source (thread-safe; handled by :meth:`step`).
 
         Anything with ``path``, ``kind``, ``is_dir`` and ``src_path`` attributes will do
-        (:class:`~omero_dropbox.admission.WatchEvent`); who owns each path is decided here,
+        (:class:`~omero_dropbox.admission.ReadyEvent`); who owns each path is decided here,
         from the configuration, whatever the source.
         """
         if events:
@@ -415,7 +416,7 @@ class DropBox:
             if time.monotonic() >= deadline:
                 return
 
-    def _on_event(self, event: WatchEvent) -> None:
+    def _on_event(self, event: ReadyEvent) -> None:
         self.metrics.event(event.kind)
         verdict = self.admission.admit(event)
         now = time.monotonic()
@@ -804,7 +805,7 @@ class DropBox:
         if objects:
             self.journal.record_objects(fid, objects)
 
-    def runtime_status(self) -> dict[str, object]:
+    def runtime_status(self) -> LiveStatus:
         """What only the running service knows: waiting files, queue, watcher counters."""
         waiting: dict[str, int] = {}
         for user, pool in list(self.aggregator.pools.items()):

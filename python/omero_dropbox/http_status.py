@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 from omero_dropbox.config import ConfigError
 from omero_dropbox.journal import FILESET_STATES, IMPORTED, Journal, JournalError, display_path
 from omero_dropbox.metrics import CONTENT_TYPE, collect, exposition
+from omero_dropbox.omero_objects import omero_web_link
 from omero_dropbox.status import collect as collect_status
-from omero_dropbox.status import omero_web_link, one_line
+from omero_dropbox.status import one_line
 from omero_dropbox.text import printable
 
 if TYPE_CHECKING:
@@ -219,7 +220,9 @@ class StatusServer:
     # -- what the handler needs -------------------------------------------------------
 
     def token_ok(self, given: str | None) -> bool:
-        return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())  # type: ignore[union-attr]
+        if not given:
+            return False
+        return hmac.compare_digest(given.encode(), self._token.encode())
 
     def status_doc(self, limit: int = 20) -> dict[str, Any]:
         live = {
@@ -238,15 +241,14 @@ class StatusServer:
         for row in self.journal.counts("filesets").values():
             for state, n in row.items():
                 counts[state] = counts.get(state, 0) + n
-        waiting: dict[str, int] = live["waiting"]  # type: ignore[assignment]
         return exposition(
             collect(
                 self.dropbox.metrics,
                 fileset_states=counts,
                 all_states=FILESET_STATES,
-                queue=live["queue"],  # type: ignore[arg-type]
-                waiting_files=sum(waiting.values()),
-                watcher=live["watcher"],  # type: ignore[arg-type]
+                queue=live["queue"],
+                waiting_files=sum(live["waiting"].values()),
+                watcher=live["watcher"],
             )
         )
 

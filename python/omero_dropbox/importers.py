@@ -72,6 +72,7 @@ __all__ = [
     "RUNNING_IMPORTERS",
     "CallableImporter",
     "CommandImporter",
+    "ImportFunction",
     "ImportRequest",
     "ImportResult",
     "Importer",
@@ -175,6 +176,11 @@ class Importer(Protocol):
     def __call__(self, request: ImportRequest) -> ImportResult: ...
 
 
+#: What the engine accepts as an importer: an :class:`Importer`, or any function returning
+#: True/None (imported), False (failed, retried) or an :class:`ImportResult` (:class:`CallableImporter`).
+ImportFunction = Callable[[ImportRequest], ImportResult | bool | None]
+
+
 def display(path: str) -> str:
     """Printable form of a (possibly surrogate-escaped) path or text, control characters escaped."""
     return display_path(path)
@@ -233,7 +239,7 @@ class CallableImporter(BaseImporter):
     failure with the exception's text, or permanent for :class:`PermanentImportError`.
     """
 
-    def __init__(self, func: Callable[[ImportRequest], ImportResult | bool | None]) -> None:
+    def __init__(self, func: ImportFunction) -> None:
         if not callable(func):
             raise ImporterConfigError(f"importer {func!r} is not callable")
         self.func = func
@@ -485,7 +491,7 @@ def _load_prctl() -> Callable[..., int] | None:
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
-    return prctl  # type: ignore[no-any-return]
+    return prctl
 
 
 _PRCTL = _load_prctl()

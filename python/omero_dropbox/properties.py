@@ -35,7 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from omero_dropbox.choices import BACKENDS, PATH_MODES, WATCH_EVENT_TYPES, WatchEventType
 
 __all__ = [
     "DEFAULT_USER",
@@ -57,7 +59,7 @@ _log = logging.getLogger("omero_dropbox.config")
 DEFAULT_USER = "default"
 """The ``importUsers`` entry that selects all-users mode (``<watchDir>/<user>/...``)."""
 
-EVENT_TYPES = ("creation", "modification", "deletion")
+EVENT_TYPES = WATCH_EVENT_TYPES
 """The watch event types, lower case, in their canonical order."""
 
 RETRY_BACKOFF_CAP = 3600.0
@@ -283,27 +285,35 @@ class Bool(Kind):
         return "True" if value else "False"
 
 
-@dataclass(frozen=True)
-class Choice(Kind):
-    """One of a fixed set of names, matched case-insensitively, returned lower case."""
+_Value = TypeVar("_Value", bound=str)
 
-    options: tuple[str, ...] = ()
-    noun: str = "value"
+
+@dataclass(frozen=True)
+class Choice(Kind, Generic[_Value]):
+    """One of a closed set of names (a ``Literal``'s values, lower case), matched case-insensitively.
+
+    ``capitalized``: written ``Flat`` rather than ``flat`` (in the reference, ``config show``), as
+    upstream spells them.
+    """
+
+    values: tuple[_Value, ...]
+    noun: str
+    capitalized: bool = False
 
     type_name = "choice"
 
     def allowed(self) -> str:
-        return ", ".join(self.options)
+        return ", ".join(self.to_text(value) for value in self.values)
 
-    def parse_text(self, text: str, where: Where) -> str:
+    def parse_text(self, text: str, where: Where) -> _Value:
         low = text.lower()
-        if low not in (option.lower() for option in self.options):
-            raise where.error(f"unknown {self.noun} {text!r}", self.allowed())
-        return low
+        for value in self.values:
+            if value == low:
+                return value
+        raise where.error(f"unknown {self.noun} {text!r}", self.allowed())
 
     def to_text(self, value: Any) -> str:
-        by_lower = {option.lower(): option for option in self.options}
-        return by_lower.get(str(value), str(value))
+        return str(value).capitalize() if self.capitalized else str(value)
 
 
 class EventTypes(Kind):
@@ -315,25 +325,27 @@ class EventTypes(Kind):
     def allowed(self) -> str:
         return ", ".join(self._names)
 
-    def parse_text(self, text: str, where: Where) -> tuple[str, ...]:
+    def parse_text(self, text: str, where: Where) -> tuple[WatchEventType, ...]:
         return self._parse_items(text.split(","), text, where)
 
-    def parse_toml(self, value: object, where: Where) -> tuple[str, ...]:
+    def parse_toml(self, value: object, where: Where) -> tuple[WatchEventType, ...]:
         if isinstance(value, list):
             return self._parse_items(_toml_strings(value, where, self.allowed()), value, where)
         return tuple(super().parse_toml(value, where))
 
-    def _parse_items(self, items: Sequence[str], shown: object, where: Where) -> tuple[str, ...]:
-        chosen: set[str] = set()
+    def _parse_items(self, items: Sequence[str], shown: object, where: Where) -> tuple[WatchEventType, ...]:
+        by_name: dict[str, WatchEventType] = {name: name for name in EVENT_TYPES}
+        chosen: set[WatchEventType] = set()
         for raw in items:
             item = raw.strip()
             if not item:
                 continue  # "Creation,,Deletion": empty list items are dropped, as upstream
             low = item.lower()
+            known = by_name.get(low)
             if low == "all":
                 chosen.update(EVENT_TYPES)
-            elif low in EVENT_TYPES:
-                chosen.add(low)
+            elif known is not None:
+                chosen.add(known)
             else:
                 raise where.error(f"unknown event type {item!r}", self.allowed())
         if not chosen:
@@ -526,7 +538,7 @@ PROPERTIES: tuple[Property, ...] = (
     _up(
         "omero.fs.pathMode",
         "path_mode",
-        Choice(("Flat", "Recurse", "Follow"), "path mode"),
+        Choice(PATH_MODES, "path mode", capitalized=True),
         "Follow",
         _U,
         "Flat: top directory only; Recurse: existing subdirectories; Follow: also new ones.",
@@ -776,7 +788,7 @@ PROPERTIES: tuple[Property, ...] = (
     _ng(
         "backend",
         "backend",
-        Choice(("auto", "native", "poll"), "backend"),
+        Choice(BACKENDS, "backend"),
         "auto",
         "Watch backend: native kernel events, polling (NFS/SMB), or auto.",
     ),

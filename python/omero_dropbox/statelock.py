@@ -24,16 +24,15 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the service is supported on POSIX only
-    fcntl = None  # type: ignore[assignment]
-
 from omero_dropbox.importers import RUNNING_IMPORTERS, end_leftover_importers
 from omero_dropbox.journal import JournalError, JournalFullError, open_private
+
+if sys.platform != "win32":  # Windows: no flock; the service is supported on POSIX only
+    import fcntl
 
 __all__ = ["LOCK_NAME", "StateDirInUseError", "StateLock"]
 
@@ -66,7 +65,7 @@ class StateLock:
                     "full; free some space; nothing already recorded was lost"
                 ) from e
             raise JournalError(f"cannot open the lock file {self.path}: {e.strerror or e}") from e
-        if fcntl is None:
+        if sys.platform == "win32":
             log.warning("No flock(2) here: nothing stops a second service on %s", self.state_dir)
             return fd
         try:
@@ -90,8 +89,9 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             RUNNING_IMPORTERS.detach(self.state_dir)
-            with contextlib.suppress(OSError, AttributeError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if sys.platform != "win32":
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     @property

@@ -4,9 +4,10 @@ Two sources, both safe to read while the service runs:
 
 * the journal (SQLite WAL, opened read-only): filesets by state, imports today, the
   last failures with their reasons, recent history;
-* ``<state-dir>/service.json``, a small snapshot the running service rewrites every
-  few seconds: whether it runs (pid), files waiting for their fileset to settle
-  (these are not in the journal yet), the import queue and the watcher counters.
+* ``<state-dir>/service.json`` (:mod:`omero_dropbox.snapshot`), a small snapshot the running
+  service rewrites every few seconds: whether it runs (pid), files waiting for their
+  fileset to settle (these are not in the journal yet), the import queue and the watcher
+  counters.
 
 ``status --json`` prints :func:`collect` as JSON; the schema is documented in
 ``docs/reference.md`` (section "status --json") and versioned by ``"schema"``.
@@ -14,11 +15,8 @@ Two sources, both safe to read while the service runs:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -36,126 +34,18 @@ from omero_dropbox.journal import (
     Journal,
     JournalError,
     display_path,
-    open_private,
 )
+from omero_dropbox.snapshot import read_service
 from omero_dropbox.text import printable, printable_tree
 
-__all__ = [
-    "SERVICE_FILE",
-    "STATUS_SCHEMA",
-    "ServiceSnapshot",
-    "collect",
-    "format_table",
-    "omero_web_link",
-    "parse_omero_objects",
-    "print_status",
-    "read_service",
-    "start_of_today",
-]
+__all__ = ["STATUS_SCHEMA", "collect", "format_table", "one_line", "print_status", "start_of_today"]
 
 STATUS_SCHEMA = 1
-SERVICE_FILE = "service.json"
 #: The per-user columns, in table order.
 COLUMNS = ("waiting", "queued", "importing", "imported_today", "failed")
-_HEARTBEAT = 30.0  # rewrite service.json at least this often, so readers can tell it is alive
 
-# What `omero import` prints on stdout for what it created ("Image:12,13", "Plate:4").
 # A line break as the journal stores it (escaped; \r\n, \n or \r).
 _ESCAPED_LINE_BREAK = re.compile(r"\\x0d\\x0a|\\x0a|\\x0d")
-_OBJECT_LINE = re.compile(r"^\s*(Image|Plate|Fileset|Screen|Dataset|Project|Well):(\d+(?:\s*,\s*\d+)*)\s*$")
-
-
-# ------------------------------------------------------------------- OMERO objects
-
-
-def parse_omero_objects(text: str) -> tuple[str, ...]:
-    """``("Image:12", "Image:13")`` from ``omero import`` output lines such as ``Image:12,13``."""
-    out: list[str] = []
-    for line in text.splitlines():
-        m = _OBJECT_LINE.match(line)
-        if m:
-            out.extend(f"{m.group(1)}:{n.strip()}" for n in m.group(2).split(","))
-    return tuple(dict.fromkeys(out))
-
-
-def omero_web_link(base_url: str, obj: str) -> str | None:
-    """The OMERO.web URL that shows ``obj`` (``"Image:12"``), or None for a kind it cannot show."""
-    kind, _, ident = obj.partition(":")
-    if not ident.isdigit() or kind not in ("Image", "Plate", "Screen", "Dataset", "Project", "Well"):
-        return None
-    return f"{base_url.rstrip('/')}/webclient/?show={kind.lower()}-{ident}"
-
-
-# ----------------------------------------------------------------- service snapshot
-
-
-class ServiceSnapshot:
-    """Writes ``<state-dir>/service.json`` for ``status`` in other processes.
-
-    Rewritten atomically when the content changed, and at least every 30 s; removed
-    when the service stops cleanly.  Never fsync-ed: it describes the present only.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / SERVICE_FILE
-        self.started_at = time.time()
-        self._last: dict[str, Any] | None = None
-        self._written = 0.0
-
-    def update(self, live: Mapping[str, Any]) -> bool:
-        """Write ``live`` (waiting, queue, watcher, http...) if it changed; returns whether written."""
-        now = time.time()
-        body = dict(live)
-        if body == self._last and now - self._written < _HEARTBEAT:
-            return False
-        doc = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_at": self.started_at,
-            "updated_at": now,
-            **body,
-        }
-        tmp = self.path.with_name(f".{SERVICE_FILE}.{os.getpid()}.tmp")
-        try:
-            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(doc))
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            return False  # status then says "not running": wrong but harmless; the journal is intact
-        self._last, self._written = body, now
-        return True
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    except OSError:
-        return False
-    return True
-
-
-def read_service(state_dir: Path) -> dict[str, Any]:
-    """The service snapshot plus ``running`` (its pid is alive on this host)."""
-    try:
-        doc = json.loads((Path(state_dir) / SERVICE_FILE).read_text(encoding="utf-8"))
-        if not isinstance(doc, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError):
-        return {"running": False}
-    pid = doc.get("pid")
-    same_host = doc.get("host") == socket.gethostname()
-    doc["running"] = bool(isinstance(pid, int) and same_host and _pid_alive(pid))
-    return doc
 
 
 # --------------------------------------------------------------------------- report
@@ -227,7 +117,7 @@ def collect(
         }
         for e in history
     ]
-    return printable_tree(
+    doc: dict[str, Any] = printable_tree(
         {
             "schema": STATUS_SCHEMA,
             "generated_at": time.time(),
@@ -241,6 +131,7 @@ def collect(
             "recent": recent,
         }
     )
+    return doc
 
 
 def one_line(text: str, limit: int = 160) -> str:

@@ -20,14 +20,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 from omero_dropbox._native import Event, NativeWatcher, PathPolicy, network_filesystem, system_file_rules
+from omero_dropbox.choices import Backend, PathMode, WatchEventType
 
 __all__ = [
+    "Backend",
     "Event",
     "EventType",
     "PathMode",
+    "ReadyEvent",
     "Watcher",
     "WatcherError",
     "network_filesystem",
@@ -35,9 +38,22 @@ __all__ = [
     "system_file_rules",
 ]
 
-PathMode = Literal["flat", "recurse", "follow"]
-EventType = Literal["creation", "modification", "deletion", "all"]
-Backend = Literal["auto", "native", "poll"]
+EventType = WatchEventType | Literal["all"]
+
+
+class ReadyEvent(Protocol):
+    """What a READY event tells its consumer: :class:`Event` is one, and so is an event the Ice
+    DropBox service receives from a MonitorServer or finds by scanning."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def kind(self) -> str: ...  # "created" | "modified" | "deleted" | "moved"
+    @property
+    def is_dir(self) -> bool: ...
+    @property
+    def src_path(self) -> str | None: ...
+
 
 StrPath = str | os.PathLike[str]
 
@@ -156,7 +172,7 @@ class Watcher:
         """
         return self._native.reports(os.fsdecode(path))
 
-    def backends(self) -> list[tuple[str, str]]:
+    def backends(self) -> list[tuple[str, Literal["native", "poll"]]]:
         """(root, "native" | "poll") for each root."""
         return self._native.backends()
 

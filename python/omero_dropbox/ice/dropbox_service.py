@@ -39,17 +39,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omero_dropbox.ice import load_slice
 
 Ice, omero = load_slice()
 monitors = omero.grid.monitors
 
+if TYPE_CHECKING:  # typed stand-ins of the untyped Ice bases: see omero_dropbox.ice
+    from omero_dropbox.ice import Application as _Application
+    from omero_dropbox.ice import Servant as _MonitorClient
+else:
+    _Application, _MonitorClient = Ice.Application, monitors.MonitorClient
+
+from omero_dropbox.choices import WatchEventType  # noqa: E402
 from omero_dropbox.config import ConfigError, DropBoxConfig, UserMonitorConfig, load_config  # noqa: E402
 from omero_dropbox.engine import DropBox, UserDirectory, UserList  # noqa: E402
 from omero_dropbox.ice.monitor_server import configure_logging, take_command_line_properties  # noqa: E402
-from omero_dropbox.importers import CommandImporter  # noqa: E402
+from omero_dropbox.importers import CommandImporter, ImportFunction  # noqa: E402
 from omero_dropbox.journal import JournalError, open_private, private_dir  # noqa: E402
 from omero_dropbox.ownership import policy_for  # noqa: E402
 from omero_dropbox.properties import property_by_name  # noqa: E402
@@ -63,7 +70,11 @@ event_log = logging.getLogger("fsclient.fsDropBoxMonitorClient")
 #: Seconds between checks that the MonitorServer still has our monitors.
 SUPERVISE_EVERY = 5.0
 _KINDS = {"Create": "created", "Modify": "modified", "Delete": "deleted"}
-_WATCH_TYPES = {"creation": "Creation", "modification": "Modification", "deletion": "Deletion"}
+_WATCH_TYPES: dict[WatchEventType, str] = {
+    "creation": "Creation",
+    "modification": "Modification",
+    "deletion": "Deletion",
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class RemoteEvent:
 # --------------------------------------------------------------------------- servant
 
 
-class DropBoxClientI(monitors.MonitorClient):  # type: ignore[misc, name-defined]
+class DropBoxClientI(_MonitorClient):
     """``MonitorClient`` servant ``<clientIdString>.<user>``: events go to the engine, nothing blocks."""
 
     def __init__(self, user_cfg: UserMonitorConfig, engine: DropBox) -> None:
@@ -274,7 +285,7 @@ def _old_monitor_ids(state_dir: Path) -> list[str]:
         return []
 
 
-class DropBoxApp(Ice.Application):  # type: ignore[misc, name-defined]
+class DropBoxApp(_Application):
     """``python -m omero_dropbox.ice.dropbox_service``: the DropBox server."""
 
     def run(self, args: list[str]) -> int:
@@ -300,7 +311,7 @@ class DropBoxApp(Ice.Application):  # type: ignore[misc, name-defined]
         sessions = None
         users: UserDirectory | None = UserList(opts.users.split(",")) if opts.users else None
         if opts.importer_command:
-            importer: Any = CommandImporter(opts.importer_command, config.import_timeout or None)
+            importer: ImportFunction = CommandImporter(opts.importer_command, config.import_timeout or None)
         else:
             from omero_dropbox.ice.sessions import UserSessions, internal_root_factory, omero_importer_for
 

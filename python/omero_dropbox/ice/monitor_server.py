@@ -52,13 +52,22 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
+from omero_dropbox.choices import WATCH_EVENT_TYPES, Backend, PathMode, WatchEventType
 from omero_dropbox.ice import load_slice
-from omero_dropbox.text import EscapingFormatter, escape_log_handlers
+from omero_dropbox.logging_setup import stderr_handler
+from omero_dropbox.text import escape_log_handlers
 
 Ice, omero = load_slice()
 monitors = omero.grid.monitors
+
+if TYPE_CHECKING:  # typed stand-ins of the untyped Ice bases: see omero_dropbox.ice
+    from omero_dropbox.ice import Application as _Application
+    from omero_dropbox.ice import Servant as _MonitorServer
+    from omero_dropbox.watcher import Event, Watcher
+else:
+    _Application, _MonitorServer = Ice.Application, monitors.MonitorServer
 
 __all__ = ["DEFAULT_BUFFER_LIMIT", "MonitorServerApp", "MonitorServerI", "main"]
 
@@ -71,13 +80,22 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 10.0
 _POLL = 0.5
 
-_EVENT_TYPES = {
-    "Creation": "creation",
-    "Modification": "modification",
-    "Deletion": "deletion",
-    "All": "all",
+_EVENT_TYPES: dict[str, tuple[WatchEventType, ...]] = {
+    "Creation": ("creation",),
+    "Modification": ("modification",),
+    "Deletion": ("deletion",),
+    "All": WATCH_EVENT_TYPES,
 }
-_PATH_MODES = {"Flat": "flat", "Recurse": "recurse", "Follow": "follow"}
+_PATH_MODES: dict[str, PathMode] = {"Flat": "flat", "Recurse": "recurse", "Follow": "follow"}
+
+
+class WatcherOptions(TypedDict, total=False):
+    """The watcher settings every monitor shares (``omero.fs.ng.backend``, ``pollInterval``, ``settle``);
+    one left out keeps the watcher's default."""
+
+    backend: Backend
+    poll_interval: float
+    settle: float
 
 
 def _fs_error(reason: str) -> Exception:
@@ -94,8 +112,8 @@ class MonitorParams:
     """The validated arguments of one ``createMonitor`` call."""
 
     path: str
-    mode: str
-    event_types: frozenset[str]  # subset of creation, modification, deletion
+    mode: PathMode
+    event_types: frozenset[WatchEventType]
     whitelist: tuple[str, ...]
     blacklist: tuple[str, ...]
     block_size: int
@@ -133,12 +151,12 @@ def parse_params(
         raise _fs_error(
             "eTypes is empty: pass at least one WatchEventType (Creation, Modification, Deletion or All)"
         )
-    kinds: set[str] = set()
+    kinds: set[WatchEventType] = set()
     for name in names:
-        kind = _EVENT_TYPES.get(name)
-        if kind is None:
+        chosen = _EVENT_TYPES.get(name)
+        if chosen is None:
             raise _fs_error(f"eTypes: unknown WatchEventType {name!r}; allowed: {', '.join(_EVENT_TYPES)}")
-        kinds.update(("creation", "modification", "deletion") if kind == "all" else (kind,))
+        kinds.update(chosen)
     mode = _PATH_MODES.get(_enum_name(p_mode))
     if mode is None:
         raise _fs_error(f"pMode: unknown PathMode {_enum_name(p_mode)!r}; allowed: Flat, Recurse, Follow")
@@ -192,10 +210,10 @@ class _Monitor:
         params: MonitorParams,
         proxy: Any,
         buffer_limit: int,
-        watcher_options: dict[str, Any] | None = None,
+        watcher_options: WatcherOptions | None = None,
     ) -> None:
         self.id = monitor_id
-        self.watcher_options = dict(watcher_options or {})
+        self.watcher_options = (watcher_options or WatcherOptions()).copy()
         self.params = params
         self.proxy = proxy
         self.buffer_limit = buffer_limit
@@ -203,7 +221,7 @@ class _Monitor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._watcher: Any = None
+        self._watcher: Watcher | None = None
         self._thread: threading.Thread | None = None
         self._next_try = 0.0
         self._backoff = RETRY_INITIAL
@@ -229,8 +247,8 @@ class _Monitor:
             # Creation also brings "moved" events; deletion-only needs them too (moved out).
             self._watcher = Watcher(
                 p.path,
-                mode=p.mode,  # type: ignore[arg-type]
-                event_types=sorted(p.event_types),  # type: ignore[arg-type]
+                mode=p.mode,
+                event_types=sorted(p.event_types),
                 ignore_sys_files=p.ignore_sys_files,
                 ignore_dir_events=p.ignore_dir_events,
                 whitelist=p.whitelist,
@@ -264,7 +282,7 @@ class _Monitor:
 
     # ---------------------------------------------------------- events
 
-    def _convert(self, batch: Iterable[Any]) -> list[tuple[str, Any]]:
+    def _convert(self, batch: Iterable[Event]) -> list[tuple[str, Any]]:
         types = self.params.event_types
         ET = monitors.EventType
         out: list[tuple[str, Any]] = []
@@ -415,17 +433,17 @@ class _Monitor:
         self._backoff = min(self._backoff * 2, RETRY_MAX)
 
 
-class MonitorServerI(monitors.MonitorServer):  # type: ignore[misc, name-defined]
+class MonitorServerI(_MonitorServer):
     """The servant. Thread-safe: Ice dispatches calls from several threads."""
 
     def __init__(
-        self, buffer_limit: int = DEFAULT_BUFFER_LIMIT, watcher_options: dict[str, Any] | None = None
+        self, buffer_limit: int = DEFAULT_BUFFER_LIMIT, watcher_options: WatcherOptions | None = None
     ) -> None:
         if buffer_limit < 1:
             raise ValueError(f"omero.fs.ng.monitorBufferLimit must be >= 1, not {buffer_limit}")
         self.buffer_limit = buffer_limit
         # backend / poll_interval / settle of every monitor (omero.fs.ng.backend, pollInterval, settle)
-        self.watcher_options = dict(watcher_options or {})
+        self.watcher_options = (watcher_options or WatcherOptions()).copy()
         self._monitors: dict[str, _Monitor] = {}
         self._lock = threading.Lock()
 
@@ -521,18 +539,14 @@ class MonitorServerI(monitors.MonitorServer):  # type: ignore[misc, name-defined
 def configure_logging(props: Any, server_id: str) -> None:
     """``<omero.logging.directory>/<server id>.log`` under IceGrid (as upstream), else stderr."""
     if props.getProperty("Ice.Admin.ServerId"):
-        from omero.util import configure_server_logging  # type: ignore[import-not-found, import-untyped]
+        from omero.util import configure_server_logging
 
         configure_server_logging(props)
         escape_log_handlers()  # omero.util's handlers, their format kept, every line escaped
         return
-    from omero_dropbox.cli import LOG_FORMAT
-
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
-        root.addHandler(handler)
+        root.addHandler(stderr_handler())
     escape_log_handlers()
     root.setLevel(int(props.getPropertyWithDefault("omero.logging.level", "20") or 20))
 
@@ -551,7 +565,7 @@ def _property(props: Any, name: str, default: str) -> str:
     return props.getPropertyWithDefault(name, default).strip() or default
 
 
-def watcher_options(props: Any) -> dict[str, Any]:
+def watcher_options(props: Any) -> WatcherOptions:
     """``backend``, ``poll_interval`` and ``settle`` from ``omero.fs.ng.*`` (validated as for DropBox).
 
     ``omero.fs.ng.backend=poll`` is how a MonitorServer watches an NFS/SMB share.
@@ -563,7 +577,7 @@ def watcher_options(props: Any) -> dict[str, Any]:
     return {"backend": config.backend, "poll_interval": config.poll_interval, "settle": config.settle}
 
 
-class MonitorServerApp(Ice.Application):  # type: ignore[misc, name-defined]
+class MonitorServerApp(_Application):
     """``python -m omero_dropbox.ice.monitor_server``: serve ``MonitorServer`` until shut down."""
 
     def run(self, args: list[str]) -> int:

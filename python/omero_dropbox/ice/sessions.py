@@ -41,6 +41,7 @@ from omero_dropbox.importers import (
     ImportResult,
     OmeroImporter,
     PermanentImportError,
+    SessionProvider,
 )
 
 __all__ = [
@@ -205,7 +206,7 @@ def internal_root_factory(communicator: Any, retries: int = 5, interval: float =
 
     def factory() -> Any:
         _omero()
-        import omero.util  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        import omero.util
 
         sf = omero.util.internal_service_factory(
             communicator, "root", "system", retries=max(1, retries), interval=interval
@@ -273,7 +274,7 @@ def check_admin_login(
     tries ``interval`` s apart (``omero.fs.maxRetries`` / ``retryInterval``, as upstream's
     start-up)."""
     _, omero = _omero()
-    import Glacier2  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    import Glacier2
 
     refused = (
         Glacier2.PermissionDeniedException,
@@ -333,7 +334,7 @@ class PerUserOmeroImporter(BaseImporter):
         return self.by_entry.get(request.user, self._fallback)(request)
 
     @property
-    def sessions(self) -> Any:
+    def sessions(self) -> SessionProvider:
         return self._fallback.sessions
 
     def __repr__(self) -> str:

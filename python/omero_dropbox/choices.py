@@ -1,0 +1,26 @@
+"""The closed sets of setting values that cross module seams: a ``Literal`` type each, and its values.
+
+The configuration checks every value against these at load (:mod:`omero_dropbox.properties`,
+with an error naming the property and what is allowed); the watcher, the engine and the Ice
+services receive them typed, so mypy checks each hand-over. Pure Python: the configuration
+must load where the native watcher is not built.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["BACKENDS", "PATH_MODES", "WATCH_EVENT_TYPES", "Backend", "PathMode", "WatchEventType"]
+
+PathMode = Literal["flat", "recurse", "follow"]
+"""Upstream ``PathMode``: the root only; the subdirectories that exist at start; also new ones."""
+
+Backend = Literal["auto", "native", "poll"]
+"""``omero.fs.ng.backend``: kernel events, polling (NFS/SMB), or kernel events unless polling is needed."""
+
+WatchEventType = Literal["creation", "modification", "deletion"]
+"""Upstream ``WatchEventType`` without ``All`` (which stands for all three), in canonical order."""
+
+PATH_MODES: tuple[PathMode, ...] = get_args(PathMode)
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+WATCH_EVENT_TYPES: tuple[WatchEventType, ...] = get_args(WatchEventType)
