@@ -554,28 +554,6 @@ def test_data_dir_and_default_dropbox_dir() -> None:
 # --------------------------------------------------------------------------- importUsers semantics
 
 
-def test_owner_of_default_mode() -> None:
-    (user,) = load_config().users
-    assert user.owner_of("/OMERO/DropBox/amy/run1/a.tif") == "amy"
-    assert user.owner_of("/OMERO/DropBox/amy/a.tif") == "amy"
-    assert user.owner_of("/OMERO/DropBox/a.tif") is None  # file in the root: nobody's
-    assert user.owner_of("/elsewhere/amy/a.tif") is None
-    assert user.owner_of("/OMERO/DropBox/amy/../bob/a.tif") is None
-
-
-def test_owner_of_named_user_and_nesting() -> None:
-    config = load_config(overrides=d(importUsers="default;root", watchDir=";/OMERO/DropBox/lab"))
-    default, root = config.users
-    assert root.owner_of("/OMERO/DropBox/lab/a.tif") == "root"
-    assert root.owner_of("/OMERO/DropBox/lab/x/y/a.tif") == "root"
-    found = config.user_for("/OMERO/DropBox/lab/x/a.tif")
-    assert found is not None and found[0] is root and found[1] == "root"
-    found = config.user_for("/OMERO/DropBox/amy/a.tif")
-    assert found is not None and found[0] is default and found[1] == "amy"
-    assert config.user_for("/OMERO/DropBox/a.tif") is None
-    assert config.user_for("/tmp/a.tif") is None
-
-
 # --------------------------------------------------------------------------- quirk fixes
 
 

@@ -1,4 +1,5 @@
-"""The waiting rules of the engine, driven by scripted events on a fake clock.
+"""The engine driven by scripted events: its waiting rules on a fake clock, then the whole
+engine fed events through ``DropBox.feed``.
 
 The aggregator (:mod:`omero_dropbox.aggregator`) is pure: the clock is the ``now`` each call
 is given, and the disk is a :class:`~omero_dropbox.aggregator.DiskView`. Here the disk is a
@@ -9,13 +10,19 @@ by tests/test_faults_fs.py and tests/test_edges_engine.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, Waits, wait_for
+from omero_dropbox.config import load_config
+from omero_dropbox.engine import DropBox
 from omero_dropbox.grouping import Fileset, FilesetGrouper
+from omero_dropbox.importers import ImportRequest
+from omero_dropbox.ownership import UserList
 
 ROOT = "/d/amy"
 WAITS = Waits(dir_import_wait=10.0, complete_wait=2.0)
@@ -227,3 +234,77 @@ def test_the_real_grouper_and_the_aggregator_release_an_ics_pair_once(tmp_path: 
     assert s.due(2.9) == ([], [])
     assert s.due(3.0) == ([key], [])
     assert s.due(30.0) == ([], [])
+
+
+# ----------------------------------------------------------------------------------------
+# The engine as a whole, fed scripted events through DropBox.feed (as the Ice DropBox service
+# feeds it): real files, a real journal, a real import queue; no watcher.
+
+
+@dataclass(frozen=True)
+class Scripted:
+    path: str
+    kind: str = "created"
+    is_dir: bool = False
+    src_path: str | None = None
+
+
+def _fed_dropbox(tmp_path: Path, users: list[str], **props: str) -> tuple[DropBox, list[ImportRequest]]:
+    settings = {"dirImportWait": "0.3", "throttleImport": "0", **props}
+    config = load_config(overrides=[f"omero.fs.{k}={v}" for k, v in settings.items()])
+    imported: list[ImportRequest] = []
+    box = DropBox(config, imported.append, state_dir=tmp_path / "state", users=UserList(users), watch=False)
+    box.start()
+    return box, imported
+
+
+def _run_until(box: DropBox, condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        box.step(timeout=0.05)
+        if condition():
+            return True
+    return condition()
+
+
+def test_fed_events_are_owned_by_the_deepest_watch_dir_whatever_their_source(tmp_path: Path) -> None:
+    """A named user's folder inside the all-users DropBox: her files are imported as her, once,
+    not as the folder's name too (ownership is decided by the path, not by who reported it)."""
+    dropbox = tmp_path / "DropBox"
+    lab = dropbox / "lab"
+    lab.mkdir(parents=True)
+    (dropbox / "amy").mkdir()
+    box, imported = _fed_dropbox(
+        tmp_path, ["amy", "lab", "root"], importUsers="default;root", watchDir=f"{dropbox};{lab}"
+    )
+    try:
+        mine, hers = lab / "a.tif", dropbox / "amy" / "b.tif"
+        mine.write_bytes(b"II*\0" + b"1" * 100)
+        hers.write_bytes(b"II*\0" + b"2" * 100)
+        # Both monitors would report the file in lab/ (the all-users one and root's own).
+        box.feed([Scripted(str(mine)), Scripted(str(hers))])
+        box.feed([Scripted(str(mine))])
+        assert _run_until(box, lambda: len(imported) == 2), imported
+        assert box.queue.wait_idle(10)
+        assert sorted((r.user, r.key) for r in imported) == [("amy", str(hers)), ("root", str(mine))]
+    finally:
+        box.shutdown(drain_timeout=10)
+
+
+def test_a_fed_deletion_takes_a_waiting_file_out_and_a_move_brings_it_back(tmp_path: Path) -> None:
+    dropbox = tmp_path / "DropBox"
+    (dropbox / "amy").mkdir(parents=True)
+    box, imported = _fed_dropbox(tmp_path, ["amy"], watchDir=str(dropbox), dirImportWait="1")
+    try:
+        first, moved = dropbox / "amy" / "a.tif", dropbox / "amy" / "b.tif"
+        first.write_bytes(b"II*\0" + b"1" * 100)
+        box.feed([Scripted(str(first))])
+        box.step(timeout=0.05)
+        first.rename(moved)
+        box.feed([Scripted(str(moved), kind="moved", src_path=str(first))])
+        assert _run_until(box, lambda: len(imported) == 1), imported
+        assert box.queue.wait_idle(10)
+        assert [r.key for r in imported] == [str(moved)]
+        assert not _run_until(box, lambda: len(imported) > 1, timeout=1.5)
+    finally:
+        box.shutdown(drain_timeout=10)

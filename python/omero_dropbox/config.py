@@ -36,7 +36,7 @@ Property syntax (templates.xml and ``-D``) is upstream's:
   here, default ``/OMERO``); any other user must be given a ``watchDir``.
 
 ``default`` in ``importUsers`` is all-users mode: the first path component under the
-watch dir names the OMERO user (see :meth:`UserMonitorConfig.owner_of`). Any other name
+watch dir names the OMERO user (see :mod:`omero_dropbox.ownership`). Any other name
 imports everything under its own ``watchDir`` as that user.
 
 The TOML layout (``[dropbox]``, ``[users.NAME]``) is :data:`TOML_LAYOUT` (an example) and
@@ -57,7 +57,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -139,16 +139,6 @@ _IMPORT_USERS = "omero.fs.importUsers"
 # --------------------------------------------------------------------------- results
 
 
-def _relative_parts(path: PathArg, base: Path) -> tuple[str, ...] | None:
-    """Components of ``path`` below ``base``, or None if it is not below it (lexically)."""
-    parts, base_parts = PurePath(path).parts, PurePath(base).parts
-    if parts[: len(base_parts)] != base_parts:
-        return None
-    rest = parts[len(base_parts) :]
-    # A ".." could climb out of the user's tree; real watcher paths never contain one.
-    return None if ".." in rest else rest
-
-
 def _check_choices(
     name: str, given: Sequence[object], allowed: Sequence[str], user: str | None = None
 ) -> None:
@@ -189,20 +179,6 @@ class UserMonitorConfig:
     def is_default(self) -> bool:
         """True for all-users mode (``<watch_dir>/<user>/...``)."""
         return self.import_user == DEFAULT_USER
-
-    def owner_of(self, path: PathArg) -> str | None:
-        """The OMERO user a file at ``path`` is imported as, or None.
-
-        In all-users mode that is the first component below the watch dir; a file directly
-        in the watch dir belongs to nobody. A named user owns everything below its watch
-        dir. Purely lexical: symlinks and ownership are the engine's business.
-        """
-        rest = _relative_parts(path, self.watch_dir)
-        if not rest:
-            return None
-        if not self.is_default:
-            return self.import_user
-        return rest[0] if len(rest) >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -248,19 +224,6 @@ class DropBoxConfig:
     @property
     def import_users(self) -> tuple[str, ...]:
         return tuple(user.import_user for user in self.users)
-
-    def user_for(self, path: PathArg) -> tuple[UserMonitorConfig, str] | None:
-        """The monitor watching ``path`` and the user to import it as, or None.
-
-        When watch dirs nest, the deepest one decides, so a named user's directory inside
-        the all-users DropBox belongs to that named user.
-        """
-        holders = [u for u in self.users if _relative_parts(path, u.watch_dir) is not None]
-        if not holders:
-            return None
-        monitor = max(holders, key=lambda u: len(PurePath(u.watch_dir).parts))
-        owner = monitor.owner_of(path)
-        return None if owner is None else (monitor, owner)
 
 
 # --------------------------------------------------------------------------- -D
