@@ -269,8 +269,13 @@ class _Collector(ast.NodeVisitor):
             if text and text.strip("% s"):
                 level = func.rsplit(".", 1)[1].upper()
                 self.found.append((f"log {level}", _printf(text), self._where()))
-        elif func in ("self._skip", "_skip") and len(node.args) >= 3:
+        elif func in ("self._skip", "_skip", "self.skip", "self.admission.skip") and len(node.args) >= 3:
             text = _template(node.args[2])
+            if text:
+                self.found.append(("not imported", "Not importing <path>: " + text, self._where()))
+        elif func in ("NotOwned", "GiveUp") and node.args:
+            # A path nobody owns (ownership.py), a companion given up on (aggregator.py): skipped.
+            text = _template(node.args[0 if func == "NotOwned" else -1])
             if text:
                 self.found.append(("not imported", "Not importing <path>: " + text, self._where()))
         elif func.endswith(".error") and node.args and func.split(".")[0] == "where":
