@@ -97,25 +97,30 @@ class Ownership:
         self.config = config
         self.users = users or AnyUser()
         # Deepest watch directory first, as "dir/" strings: the first prefix that matches wins.
-        self._monitors = sorted(config.users, key=lambda m: len(Path(m.watch_dir).parts), reverse=True)
-        self._prefixes = [(str(m.watch_dir).rstrip(os.sep) + os.sep, m) for m in self._monitors]
+        deepest_first = sorted(config.users, key=lambda m: len(Path(m.watch_dir).parts), reverse=True)
+        self._prefixes = [(str(m.watch_dir).rstrip(os.sep) + os.sep, m) for m in deepest_first]
         self._policies = {id(m): policy_for(m) for m in config.users}
         self._owners: dict[tuple[int, str], Owner] = {}
 
-    def monitor_of(self, path: str) -> UserMonitorConfig | None:
-        """The monitor whose watch directory holds ``path`` (the deepest), or None."""
+    def _below(self, path: str) -> tuple[UserMonitorConfig, str] | None:
+        """The monitor whose watch directory holds ``path`` (the deepest), and the rest of the
+        path below that directory; None outside every watch directory."""
         for prefix, monitor in self._prefixes:
             if path.startswith(prefix):
-                return monitor
+                return monitor, path[len(prefix) :]
         return None
+
+    def monitor_of(self, path: str) -> UserMonitorConfig | None:
+        """The monitor whose watch directory holds ``path`` (the deepest), or None."""
+        found = self._below(path)
+        return None if found is None else found[0]
 
     def owner(self, path: str) -> Owner | NotOwned:
         """Who owns the file at ``path`` (absolute, as the watchers report it)."""
-        found = next(((p, m) for p, m in self._prefixes if path.startswith(p)), None)
+        found = self._below(path)
         if found is None:
             return NotOwned("file outside every watched directory")
-        prefix, monitor = found
-        rest = path[len(prefix) :]
+        monitor, rest = found
         if rest == ".." or rest.startswith(".." + os.sep) or (os.sep + ".." + os.sep) in rest:
             return NotOwned("path climbs out of the DropBox ('..')")
         if not monitor.is_default:
@@ -156,9 +161,8 @@ class Ownership:
 
     def backlog_key(self, path: str) -> str:
         """Whose turn an event at ``path`` waits for: its user folder's name (string work)."""
-        for prefix, monitor in self._prefixes:
-            if path.startswith(prefix):
-                if not monitor.is_default:
-                    return monitor.import_user
-                return path[len(prefix) :].split(os.sep, 1)[0]
-        return ""
+        found = self._below(path)
+        if found is None:
+            return ""
+        monitor, rest = found
+        return monitor.import_user if not monitor.is_default else rest.split(os.sep, 1)[0]

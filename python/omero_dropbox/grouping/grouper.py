@@ -88,7 +88,7 @@ from omero_dropbox.grouping.rules import (
     Sibling,
     member_tokens,
 )
-from omero_dropbox.grouping.system_files import is_system_name
+from omero_dropbox.grouping.system_files import is_system_file
 from omero_dropbox.grouping.templates import render
 from omero_dropbox.grouping.user_files import NotRegularFileError, file_kind
 
@@ -611,7 +611,7 @@ class FilesetGrouper:
         sep = os.sep
         for norm in sorted(given):
             name = norm[norm.rfind(sep) + 1 :]
-            if is_system_name(norm, name):
+            if is_system_file(norm):
                 system.append(norm)
             else:
                 eligible.append((norm, name))

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from omero_dropbox._native import never_data
 
-__all__ = ["is_system_file", "is_system_name"]
+__all__ = ["is_system_file"]
 
 
 def is_system_file(path: str) -> bool:
     """Whether the file at ``path`` is never image data (its name, or a ``__MACOSX`` folder)."""
-    return never_data(path)
-
-
-def is_system_name(path: str, name: str) -> bool:
-    """:func:`is_system_file` for a normalised ``path`` whose base name ``name`` is known."""
     return never_data(path)
