@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.faults_helpers import complete_lines  # noqa: E402
+from tests.support.appended import complete_lines  # noqa: E402
 
 RECORDER = """
 import json, os, sys, time

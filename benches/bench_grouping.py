@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from omero_dropbox.grouping import FilesetGrouper  # noqa: E402
 from omero_dropbox.grouping.oracle import BioFormatsOracle  # noqa: E402
-from tests.test_filesets import (  # noqa: E402
+from tests.support.filesets import (  # noqa: E402
     write_analyze,
     write_dv,
     write_ics,

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.faults_helpers import complete_lines  # noqa: E402
+from tests.support.appended import complete_lines  # noqa: E402
 
 ND = (
     b'"NDInfoFile", Version 1.0\r\n"DoTimelapse", TRUE\r\n"NTimePoints", 100000\r\n'

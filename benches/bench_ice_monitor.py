@@ -3,7 +3,7 @@
 
     python benches/bench_ice_monitor.py [--runs N] [--scale S] [--servers ng,upstream] [--json FILE]
 
-Each server runs as its own process, started exactly as in the tests (``tests/ice_helpers.py``:
+Each server runs as its own process, started exactly as in the tests (``tests/support/ice.py``:
 loopback tcp, ``Ice.MessageSizeMax=65536`` as in OMERO's templates). The client is a
 ``MonitorClient`` servant in this process that records every ``fsEventHappened``; the files are
 written by this process on tmpfs (``--base``, default /dev/shm). Monitor: ``Persistent``,
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from tests.ice_helpers import (  # noqa: E402
+from tests.support.ice import (  # noqa: E402
     ClientSide,
     ServerProcess,
     require_ice,

@@ -1,13 +1,13 @@
-"""Shared fixtures: real directories on tmpfs where available, and event collection with deadlines."""
+"""Fixtures for every layer: real directories on tmpfs where available.
+
+Helpers live in :mod:`tests.support`; this file holds fixtures only."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,22 +29,3 @@ def shm_dir() -> Iterator[Path]:
                 except OSError:
                     pass
         shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `condition` until it holds or `timeout` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
-def sigint_as_a_terminal_sends_it() -> None:
-    """``preexec_fn`` for a child that a test interrupts with SIGINT, as Ctrl-C would.
-
-    A job started in the background by a non-interactive shell (CI runners, ``cmd &``)
-    ignores SIGINT, and children inherit that; Python then never raises KeyboardInterrupt.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

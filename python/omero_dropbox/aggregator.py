@@ -1,7 +1,7 @@
 """When is a fileset due: the per-user pools of waiting files and the rules that release them.
 
 Pure bookkeeping, with the clock and the disk passed in, so that every waiting rule has unit
-tests on a fake clock (``tests/test_engine.py``), in the manner of Syncthing's watch
+tests on a fake clock (``tests/unit/test_engine.py``), in the manner of Syncthing's watch
 aggregator. The engine feeds it admitted files and groupings, and asks :meth:`Aggregator.due`
 what to submit.
 
