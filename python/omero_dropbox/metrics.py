@@ -1,5 +1,6 @@
 """Prometheus metrics of a running service, in the text exposition format (written by hand:
-no client library needed), served at ``/metrics`` by ``omero-dropbox run --http``.
+no client library needed; the tests read it back with prometheus-client's own parser), served
+at ``/metrics`` by ``omero-dropbox run --http``.
 
 The engine feeds :class:`EngineMetrics` (a dict increment per event, one histogram
 observation per import); everything else (filesets by state, queue depth, watcher

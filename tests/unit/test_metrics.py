@@ -86,3 +86,58 @@ def test_instrumented_importer_times_each_outcome() -> None:
         imp(req)
     hists = m.histograms()
     assert {k: h.count for k, h in hists.items()} == {"imported": 1, "retry": 1, "failed": 1}
+
+
+def test_the_reference_parser_reads_every_family_back() -> None:
+    """prometheus-client's own text parser (the one Prometheus' Python tooling uses) reads our
+    hand-written exposition back to the same names, types, labels and values."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    m = EngineMetrics()
+    for kind in ("created", "created", "moved", "renamed-by-a-new-backend"):
+        m.event(kind)
+    m.skip()
+    for seconds, outcome in ((0.2, "imported"), (45.0, "imported"), (7200.0, "failed"), (1e-9, "retry")):
+        m.observe_import(seconds, outcome)
+    families = collect(
+        m,
+        fileset_states={"imported": 3, "failed": 1},
+        all_states=("waiting", "queued", "importing", "imported", "failed", "skipped"),
+        queue={"ready": 1, "running": 2},
+        waiting_files=2,
+        watcher={"watches": 7, "overflows": 1, "rescans": 2, "raw_events": 10**15 + 1},
+    )
+    odd = 'amy "the boss"\\ \n\u00e9'
+    families.append(Family("odd", "gauge", 'help with \\ and\nnewline "quoted"', [({"user": odd}, math.inf)]))
+    families.append(Family("nan", "gauge", "not a number", [({}, math.nan), ({"k": "neg"}, -2.5e-7)]))
+
+    parsed = {f.name: f for f in parser.text_string_to_metric_families(exposition(families))}
+
+    def samples(name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in parsed[name].samples}
+
+    ours = {f"omero_dropbox_{f.name}".removesuffix("_total"): f for f in families}
+    assert set(parsed) == set(ours)
+    for name, fam in ours.items():
+        assert parsed[name].type == fam.type, name
+        assert parsed[name].documentation == fam.help, name
+    assert samples("omero_dropbox_events")[("omero_dropbox_events_total", (("kind", "created"),))] == 2
+    assert samples("omero_dropbox_events")[("omero_dropbox_events_total", (("kind", "deleted"),))] == 0
+    assert ("omero_dropbox_events_total", (("kind", "renamed-by-a-new-backend"),)) in samples(
+        "omero_dropbox_events"
+    )
+    raw = samples("omero_dropbox_watcher_raw_events")[("omero_dropbox_watcher_raw_events_total", ())]
+    assert raw == 10**15 + 1
+    durations = samples("omero_dropbox_import_duration_seconds")
+    name = "omero_dropbox_import_duration_seconds"
+    imported = (("outcome", "imported"),)
+    assert durations[(f"{name}_count", imported)] == 2
+    assert durations[(f"{name}_sum", imported)] == 45.2
+    assert durations[(f"{name}_bucket", (("le", "0.5"), *imported))] == 1
+    assert durations[(f"{name}_bucket", (("le", "+Inf"), *imported))] == 2
+    assert durations[(f"{name}_bucket", (("le", "+Inf"), ("outcome", "failed")))] == 1
+    assert durations[(f"{name}_bucket", (("le", "3600"), ("outcome", "failed")))] == 0
+    assert samples("omero_dropbox_odd") == {("omero_dropbox_odd", (("user", odd),)): math.inf}
+    nan = samples("omero_dropbox_nan")
+    assert (
+        math.isnan(nan[("omero_dropbox_nan", ())]) and nan[("omero_dropbox_nan", (("k", "neg"),))] == -2.5e-7
+    )
