@@ -55,6 +55,9 @@ TOKEN_FILE = "http-token"
 _MAX_BODY = 64 * 1024
 #: Seconds a connection may stay silent (idle, or a request sent half) before it is closed.
 CONNECTION_TIMEOUT = 5.0
+#: Seconds a connection may last in all: a client trickling a byte every few seconds never
+#: trips CONNECTION_TIMEOUT, so this cuts it (a page or a retry takes well under a second).
+CONNECTION_DEADLINE = 20.0
 #: Connections served at once; more are answered 503 and closed at once, never queued.
 MAX_CONNECTIONS = 16
 _BUSY_REPLY = (
@@ -116,7 +119,8 @@ def write_token(state_dir: Path) -> Path:
 
 class _Server(ThreadingHTTPServer):
     """A thread per connection, at most :data:`MAX_CONNECTIONS` of them; each one silent for
-    :data:`CONNECTION_TIMEOUT` s is closed (idle or half-sent requests hold no thread for ever)."""
+    :data:`CONNECTION_TIMEOUT` s, or open for :data:`CONNECTION_DEADLINE` s in all, is closed
+    (idle, half-sent or trickled requests hold no thread for ever)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -139,9 +143,13 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        deadline = threading.Timer(CONNECTION_DEADLINE, _cut, (request, client_address))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
 
     def _refuse(self, request: socket.socket, client_address: Any) -> None:
@@ -158,6 +166,13 @@ class _Server(ThreadingHTTPServer):
             request.setblocking(False)  # the accepting thread must never wait on a client
             request.send(_BUSY_REPLY)
         self.shutdown_request(request)
+
+
+def _cut(request: socket.socket, client_address: Any) -> None:
+    """End a connection past :data:`CONNECTION_DEADLINE`: its thread's read or write returns."""
+    log.debug("%s: connection open for %g s; closing it", client_address[0], CONNECTION_DEADLINE)
+    with contextlib.suppress(OSError):  # already closed: nothing to cut
+        request.shutdown(socket.SHUT_RDWR)
 
 
 class StatusServer:

@@ -17,12 +17,14 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from omero_dropbox.http_status import CONNECTION_DEADLINE
 from omero_dropbox.journal import INTERRUPTED_REASON, Journal
 from tests.support.faults import check_imports, journal_counts, write_fileset
 from tests.support.service import CLI, Service, running
@@ -409,3 +411,46 @@ def test_idle_and_half_sent_connections_neither_block_the_status_page_nor_hold_a
                 s.close()
         assert _get(url + "healthz") == 200
     assert service.text().count("connections at once") == 1, service.tail()
+
+
+def test_a_client_trickling_its_request_is_cut_at_the_deadline_and_never_blocks_other_requests(
+    shm_dir: Path,
+) -> None:
+    """Slow loris: a byte every second never trips the 5 s silence timeout; the connection is cut
+    at CONNECTION_DEADLINE in all, and the page answers other clients all the while."""
+    service = Service(
+        shm_dir,
+        shm_dir / "DropBox",
+        shm_dir / "state",
+        users=USERS,
+        importer="record",
+        extra=("--http", "127.0.0.1:0"),
+    )
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 200
+    with running(service):
+        url = service.url
+        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
+        with socket.create_connection((host, int(port)), timeout=5) as slow:
+            opened = time.monotonic()
+            sent = 0
+            cut_after = None
+            while sent < len(request) and time.monotonic() - opened < CONNECTION_DEADLINE + 15:
+                try:
+                    slow.sendall(request[sent : sent + 1])
+                except OSError:  # the server shut the connection down
+                    cut_after = time.monotonic() - opened
+                    break
+                sent += 1
+                slow.settimeout(1.0)
+                try:
+                    if slow.recv(1) == b"":
+                        cut_after = time.monotonic() - opened
+                        break
+                except TimeoutError:
+                    pass  # still open: the server waits for the rest, as it should for a while
+                assert _get(url + "healthz") == 200, "another client is served while one trickles"
+        assert cut_after is not None, (
+            f"a connection trickling for {time.monotonic() - opened:.0f} s was not cut"
+        )
+        assert CONNECTION_DEADLINE - 1 <= cut_after <= CONNECTION_DEADLINE + 10, cut_after
+        assert _get(url) == 200
