@@ -45,7 +45,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omero_dropbox.identity import FileIdentity, fd_identity, file_identity, fileset_id
+from omero_dropbox.states import (
+    FILE_STATES,
+    FILESET_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    FileState,
+    FilesetState,
+    sql_list,
+)
+from omero_dropbox.stored_text import blob_path, column_text, path_blob, stored_reason
 from omero_dropbox.text import printable
+
+# The state names as they were before states.py; kept for the modules and scripts that use them.
+SEEN = FileState.SEEN
+WAITING = FilesetState.WAITING
+QUEUED = FilesetState.QUEUED
+IMPORTING = FilesetState.IMPORTING
+IMPORTED = FilesetState.IMPORTED
+FAILED = FilesetState.FAILED
+SKIPPED = FilesetState.SKIPPED
 
 __all__ = [
     "FILESET_STATES",
@@ -74,34 +94,6 @@ DB_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 2
 # PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
 APPLICATION_ID = 0x4F444258
-FINGERPRINT_CHUNK = 64 * 1024
-
-# --- states -----------------------------------------------------------------------------
-
-SEEN = "seen"
-WAITING = "waiting"
-QUEUED = "queued"
-IMPORTING = "importing"
-IMPORTED = "imported"
-FAILED = "failed"
-SKIPPED = "skipped"
-
-FILE_STATES = (SEEN, WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
-FILESET_STATES = (WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
-TERMINAL_STATES = frozenset({IMPORTED, FAILED, SKIPPED})
-
-#: Allowed fileset transitions.  ``imported`` is final: nothing moves a fileset
-#: out of it, which is what guarantees "imported once".  ``failed``/``skipped`` may
-#: be re-queued by an operator.  Self-transitions are allowed for ``waiting`` (the
-#: debounce was revised) and ``queued`` (re-scheduled).
-TRANSITIONS: dict[str, frozenset[str]] = {
-    WAITING: frozenset({WAITING, QUEUED, SKIPPED, FAILED}),
-    QUEUED: frozenset({QUEUED, WAITING, IMPORTING, SKIPPED, FAILED}),
-    IMPORTING: frozenset({IMPORTED, QUEUED, FAILED}),
-    IMPORTED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    SKIPPED: frozenset({QUEUED}),
-}
 
 INTERRUPTED_REASON = "interrupted by crash/restart; will run again"
 
@@ -164,21 +156,6 @@ class InvalidTransitionError(JournalError, ValueError):
 
 
 @dataclass(frozen=True)
-class FileIdentity:
-    """What a file *is*, independent of its name, mtime and permissions."""
-
-    dev: int
-    ino: int
-    size: int
-    fingerprint: str
-
-    @property
-    def key(self) -> str:
-        """Stable text form, stored in the journal and hashed into fileset ids."""
-        return f"{self.dev}:{self.ino}:{self.size}:{self.fingerprint}"
-
-
-@dataclass(frozen=True)
 class FileRecord:
     id: int
     path: str
@@ -219,70 +196,6 @@ class HistoryEntry:
     old_state: str | None
     new_state: str
     reason: str
-
-
-# --- identity ---------------------------------------------------------------------------
-
-
-def file_identity(path: str) -> FileIdentity:
-    """Stat and fingerprint ``path``, never through a link.
-
-    Reads at most 128 KiB.  ``FileNotFoundError`` and ``PermissionError`` propagate
-    unchanged; a path that is not a regular file (a symbolic link included) raises
-    ``ValueError``.
-    """
-    # O_NONBLOCK so that a FIFO dropped into the tree cannot hang us in open(); O_NOFOLLOW so
-    # that a link renamed over a file is never fingerprinted as its target (another user's file).
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ValueError(f"{display_path(path)} is a symbolic link") from e
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{display_path(path)} is not a regular file")
-        return fd_identity(fd, st)
-    finally:
-        os.close(fd)
-
-
-def fd_identity(fd: int, st: os.stat_result) -> FileIdentity:
-    """The identity of the regular file open at ``fd`` (``st`` is its ``fstat``)."""
-    size = st.st_size
-    h = hashlib.blake2b(digest_size=16)
-    h.update(size.to_bytes(8, "little"))
-    h.update(_read_at(fd, 0, FINGERPRINT_CHUNK))
-    if size > FINGERPRINT_CHUNK:
-        tail_at = max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK)
-        h.update(_read_at(fd, tail_at, FINGERPRINT_CHUNK))
-    return FileIdentity(st.st_dev, st.st_ino, size, h.hexdigest())
-
-
-def _read_at(fd: int, offset: int, n: int) -> bytes:
-    """Up to ``n`` bytes at ``offset`` (lseek + read: portable, unlike ``os.pread``)."""
-    os.lseek(fd, offset, os.SEEK_SET)
-    chunks = []
-    while n > 0:
-        b = os.read(fd, n)
-        if not b:
-            break
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
-
-
-def fileset_id(identities: Iterable[FileIdentity]) -> str:
-    """Stable fileset id: a hash of the members' identities, order-independent.
-
-    Only ``[0-9a-f]`` characters, so it is safe in command templates (``{fileset}``).
-    """
-    keys = sorted(i.key for i in identities)
-    if not keys:
-        raise ValueError("a fileset needs at least one member")
-    return hashlib.blake2b("\n".join(keys).encode("ascii"), digest_size=16).hexdigest()
 
 
 # Names are shown escaped (see omero_dropbox.text): a file named "x\n<forged log line>" must not
@@ -348,30 +261,6 @@ def _private_files(db: Path) -> None:
                 os.chmod(extra, STATE_FILE_MODE)
 
 
-def _enc(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-def _txt(value: str | None) -> str | None:
-    """Text for a TEXT column: surrogate escapes (undecodable bytes) become ``\\xNN``."""
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return printable(value)
-    return value
-
-
-def _reason(value: str) -> str:
-    """A reason or error for the journal, stored escaped: whoever reads it gets one safe line."""
-    return printable(value)
-
-
-def _dec(blob: bytes | None) -> str:
-    return os.fsdecode(bytes(blob)) if blob is not None else ""
-
-
 # --- schema -----------------------------------------------------------------------------
 
 _SCHEMA = f"""
@@ -384,7 +273,7 @@ CREATE TABLE files (
     size        INTEGER,
     fingerprint TEXT,
     identity    TEXT UNIQUE,
-    state       TEXT NOT NULL CHECK (state IN {FILE_STATES!r}),
+    state       TEXT NOT NULL CHECK (state IN {sql_list(FILE_STATES)}),
     reason      TEXT NOT NULL DEFAULT '',
     fileset_id  TEXT,
     created     REAL NOT NULL,
@@ -399,7 +288,7 @@ CREATE TABLE filesets (
     user            TEXT NOT NULL,
     key             BLOB NOT NULL,
     format          TEXT NOT NULL,
-    state           TEXT NOT NULL CHECK (state IN {FILESET_STATES!r}),
+    state           TEXT NOT NULL CHECK (state IN {sql_list(FILESET_STATES)}),
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT NOT NULL DEFAULT '',
     next_attempt_at REAL,
@@ -799,12 +688,12 @@ class Journal:
             (
                 time.time() if at is None else at,
                 kind,
-                _txt(subject),
-                _enc(path) if path is not None else None,
-                _txt(user),
+                column_text(subject),
+                path_blob(path) if path is not None else None,
+                column_text(user),
                 old_state,
                 new_state,
-                _reason(reason),
+                stored_reason(reason),
             ),
         )
 
@@ -838,7 +727,7 @@ class Journal:
         ident = FileIdentity(dev, ino, size, fp) if fp is not None else None
         return FileRecord(
             id=fid,
-            path=_dec(path),
+            path=blob_path(path),
             user=user,
             identity=ident,
             state=state,
@@ -855,7 +744,7 @@ class Journal:
     def _latest_for_path(self, c: sqlite3.Connection, path: str) -> FileRecord | None:
         row = c.execute(
             f"SELECT {self._FILE_COLS} FROM files WHERE path = ? ORDER BY id DESC LIMIT 1",
-            (_enc(path),),
+            (path_blob(path),),
         ).fetchone()
         return self._file(row)
 
@@ -883,7 +772,7 @@ class Journal:
         it was then is not imported again; another one (a new copy) is."""
         with self._read() as c:
             row = c.execute(
-                "SELECT ino, size, mtime_ns FROM forgotten WHERE path = ?", (_enc(path),)
+                "SELECT ino, size, mtime_ns FROM forgotten WHERE path = ?", (path_blob(path),)
             ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
@@ -894,7 +783,7 @@ class Journal:
             for (fid,) in c.execute(
                 "SELECT m.fileset_id FROM fileset_missing m JOIN filesets f ON f.id = m.fileset_id"
                 " WHERE m.path = ? AND f.state != ? ORDER BY f.created DESC",
-                (_enc(path), WAITING),
+                (path_blob(path), WAITING),
             ):
                 return self._fileset(c, fid)
         return None
@@ -920,7 +809,7 @@ class Journal:
             rec = self._record_file(c, path, user, identity, now)
             if mtime_ns is not None:
                 c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, rec.id))
-                c.execute("DELETE FROM forgotten WHERE path = ?", (_enc(path),))
+                c.execute("DELETE FROM forgotten WHERE path = ?", (path_blob(path),))
             return rec
 
     def _record_file(
@@ -948,8 +837,8 @@ class Journal:
                 "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
                 " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
-                    _enc(path),
-                    _txt(user),
+                    path_blob(path),
+                    column_text(user),
                     identity.dev,
                     identity.ino,
                     identity.size,
@@ -984,15 +873,15 @@ class Journal:
         return rec
 
     def _rename(self, c: sqlite3.Connection, rec: FileRecord, new: str, now: float) -> None:
-        c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (_enc(new), now, rec.id))
+        c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (path_blob(new), now, rec.id))
         if rec.fileset_id is not None:
             c.execute(
                 "UPDATE fileset_members SET path = ? WHERE fileset_id = ? AND path = ?",
-                (_enc(new), rec.fileset_id, _enc(rec.path)),
+                (path_blob(new), rec.fileset_id, path_blob(rec.path)),
             )
             c.execute(
                 "UPDATE filesets SET key = ?, updated = ? WHERE id = ? AND key = ?",
-                (_enc(new), now, rec.fileset_id, _enc(rec.path)),
+                (path_blob(new), now, rec.fileset_id, path_blob(rec.path)),
             )
 
     def skip_file(self, path: str, user: str | None, reason: str) -> None:
@@ -1008,14 +897,14 @@ class Journal:
                 # Never rewrite an imported/importing file's record: add a new row.
                 c.execute(
                     "INSERT INTO files(path, user, state, reason, created, updated) VALUES (?,?,?,?,?,?)",
-                    (_enc(path), _txt(user), SKIPPED, _reason(reason), now, now),
+                    (path_blob(path), column_text(user), SKIPPED, stored_reason(reason), now, now),
                 )
                 old_state = None
             else:
                 c.execute(
                     "UPDATE files SET state = ?, reason = ?, user = COALESCE(?, user),"
                     " updated = ? WHERE id = ?",
-                    (SKIPPED, _reason(reason), _txt(user), now, old.id),
+                    (SKIPPED, stored_reason(reason), column_text(user), now, old.id),
                 )
                 old_state = old.state
             self._history(
@@ -1042,7 +931,7 @@ class Journal:
         if row is None:
             return None
         members = tuple(
-            _dec(r[0])
+            blob_path(r[0])
             for r in c.execute(
                 "SELECT path FROM fileset_members WHERE fileset_id = ? ORDER BY position", (fid,)
             )
@@ -1050,7 +939,7 @@ class Journal:
         return FilesetRecord(
             id=row[0],
             user=row[1],
-            key=_dec(row[2]),
+            key=blob_path(row[2]),
             members=members,
             format=row[3],
             state=row[4],
@@ -1111,7 +1000,7 @@ class Journal:
             if old is None:
                 c.execute(
                     f"INSERT INTO filesets({self._FS_COLS}) VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
-                    (fileset_id, _txt(user), _enc(key), _txt(fmt), WAITING, now, now),
+                    (fileset_id, column_text(user), path_blob(key), column_text(fmt), WAITING, now, now),
                 )
                 state = WAITING
                 self._history(
@@ -1128,7 +1017,7 @@ class Journal:
                 state = old.state
                 c.execute(
                     "UPDATE filesets SET user = ?, key = ?, format = ?, updated = ? WHERE id = ?",
-                    (_txt(user), _enc(key), _txt(fmt), now, fileset_id),
+                    (column_text(user), path_blob(key), column_text(fmt), now, fileset_id),
                 )
                 if (old.key, old.members, old.format) != (key, tuple(members), fmt):
                     self._history(
@@ -1145,13 +1034,13 @@ class Journal:
             c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fileset_id,))
             c.executemany(
                 "INSERT INTO fileset_members(fileset_id, position, path) VALUES (?,?,?)",
-                [(fileset_id, i, _enc(m)) for i, m in enumerate(members)],
+                [(fileset_id, i, path_blob(m)) for i, m in enumerate(members)],
             )
             self._link_members(c, fileset_id, members, state, "", now)
             c.execute("DELETE FROM fileset_missing WHERE fileset_id = ?", (fileset_id,))
             c.executemany(
                 "INSERT OR IGNORE INTO fileset_missing(fileset_id, path) VALUES (?,?)",
-                [(fileset_id, _enc(m)) for m in missing],
+                [(fileset_id, path_blob(m)) for m in missing],
             )
             rec = self._fileset(c, fileset_id)
             assert rec is not None
@@ -1174,7 +1063,7 @@ class Journal:
                 continue  # belongs to another fileset that already used it
             c.execute(
                 "UPDATE files SET fileset_id = ?, state = ?, reason = ?, updated = ? WHERE id = ?",
-                (fid, state, _reason(reason), now, rec.id),
+                (fid, state, stored_reason(reason), now, rec.id),
             )
 
     def transition(
@@ -1218,7 +1107,7 @@ class Journal:
                 new_state in (FAILED, SKIPPED) or (old_state == IMPORTING and new_state == QUEUED)
             ):
                 sets.append("last_error = ?")
-                args.append(_reason(reason))
+                args.append(stored_reason(reason))
             args.append(fileset_id)
             c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
             self._propagate(c, fileset_id, new_state, reason, now)
@@ -1228,7 +1117,7 @@ class Journal:
                 fileset_id,
                 new_state,
                 old_state=old_state,
-                path=_dec(key),
+                path=blob_path(key),
                 user=user,
                 reason=reason,
                 at=now,
@@ -1238,7 +1127,7 @@ class Journal:
         file_reason = reason if state in (FAILED, SKIPPED) else ""
         c.execute(
             "UPDATE files SET state = ?, reason = ?, updated = ? WHERE fileset_id = ?",
-            (state, _reason(file_reason), now, fid),
+            (state, stored_reason(file_reason), now, fid),
         )
 
     def requeue(self, fileset_id: str, reason: str = "re-queued by operator") -> None:
@@ -1305,7 +1194,7 @@ class Journal:
                     at=r[1],
                     kind=r[2],
                     subject=r[3],
-                    path=_dec(r[4]) if r[4] is not None else None,
+                    path=blob_path(r[4]) if r[4] is not None else None,
                     user=r[5],
                     old_state=r[6],
                     new_state=r[7],
@@ -1320,10 +1209,10 @@ class Journal:
             rows = c.execute(
                 "SELECT id, at, kind, subject, path, user, old_state, new_state, reason"
                 " FROM history WHERE subject = ? ORDER BY id",
-                (_txt(subject),),
+                (column_text(subject),),
             ).fetchall()
         return [
-            HistoryEntry(r[0], r[1], r[2], r[3], _dec(r[4]) if r[4] is not None else None, *r[5:])
+            HistoryEntry(r[0], r[1], r[2], r[3], blob_path(r[4]) if r[4] is not None else None, *r[5:])
             for r in rows
         ]
 
@@ -1400,7 +1289,7 @@ class Journal:
         Files still on disk are remembered as they are now: the service does not import them
         again when it finds them at a restart, only when they are written again (a new copy).
         """
-        enc = _enc(path)
+        enc = path_blob(path)
         prefix = enc.rstrip(b"/") + b"/"
         now = time.time()
         with self._tx() as c:
@@ -1459,7 +1348,7 @@ class Journal:
             return  # already another file: a new copy, to be imported
         c.execute(
             "INSERT OR REPLACE INTO forgotten(path, ino, size, mtime_ns, at) VALUES (?,?,?,?,?)",
-            (_enc(f.path), st.st_ino, st.st_size, st.st_mtime_ns, now),
+            (path_blob(f.path), st.st_ino, st.st_size, st.st_mtime_ns, now),
         )
 
     def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
@@ -1476,7 +1365,7 @@ class Journal:
                 fileset_id,
                 row[0],
                 old_state=row[0],
-                path=_dec(row[2]),
+                path=blob_path(row[2]),
                 user=row[1],
                 reason=OBJECTS_PREFIX + ", ".join(objects),
             )
