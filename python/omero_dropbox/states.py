@@ -23,6 +23,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "FILESET_STATES",
     "FILE_STATES",
+    "TERMINAL_FILE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "FileState",
@@ -57,6 +58,7 @@ class FileState(StrEnum):
 FILE_STATES: tuple[FileState, ...] = tuple(FileState)
 FILESET_STATES: tuple[FilesetState, ...] = tuple(FilesetState)
 TERMINAL_STATES = frozenset({FilesetState.IMPORTED, FilesetState.FAILED, FilesetState.SKIPPED})
+TERMINAL_FILE_STATES = frozenset({FileState.IMPORTED, FileState.FAILED, FileState.SKIPPED})
 
 _W, _Q, _I = FilesetState.WAITING, FilesetState.QUEUED, FilesetState.IMPORTING
 _OK, _F, _S = FilesetState.IMPORTED, FilesetState.FAILED, FilesetState.SKIPPED
@@ -77,4 +79,4 @@ TRANSITIONS: dict[FilesetState, frozenset[FilesetState]] = {
 
 def sql_list(states: tuple[str, ...]) -> str:
     """``('a', 'b')``: the states as an SQL list, for CHECK constraints and ``IN``."""
-    return "(" + ", ".join(f"'{str(s)}'" for s in states) + ")"
+    return "(" + ", ".join(f"'{s!s}'" for s in states) + ")"
