@@ -22,7 +22,6 @@ from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.states import FilesetState
 
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "journal_v2.sql"
-NOW = time.time()
 
 
 @pytest.fixture
@@ -42,7 +41,8 @@ def add(j: Journal, fid: str, user: str = "amy", queue: bool = True) -> str:
 
 
 def claim(j: Journal, now: float | None = None, max_running: int = 100, **kw: object) -> Claim | None:
-    return j.claim_next(NOW + 1 if now is None else now, worker="test", max_running=max_running, **kw)  # type: ignore[arg-type]
+    when = time.time() + 1 if now is None else now
+    return j.claim_next(when, worker="test", max_running=max_running, **kw)  # type: ignore[arg-type]
 
 
 def drain_order(j: Journal) -> list[str]:
@@ -56,7 +56,7 @@ def drain_order(j: Journal) -> list[str]:
 
 def test_the_journal_is_a_queue_store(journal: Journal) -> None:
     store: QueueStore = journal  # the protocol the worker pool depends on; mypy checks it
-    assert store.next_due_at() is None and store.queue_counts(NOW) == (0, 0)
+    assert store.next_due_at() is None and store.queue_counts(time.time()) == (0, 0)
 
 
 def test_claims_serve_users_in_turn_and_each_users_filesets_in_order(journal: Journal) -> None:
@@ -79,19 +79,20 @@ def test_claims_serve_users_in_turn_and_each_users_filesets_in_order(journal: Jo
 
 
 def test_a_fileset_in_back_off_is_not_claimed_before_its_time(journal: Journal) -> None:
+    base = time.time()
     add(journal, "f")
     c = claim(journal)
     assert c is not None
-    journal.finish("f", c.token, FilesetState.QUEUED, "server down", next_attempt_at=NOW + 60)
+    journal.finish("f", c.token, FilesetState.QUEUED, "server down", next_attempt_at=base + 60)
     add(journal, "g", "bob")
     assert journal.next_due_at() is not None
     got = claim(journal)
     assert got is not None and got.id == "g"
     journal.finish("g", got.token, FilesetState.IMPORTED)
-    assert claim(journal, now=NOW + 59) is None
-    assert journal.next_due_at() == NOW + 60
-    assert journal.queue_counts(NOW + 59) == (0, 1) and journal.queue_counts(NOW + 60) == (1, 0)
-    later = claim(journal, now=NOW + 60)
+    assert claim(journal, now=base + 59) is None
+    assert journal.next_due_at() == base + 60
+    assert journal.queue_counts(base + 59) == (0, 1) and journal.queue_counts(base + 60) == (1, 0)
+    later = claim(journal, now=base + 60)
     assert later is not None and later.id == "f" and later.record.attempts == 2
     assert later.record.last_error == "server down"
 
@@ -222,7 +223,7 @@ journal = Journal(state, check=False)
 def importer(request):
     with open(out, "a") as f:
         f.write(request.fileset_id + "\\n")
-    time.sleep(0.002)
+    time.sleep(0.02)  # long enough that every process gets claims, whatever the load
     return ImportResult.success()
 
 queue = ImportQueue(journal, importer, max_concurrent=3)
