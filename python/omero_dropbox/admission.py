@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omero_dropbox.at_use import FileRefused, check_beneath
-from omero_dropbox.journal import FAILED, IMPORTED, IMPORTING, QUEUED, Journal, file_identity
+from omero_dropbox.identity import file_identity
+from omero_dropbox.journal import Journal
 from omero_dropbox.ownership import NotOwned, Owner, Ownership
 from omero_dropbox.skip_log import SkipLog
+from omero_dropbox.states import FileState
 from omero_dropbox.text import printable as display_path
 from omero_dropbox.watcher import ReadyEvent
 
@@ -147,7 +149,7 @@ class Admission:
                 )
                 return True
             return False
-        if rec.state not in (IMPORTED, FAILED, IMPORTING, QUEUED):
+        if rec.state not in (FileState.IMPORTED, FileState.FAILED, FileState.IMPORTING, FileState.QUEUED):
             return False
         try:
             st = os.lstat(path)
@@ -170,7 +172,7 @@ class Admission:
             )
             return False
         self.journal.set_seen_mtime(rec.id, st.st_mtime_ns)
-        if rec.state == FAILED and seen is not None and rec.fileset_id is not None:
+        if rec.state == FileState.FAILED and seen is not None and rec.fileset_id is not None:
             self._retry_rewritten(path, rec.fileset_id)
         else:
             log.info(

@@ -34,30 +34,23 @@ from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
 from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, GroupingResult
 from omero_dropbox.grouping.oracle import UsedFilesOracle
+from omero_dropbox.identity import FileIdentity, fd_identity, fileset_id
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
-    IMPORTED,
-    IMPORTING,
-    QUEUED,
-    SKIPPED,
-    TERMINAL_STATES,
-    WAITING,
-    FileIdentity,
     FilesetRecord,
     Journal,
     JournalBusyError,
     JournalError,
     JournalFullError,
     display_path,
-    fd_identity,
-    fileset_id,
 )
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
 from omero_dropbox.omero_objects import parse_omero_objects
 from omero_dropbox.ownership import AnyUser, Owner, Ownership, UserDirectory, UserList
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.snapshot import LiveStatus, ServiceSnapshot
+from omero_dropbox.states import TERMINAL_FILE_STATES, FilesetState
 from omero_dropbox.watcher import ReadyEvent, Watcher
 
 __all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList"]
@@ -168,7 +161,7 @@ class _JournalDisk:
             except OSError:
                 continue
             settled = self.journal.file_state(path)
-            if settled is not None and settled.state in TERMINAL_STATES:
+            if settled is not None and settled.state in TERMINAL_FILE_STATES:
                 continue
             on_disk.append(path)
             if stat.S_ISLNK(st.st_mode):
@@ -244,7 +237,6 @@ class DropBox:
         self.http_url: str | None = None  # set by `run --http`, shown by `status`
         self._snapshot = ServiceSnapshot(state_dir)
         self._published = 0.0
-        self._journal_version = self.journal.data_version()
         self.queue = ImportQueue(
             self.journal,
             InstrumentedImporter(self._checked_import, self.metrics),
@@ -368,7 +360,6 @@ class DropBox:
             if time.monotonic() >= deadline:
                 break
         self._regroup_and_submit()
-        self._pick_up_operator_retries()
         self._publish_status()
 
     def _take_events(self, until: float | None) -> None:
@@ -440,7 +431,7 @@ class DropBox:
         log.info(
             "%s was written again after its import failed; trying fileset %s again", display_path(path), fid
         )
-        self.queue.submit(fid)
+        self.queue.wake()
 
     # ------------------------------------------------------------- grouping
 
@@ -646,24 +637,24 @@ class DropBox:
         for f, (ident, mtime_ns) in zip(fs.files, identities, strict=True):
             self.journal.record_file(f, user, ident, mtime_ns)
         existing = self.journal.fileset_by_id(fid)
-        if existing is not None and existing.state not in (WAITING, QUEUED):
-            if existing.state == IMPORTED:
+        if existing is not None and existing.state not in (FilesetState.WAITING, FilesetState.QUEUED):
+            if existing.state == FilesetState.IMPORTED:
                 log.info(
                     "Already imported: %s (fileset=%s, same content as before); not importing again",
                     display_path(fs.key),
                     fid,
                 )
-            elif existing.state != IMPORTING:
+            elif existing.state != FilesetState.IMPORTING:
                 log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
             return None
         # The first MISSING_KEPT suffice to tell a late member; a key file may name 100,000.
         missing = fs.missing[:MISSING_KEPT]
         record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, missing)
-        if record.state == WAITING:
-            # Queued in the same transaction; the queue learns of it after the commit.
+        if record.state == FilesetState.WAITING:
+            # Queued in the same transaction; the workers are woken after the commit.
             why = f"incomplete, without {_some(fs.missing)}" if fs.missing else "complete"
-            self.journal.transition(fid, QUEUED, reason=f"{why}; queued for import")
-            record = replace(record, state=QUEUED)
+            self.journal.enqueue(fid, reason=f"{why}; queued for import")
+            record = replace(record, state=FilesetState.QUEUED)
         return record
 
     def _identity(self, user: str, path: str) -> tuple[FileIdentity, int]:
@@ -689,13 +680,12 @@ class DropBox:
             return
         fid = fileset_id(ident for ident, _mtime in identities)
         # One transaction for the files, the fileset and its `queued` state: a mass copy is bound by
-        # commits. The import queue learns of it only after the commit, so that no worker can see
-        # a fileset that may yet be rolled back.
+        # commits. The workers are woken after the commit (they could not claim it before).
         with self.journal.batch():
             record = self._record(user, fs, fid, identities)
         if record is None:
             return
-        if record.state in (WAITING, QUEUED):
+        if record.state in (FilesetState.WAITING, FilesetState.QUEUED):
             if fs.missing:
                 log.warning(
                     "Fileset %s (%d file(s), %s) for user %s is incomplete: %d file(s) its key file "
@@ -717,8 +707,8 @@ class DropBox:
                     user,
                     fid,
                 )
-            self.queue.submit(record)
-        elif record.state == SKIPPED:
+            self.queue.wake()
+        elif record.state == FilesetState.SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
 
     def _return_to_pool(self, user: str, files: Iterable[str]) -> None:
@@ -775,28 +765,11 @@ class DropBox:
 
     # ------------------------------------------------------- operator view
 
-    def _pick_up_operator_retries(self) -> None:
-        """Import filesets that ``omero-dropbox retry`` (another process) re-queued.
-
-        ``PRAGMA data_version`` changes only when another connection committed, so
-        this costs one pragma per tick unless an operator did something.
-        """
-        try:
-            version = self.journal.data_version()
-            if version == self._journal_version:
-                return
-            self._journal_version = version
-            for fid in self.journal.queued_ids():
-                if self.queue.submit(fid):
-                    log.info("Fileset %s was re-queued in the journal (retry); importing it", fid)
-        except Exception as exc:  # the journal logs its own problems; never stop the engine
-            log.error("Could not look for re-queued filesets: %s", exc)
-
     def retry(self, fileset_id: str, actor: str) -> None:
         """Re-queue a failed fileset now (the status page's retry button)."""
         self.journal.retry(fileset_id, actor)
         log.info("Retry of fileset %s requested by %s", fileset_id, actor)
-        self.queue.submit(fileset_id)
+        self.queue.wake()
 
     def _import_done(self, fid: str, result: ImportResult) -> None:
         if not result.ok:

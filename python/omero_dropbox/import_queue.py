@@ -1,33 +1,38 @@
-"""The import scheduler: fairness, bounded concurrency, throttling and retries.
+"""The import workers: bounded concurrency, throttling and retries over the journal's queue.
 
-* **Fair**: one FIFO per user, served round-robin, so one user's 10,000 filesets do
-  not starve another user's one.
-* **Bounded**: ``max_concurrent`` worker threads, hence at most that many imports
-  at once (upstream had no cap).
-* **Throttled**: ``throttle`` seconds between import *starts*, globally, as
-  upstream ``omero.fs.throttleImport``; unlike upstream, waiting for the throttle
-  blocks no one else (``submit`` stays instant).
-* **Retried**: a transient failure is re-queued with exponential back-off
-  (``backoff_initial`` doubling by ``backoff_factor`` up to ``backoff_max``) until
-  ``max_attempts`` attempts, then ``failed`` with the reason; a permanent failure
-  fails at once.
-* **Durable**: every state change goes through the :class:`~omero_dropbox.journal.Journal`
-  first (``queued -> importing -> imported | queued (retry) | failed``); ``start()``
-  re-queues filesets a crash left ``importing`` and resumes every ``queued`` one,
-  keeping its back-off time.  ``waiting`` filesets (still being debounced when the
+The queue itself is the journal (:mod:`omero_dropbox.queue_store`): ``queued`` filesets are
+the work, and :meth:`~omero_dropbox.queue_store.QueueStore.claim_next` picks the next one.
+This module only runs it:
+
+* **Fair**: the store serves users in turn (round robin, in SQL), so one user's 10,000
+  filesets do not starve another user's one.
+* **Bounded**: ``max_concurrent`` worker threads, and the store starts no import while
+  ``max_concurrent`` are ``importing``.
+* **Throttled**: ``throttle`` seconds between import *starts*, globally, as upstream
+  ``omero.fs.throttleImport``; unlike upstream, waiting for the throttle blocks no one
+  else (``submit`` stays instant).
+* **Retried**: :mod:`omero_dropbox.retry_policy` says what a failure becomes: queued again
+  with a back-off time (the store claims it no earlier), or ``failed`` with the reason.
+* **Durable**: every state change is a journal transaction
+  (``queued -> importing -> imported | queued (retry) | failed``); ``start()`` puts back
+  what a crash left ``importing``.  ``waiting`` filesets (still being debounced when the
   service stopped) belong to the engine, which re-debounces them and submits them.
-* **Once**: a fileset id is never queued or running twice at the same time, and
-  submitting an imported fileset is a no-op.
+* **Once**: a claim moves the fileset to ``importing`` in the same transaction that picks
+  it, so no two workers (threads or processes) ever run it at the same time, and a result
+  is recorded only under the claim's fencing token.
+
+Workers sleep until the earliest back-off time or until :meth:`ImportQueue.submit` or
+:meth:`ImportQueue.wake` (this process queued something), and look at the store at least
+every :data:`POLL` seconds, which is how another process's change (``omero-dropbox retry``)
+is found.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
+import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,19 +45,16 @@ from omero_dropbox.importers import (
     display,
 )
 from omero_dropbox.journal import (
-    FAILED,
-    IMPORTED,
-    IMPORTING,
     INTERRUPTED_REASON,
-    QUEUED,
-    WAITING,
     FilesetRecord,
-    InvalidTransitionError,
-    Journal,
     JournalBusyError,
     JournalError,
     JournalFullError,
+    StaleClaimError,
 )
+from omero_dropbox.queue_store import Claim, QueueStore
+from omero_dropbox.retry_policy import RetryPolicy
+from omero_dropbox.states import FilesetState
 
 __all__ = ["ImportQueue"]
 
@@ -65,18 +67,21 @@ OnDone = Callable[[str, ImportResult], None]
 _FULL_RETRY = 2.0
 #: After the drain deadline, seconds between SIGTERM and SIGKILL to the importers still running.
 END_GRACE = 10.0
+#: Longest sleep of an idle worker before it looks at the store again (another process may
+#: have queued something: ``omero-dropbox retry``).
+POLL = 1.0
 
 # At most one "Cannot start import" error per this many seconds (the rest go to debug).
 JOURNAL_ERROR_LOG_EVERY = 60.0
 
 
 class ImportQueue:
-    """Runs imports of journal filesets; see the module docstring.
+    """Runs imports of the store's queued filesets; see the module docstring.
 
     Typical use::
 
         queue = ImportQueue(journal, importer, max_concurrent=2, throttle=10)
-        queue.start()              # resumes what a previous run left
+        queue.start()              # puts back what a crash left importing
         queue.submit(record)       # from the engine, when a fileset is complete
         ...
         queue.drain(timeout=60)    # on SIGTERM: finish running imports, start no more
@@ -84,7 +89,7 @@ class ImportQueue:
 
     def __init__(
         self,
-        journal: Journal,
+        store: QueueStore,
         importer: Callable[[ImportRequest], Any],
         *,
         max_concurrent: int = 1,
@@ -99,32 +104,21 @@ class ImportQueue:
             raise ValueError(f"max_concurrent must be >= 1, not {max_concurrent!r}")
         if throttle < 0:
             raise ValueError(f"throttle must be >= 0 seconds, not {throttle!r}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, not {max_attempts!r}")
-        if backoff_initial < 0 or backoff_max < 0 or backoff_factor < 1:
-            raise ValueError(
-                "backoff_initial and backoff_max must be >= 0 and backoff_factor >= 1, not "
-                f"{backoff_initial!r}, {backoff_max!r}, {backoff_factor!r}"
-            )
-        self.journal = journal
+        self.policy = RetryPolicy(max_attempts, backoff_initial, backoff_factor, backoff_max)
+        self.store = store
         self.importer = as_importer(importer)
         self.max_concurrent = max_concurrent
         self.throttle = throttle
-        self.max_attempts = max_attempts
-        self.backoff_initial = backoff_initial
-        self.backoff_factor = backoff_factor
-        self.backoff_max = backoff_max
         self.on_done = on_done
+        # Names this process's claims in the journal (claimed_by).
+        self._name = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
 
         self._cond = threading.Condition()
-        self._submit_lock = threading.Lock()
-        self._per_user: dict[str, deque[str]] = {}
-        self._rr: deque[str] = deque()  # users that have ready work, in serving order
-        self._delayed: list[tuple[float, int, str, str]] = []  # (due monotonic, seq, id, user)
-        self._delayed_ids: set[str] = set()
-        self._known: set[str] = set()  # ready, delayed or running
-        self._running: set[str] = set()
-        self._seq = itertools.count()
+        self._running: dict[str, Claim] = {}
+        self._claiming = False  # one claim at a time here, so that the throttle holds
+        self._wakes = 0  # counts submits and finished imports: an idle worker looks again
+        self._idle_until = 0.0  # monotonic: nothing to claim before then, unless woken
+        self._idle_wakes = 0
         self._last_start: float | None = None
         self._threads: list[threading.Thread] = []
         self._accepting = True
@@ -141,24 +135,30 @@ class ImportQueue:
         self._journal_error_logged_at: float | None = None
         self._journal_errors_not_logged = 0
 
+    @property
+    def max_attempts(self) -> int:
+        return self.policy.max_attempts
+
     # -- public API ---------------------------------------------------------------------
 
     def start(self, resume: bool = True) -> list[str]:
-        """Start the workers; with ``resume``, re-queue what a previous run left.
+        """Start the workers.  With ``resume`` (only the service holding the state directory
+        may), first put back what a crash left ``importing`` and fail what crashed too often.
 
-        Returns the ids resumed.
+        Returns the ids queued at the start.  Queued filesets are imported either way: the
+        store is the queue.
         """
         resumed: list[str] = []
         if resume:
-            for rec in self.journal.claim_interrupted():
+            for rec in self.store.recover_interrupted():
                 log.warning(
                     "Import of %s (fileset=%s) was interrupted by a crash or restart; it will run again",
                     display(rec.key),
                     rec.id,
                 )
-            for rec in self.journal.pending():
-                if rec.state == QUEUED and self._enqueue(rec.id, rec.user, rec.next_attempt_at):
-                    resumed.append(rec.id)
+            for rec in self.store.exhausted(self.policy.max_attempts):
+                self._give_up_exhausted(rec)
+            resumed = self.store.queued_ids()
             if resumed:
                 log.info("Resuming %d queued import(s) from the journal", len(resumed))
         with self._cond:
@@ -170,33 +170,48 @@ class ImportQueue:
                 t.start()
         return resumed
 
-    def submit(self, record: FilesetRecord | str) -> bool:
+    def _give_up_exhausted(self, rec: FilesetRecord) -> None:
+        # Only reachable after crashes during imports (recover_interrupted keeps the count):
+        # an import that kills the service every time must not loop forever.
+        reason = self.policy.exhausted_reason(rec.attempts, rec.last_error)
+        if self.store.give_up(rec.id, reason):
+            _log_gave_up(rec.id, rec.key, rec.user, rec.attempts, rec.last_error or "?", permanent=False)
+            self._done(rec.id, ImportResult.failure(reason, transient=False))
+
+    def submit(self, record: FilesetRecord | str, reason: str = "complete; queued for import") -> bool:
         """Queue a fileset for import; returns whether it was queued now.
 
-        A ``waiting`` fileset is moved to ``queued``.  Already queued or running
-        here, already imported, failed or skipped: nothing happens (logged at DEBUG).
+        A ``waiting`` fileset is moved to ``queued``.  Already queued or running, already
+        imported, failed or skipped: nothing happens (logged at DEBUG).  An unknown id
+        raises ``KeyError``.
         """
         fid = record.id if isinstance(record, FilesetRecord) else record
-        with self._submit_lock:
-            with self._cond:
-                if not self._accepting:
-                    log.warning("Not queueing fileset %s: the import queue is shutting down", fid)
-                    return False
-                if fid in self._known:
-                    log.debug("Fileset %s is already queued or importing", fid)
-                    return False
-            rec = self.journal.fileset_by_id(fid)
-            if rec is None:
-                raise KeyError(f"unknown fileset {fid}: record it with upsert_fileset() first")
-            if rec.state == IMPORTED:
-                log.debug("Fileset %s (%s) was already imported", fid, display(rec.key))
+        with self._cond:
+            if not self._accepting:
+                log.warning("Not queueing fileset %s: the import queue is shutting down", fid)
                 return False
-            if rec.state == WAITING:
-                self.journal.transition(fid, QUEUED, reason="complete; queued for import")
-            elif rec.state != QUEUED:
-                log.debug("Not queueing fileset %s: it is %s", fid, rec.state)
-                return False
-            return self._enqueue(fid, rec.user, rec.next_attempt_at)
+        try:
+            was = self.store.enqueue(fid, reason)
+        except JournalError as e:
+            if "unknown fileset" in str(e):
+                raise KeyError(f"unknown fileset {fid}: record it with upsert_fileset() first") from e
+            raise
+        if was == FilesetState.WAITING:
+            self.wake()
+            return True
+        if was == FilesetState.IMPORTED:
+            log.debug("Fileset %s was already imported", fid)
+        elif was in (FilesetState.QUEUED, FilesetState.IMPORTING):
+            log.debug("Fileset %s is already queued or importing", fid)
+        else:
+            log.debug("Not queueing fileset %s: it is %s", fid, was)
+        return False
+
+    def wake(self) -> None:
+        """Something was queued in this process (committed): let an idle worker look now."""
+        with self._cond:
+            self._wakes += 1
+            self._cond.notify_all()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Graceful shutdown: start nothing new, wait for running imports.
@@ -214,7 +229,8 @@ class ImportQueue:
             self._accepting = False
             self._draining = True
             self._cond.notify_all()
-            done = self._cond.wait_for(lambda: not self._running, timeout)
+            # A claim under way is waited for too: it may be about to start an import.
+            done = self._cond.wait_for(lambda: not self._running and not self._claiming, timeout)
             self._abandoned = not done
             self._stopping = True
             self._cond.notify_all()
@@ -228,7 +244,7 @@ class ImportQueue:
 
     def _end_running(self, threads: list[threading.Thread]) -> None:
         """End the importer processes of ``threads`` and wait (briefly) for their workers."""
-        ended = RUNNING_IMPORTERS.end([t.ident for t in threads], END_GRACE)
+        ended = RUNNING_IMPORTERS.end([t.ident for t in threads if t.ident is not None], END_GRACE)
         if ended:
             log.warning(
                 "Ended %d importer(s) still running at the drain deadline (process group(s) %s); "
@@ -254,9 +270,18 @@ class ImportQueue:
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is queued, waiting for a retry, or running."""
+        """Wait until nothing is queued (due or in back-off) and nothing runs here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: not self._known, timeout)
+            while True:
+                if not self._running and not self._claiming:
+                    ready, delayed = self.store.queue_counts(time.time())
+                    if ready + delayed == 0:
+                        return True
+                left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
 
     @property
     def running(self) -> frozenset[str]:
@@ -264,14 +289,10 @@ class ImportQueue:
             return frozenset(self._running)
 
     def snapshot(self) -> dict[str, int]:
-        """Counts for status pages: ready, delayed (retry back-off) and running."""
+        """Counts for status pages: ready, delayed (retry back-off) and running (here)."""
+        ready, delayed = self.store.queue_counts(time.time())
         with self._cond:
-            ready = sum(len(q) for q in self._per_user.values())
-            return {
-                "ready": ready,
-                "delayed": len(self._delayed),
-                "running": len(self._running),
-            }
+            return {"ready": ready, "delayed": delayed, "running": len(self._running)}
 
     def __enter__(self) -> ImportQueue:
         self.start()
@@ -280,148 +301,100 @@ class ImportQueue:
     def __exit__(self, *exc: object) -> None:
         self.drain()
 
-    # -- scheduling ---------------------------------------------------------------------
+    # -- taking work --------------------------------------------------------------------
 
-    def _enqueue(self, fid: str, user: str, not_before: float | None) -> bool:
-        with self._cond:
-            if fid in self._known:
-                return False
-            self._known.add(fid)
-            delay = (not_before - time.time()) if not_before is not None else 0.0
-            if delay > 0:
-                self._push_delayed(fid, user, delay)
-            else:
-                self._push_ready(fid, user)
-            self._cond.notify()
-            return True
-
-    def _push_ready(self, fid: str, user: str) -> None:
-        q = self._per_user.get(user)
-        if q is None:
-            q = self._per_user[user] = deque()
-        if not q:
-            self._rr.append(user)
-        q.append(fid)
-
-    def _push_delayed(self, fid: str, user: str, delay: float) -> None:
-        heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), fid, user))
-        self._delayed_ids.add(fid)
-
-    def _promote_due(self, now: float) -> None:
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, fid, user = heapq.heappop(self._delayed)
-            self._delayed_ids.discard(fid)
-            self._push_ready(fid, user)
-
-    def _pop_ready(self) -> str:
-        user = self._rr.popleft()
-        q = self._per_user[user]
-        fid = q.popleft()
-        if q:
-            self._rr.append(user)  # back of the line: round-robin
-        else:
-            del self._per_user[user]
-        return fid
-
-    def _next(self) -> str | None:
-        """Block until an import may start; ``None`` when the worker should exit."""
+    def _next(self) -> Claim | None:
+        """Block until this worker claimed a fileset; ``None`` when it should exit."""
         with self._cond:
             while True:
-                if self._stopping or self._draining:
+                if self._draining:
                     return None
                 now = time.monotonic()
-                self._promote_due(now)
                 wait: float | None = None
-                if self._rr:
-                    if (
-                        self.throttle
-                        and self._last_start is not None
-                        and now < self._last_start + self.throttle
-                    ):
-                        wait = self._last_start + self.throttle - now
-                    else:
-                        fid = self._pop_ready()
-                        self._running.add(fid)
-                        self._last_start = now
-                        return fid
-                if self._delayed:
-                    due = self._delayed[0][0] - now
-                    wait = due if wait is None else min(wait, due)
+                if self._claiming:
+                    wait = None  # another worker is claiming: its outcome decides
+                elif (
+                    self.throttle and self._last_start is not None and now < self._last_start + self.throttle
+                ):
+                    wait = self._last_start + self.throttle - now
+                elif now < self._idle_until and self._wakes == self._idle_wakes:
+                    wait = self._idle_until - now
+                else:
+                    self._claiming = True
+                    wakes = self._wakes
+                    self._cond.release()
+                    try:
+                        claim, pause = self._claim()
+                    finally:
+                        self._cond.acquire()
+                        self._claiming = False
+                        self._cond.notify_all()
+                    if claim is not None:
+                        self._running[claim.id] = claim
+                        self._last_start = time.monotonic()
+                        self._idle_until = 0.0  # there may be more: the next idle worker looks
+                        return claim
+                    self._idle_until = time.monotonic() + pause
+                    self._idle_wakes = wakes
+                    continue
                 self._cond.wait(wait)
+
+    def _claim(self) -> tuple[Claim | None, float]:
+        """The next fileset from the store, or None and how long nothing is due."""
+        try:
+            claim = self.store.claim_next(time.time(), worker=self._name, max_running=self.max_concurrent)
+            if claim is not None:
+                return claim, 0.0
+            due = self.store.next_due_at()
+        except JournalError as e:
+            delay = max(self.policy.backoff_initial, 1.0)
+            self._log_journal_error(e, delay)
+            return None, delay
+        now = time.time()
+        if due is None or due <= now:
+            # Nothing queued, or due but every slot taken: a finish here wakes us, another
+            # process's change is found at the next poll.
+            return None, POLL
+        return None, min(POLL, due - now)
 
     def _worker(self) -> None:
         while True:
-            fid = self._next()
-            if fid is None:
+            claim = self._next()
+            if claim is None:
                 return
             try:
-                self._process(fid)
+                self._process(claim)
             except Exception:
-                log.exception("Unexpected error while importing fileset %s", fid)
+                log.exception("Unexpected error while importing fileset %s", claim.id)
             finally:
                 with self._cond:
-                    self._running.discard(fid)
-                    if fid not in self._delayed_ids:
-                        self._known.discard(fid)
+                    self._running.pop(claim.id, None)
+                    self._wakes += 1  # a slot is free
                     self._cond.notify_all()
 
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (attempt - 1)))
-
-    def _log_journal_error(self, fid: str, error: JournalError, delay: float) -> None:
+    def _log_journal_error(self, error: JournalError, delay: float) -> None:
         now = time.monotonic()
         with self._cond:
             last = self._journal_error_logged_at
             if last is not None and now - last < JOURNAL_ERROR_LOG_EVERY:
                 self._journal_errors_not_logged += 1
-                log.debug("Cannot start import of fileset %s: %s", fid, error)
+                log.debug("Cannot start import of the next queued fileset: %s", error)
                 return
             not_logged, self._journal_errors_not_logged = self._journal_errors_not_logged, 0
             self._journal_error_logged_at = now
         log.error(
-            "Cannot start import of fileset %s: %s; trying again in %.3g s (%d more starts failed "
-            "the same way since the last such message)",
-            fid,
+            "Cannot start import of the next queued fileset: %s; trying again in %.3g s (%d more "
+            "starts failed the same way since the last such message)",
             error,
             delay,
             not_logged,
         )
 
-    def _retry_later(self, fid: str, user: str, delay: float) -> None:
-        with self._cond:
-            self._push_delayed(fid, user, delay)
-            self._cond.notify()
-
     # -- one import ---------------------------------------------------------------------
 
-    def _process(self, fid: str) -> None:
-        rec = self.journal.fileset_by_id(fid)
-        if rec is None:
-            log.error("Fileset %s vanished from the journal; not importing it", fid)
-            return
-        if rec.state != QUEUED:
-            level = logging.DEBUG if rec.state == IMPORTED else logging.INFO
-            log.log(level, "Not importing fileset %s: it is %s", fid, rec.state)
-            return
-        if rec.attempts >= self.max_attempts:
-            # Only reachable after crashes during imports (claim_interrupted keeps the
-            # count): an import that kills the service every time must not loop forever.
-            reason = f"gave up after {rec.attempts} attempt(s); last: {rec.last_error or '?'}"
-            self._finish(fid, FAILED, reason)
-            _log_gave_up(fid, rec.key, rec.user, rec.attempts, rec.last_error or "?", permanent=False)
-            self._done(fid, ImportResult.failure(reason, transient=False))
-            return
-        try:
-            self.journal.transition(fid, IMPORTING)
-        except InvalidTransitionError as e:
-            log.info("Not importing fileset %s: %s", fid, e)
-            return
-        except JournalError as e:
-            delay = max(self.backoff_initial, 1.0)
-            self._log_journal_error(fid, e, delay)
-            self._retry_later(fid, rec.user, delay)
-            return
-        attempt = rec.attempts + 1
+    def _process(self, claim: Claim) -> None:
+        rec, fid = claim.record, claim.id
+        attempt = rec.attempts  # the claim counted this attempt
         request = ImportRequest(
             user=rec.user,
             key=rec.key,
@@ -452,32 +425,31 @@ class ImportQueue:
                 fid,
             )
             return
-        if result.ok:
-            self._finish(fid, IMPORTED, f"attempt {attempt}")
-        elif result.transient and attempt < self.max_attempts:
-            delay = self._backoff(attempt)
-            if self._finish(fid, QUEUED, result.reason, next_attempt_at=time.time() + delay):
+        decision = self.policy.decide(attempt, result.ok, result.transient, result.reason)
+        if decision.retry_in is not None:
+            delay = decision.retry_in
+            if self._finish(claim, decision.state, decision.reason, next_attempt_at=time.time() + delay):
                 log.warning(
                     "Import of %s will be retried in %.3g s (attempt %d of %d failed)",
                     display(rec.key),
                     delay,
                     attempt,
-                    self.max_attempts,
+                    self.policy.max_attempts,
                 )
-                self._retry_later(fid, rec.user, delay)
         else:
-            reason = result.reason or "import failed"
-            if result.transient:
-                reason = f"gave up after {attempt} attempt(s): {reason}"
-            self._finish(fid, FAILED, reason)
-            _log_gave_up(fid, rec.key, rec.user, attempt, result.reason, permanent=not result.transient)
+            self._finish(claim, decision.state, decision.reason)
+            if decision.gave_up:
+                _log_gave_up(fid, rec.key, rec.user, attempt, result.reason, permanent=not result.transient)
         self._done(fid, result)
 
-    def _finish(self, fid: str, state: str, reason: str, *, next_attempt_at: float | None = None) -> bool:
+    def _finish(
+        self, claim: Claim, state: FilesetState, reason: str, *, next_attempt_at: float | None = None
+    ) -> bool:
+        fid = claim.id
         full = False
         while True:
             try:
-                self.journal.transition(fid, state, reason=reason, next_attempt_at=next_attempt_at)
+                self.store.finish(fid, claim.token, state, reason, next_attempt_at)
                 if full:
                     log.warning(
                         "Fileset %s recorded as %s now that the journal can be written again "
@@ -486,6 +458,9 @@ class ImportQueue:
                         state,
                     )
                 return True
+            except StaleClaimError as e:
+                log.warning("Not recording the result of fileset %s: %s", fid, e)
+                return False
             except (JournalFullError, JournalBusyError) as e:
                 # The outcome is known but cannot be written: hold it (and this worker) until
                 # space returns or the other process lets go, so that a finished import is not

@@ -4,7 +4,8 @@ The journal is what makes the two reliability promises hold:
 
 * *nothing lost*: every READY file is recorded before anything else happens to it
   and ends in a terminal state (``imported``, ``failed``, ``skipped``); after any
-  restart, ``pending()`` and ``claim_interrupted()`` say what is left to do;
+  restart, ``recover_interrupted()`` puts back what a crash left half done and the
+  queue (``queued`` filesets) is the rest;
 * *nothing twice*: files and filesets are identified by what they *are*, not by
   their path or timestamps, so a rename, ``touch``, ``chmod``, restart or rescan
   finds the existing record instead of creating a new import.
@@ -27,13 +28,20 @@ Storage
     ``synchronous=FULL``; paths are stored as BLOBs of ``os.fsencode(path)`` so
     non-UTF-8 names survive exactly.  Every state change is one transaction that
     also appends to the ``history`` table.
+
+Queue
+    The ``queued`` filesets are the import queue itself (:mod:`omero_dropbox.queue_store`):
+    :meth:`Journal.enqueue` puts work in, :meth:`Journal.claim_next` takes the next fileset
+    (per-user round robin, back-off times, the concurrency cap, all in one transaction) and
+    :meth:`Journal.finish` records its outcome against the claim's fencing token.  No copy
+    of the queue lives in memory, so another process's change (``omero-dropbox retry``) is
+    simply there at the next claim.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import sqlite3
@@ -45,21 +53,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omero_dropbox.identity import FileIdentity, fd_identity, file_identity, fileset_id
+from omero_dropbox.queue_store import Claim
+from omero_dropbox.states import (
+    FILE_STATES,
+    FILESET_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    FilesetState,
+    FileState,
+    sql_list,
+)
+from omero_dropbox.stored_text import blob_path, column_text, path_blob, stored_reason
 from omero_dropbox.text import printable
+
+# The state names as they were before states.py; kept for the modules and scripts that use them.
+SEEN = FileState.SEEN
+WAITING = FilesetState.WAITING
+QUEUED = FilesetState.QUEUED
+IMPORTING = FilesetState.IMPORTING
+IMPORTED = FilesetState.IMPORTED
+FAILED = FilesetState.FAILED
+SKIPPED = FilesetState.SKIPPED
 
 __all__ = [
     "FILESET_STATES",
     "FILE_STATES",
     "SCHEMA_VERSION",
+    "Claim",
     "FileIdentity",
     "FileRecord",
+    "FileState",
     "FilesetRecord",
+    "FilesetState",
     "HistoryEntry",
     "InvalidTransitionError",
     "Journal",
     "JournalBusyError",
     "JournalError",
     "JournalFullError",
+    "StaleClaimError",
     "display_path",
     "fd_identity",
     "file_identity",
@@ -71,37 +104,9 @@ __all__ = [
 log = logging.getLogger("omero_dropbox.journal")
 
 DB_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
 APPLICATION_ID = 0x4F444258
-FINGERPRINT_CHUNK = 64 * 1024
-
-# --- states -----------------------------------------------------------------------------
-
-SEEN = "seen"
-WAITING = "waiting"
-QUEUED = "queued"
-IMPORTING = "importing"
-IMPORTED = "imported"
-FAILED = "failed"
-SKIPPED = "skipped"
-
-FILE_STATES = (SEEN, WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
-FILESET_STATES = (WAITING, QUEUED, IMPORTING, IMPORTED, FAILED, SKIPPED)
-TERMINAL_STATES = frozenset({IMPORTED, FAILED, SKIPPED})
-
-#: Allowed fileset transitions.  ``imported`` is final: nothing moves a fileset
-#: out of it, which is what guarantees "imported once".  ``failed``/``skipped`` may
-#: be re-queued by an operator.  Self-transitions are allowed for ``waiting`` (the
-#: debounce was revised) and ``queued`` (re-scheduled).
-TRANSITIONS: dict[str, frozenset[str]] = {
-    WAITING: frozenset({WAITING, QUEUED, SKIPPED, FAILED}),
-    QUEUED: frozenset({QUEUED, WAITING, IMPORTING, SKIPPED, FAILED}),
-    IMPORTING: frozenset({IMPORTED, QUEUED, FAILED}),
-    IMPORTED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    SKIPPED: frozenset({QUEUED}),
-}
 
 INTERRUPTED_REASON = "interrupted by crash/restart; will run again"
 
@@ -160,22 +165,11 @@ class InvalidTransitionError(JournalError, ValueError):
     """A state change that the state machine does not allow."""
 
 
+class StaleClaimError(JournalError):
+    """A result for a claim that is no longer the fileset's current one (see :meth:`Journal.finish`)."""
+
+
 # --- records ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What a file *is*, independent of its name, mtime and permissions."""
-
-    dev: int
-    ino: int
-    size: int
-    fingerprint: str
-
-    @property
-    def key(self) -> str:
-        """Stable text form, stored in the journal and hashed into fileset ids."""
-        return f"{self.dev}:{self.ino}:{self.size}:{self.fingerprint}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +178,7 @@ class FileRecord:
     path: str
     user: str | None
     identity: FileIdentity | None
-    state: str
+    state: FileState
     reason: str
     fileset_id: str | None
     created: float
@@ -198,7 +192,7 @@ class FilesetRecord:
     key: str
     members: tuple[str, ...]
     format: str
-    state: str
+    state: FilesetState
     attempts: int
     last_error: str
     next_attempt_at: float | None
@@ -219,70 +213,6 @@ class HistoryEntry:
     old_state: str | None
     new_state: str
     reason: str
-
-
-# --- identity ---------------------------------------------------------------------------
-
-
-def file_identity(path: str) -> FileIdentity:
-    """Stat and fingerprint ``path``, never through a link.
-
-    Reads at most 128 KiB.  ``FileNotFoundError`` and ``PermissionError`` propagate
-    unchanged; a path that is not a regular file (a symbolic link included) raises
-    ``ValueError``.
-    """
-    # O_NONBLOCK so that a FIFO dropped into the tree cannot hang us in open(); O_NOFOLLOW so
-    # that a link renamed over a file is never fingerprinted as its target (another user's file).
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ValueError(f"{display_path(path)} is a symbolic link") from e
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{display_path(path)} is not a regular file")
-        return fd_identity(fd, st)
-    finally:
-        os.close(fd)
-
-
-def fd_identity(fd: int, st: os.stat_result) -> FileIdentity:
-    """The identity of the regular file open at ``fd`` (``st`` is its ``fstat``)."""
-    size = st.st_size
-    h = hashlib.blake2b(digest_size=16)
-    h.update(size.to_bytes(8, "little"))
-    h.update(_read_at(fd, 0, FINGERPRINT_CHUNK))
-    if size > FINGERPRINT_CHUNK:
-        tail_at = max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK)
-        h.update(_read_at(fd, tail_at, FINGERPRINT_CHUNK))
-    return FileIdentity(st.st_dev, st.st_ino, size, h.hexdigest())
-
-
-def _read_at(fd: int, offset: int, n: int) -> bytes:
-    """Up to ``n`` bytes at ``offset`` (lseek + read: portable, unlike ``os.pread``)."""
-    os.lseek(fd, offset, os.SEEK_SET)
-    chunks = []
-    while n > 0:
-        b = os.read(fd, n)
-        if not b:
-            break
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
-
-
-def fileset_id(identities: Iterable[FileIdentity]) -> str:
-    """Stable fileset id: a hash of the members' identities, order-independent.
-
-    Only ``[0-9a-f]`` characters, so it is safe in command templates (``{fileset}``).
-    """
-    keys = sorted(i.key for i in identities)
-    if not keys:
-        raise ValueError("a fileset needs at least one member")
-    return hashlib.blake2b("\n".join(keys).encode("ascii"), digest_size=16).hexdigest()
 
 
 # Names are shown escaped (see omero_dropbox.text): a file named "x\n<forged log line>" must not
@@ -348,30 +278,6 @@ def _private_files(db: Path) -> None:
                 os.chmod(extra, STATE_FILE_MODE)
 
 
-def _enc(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-def _txt(value: str | None) -> str | None:
-    """Text for a TEXT column: surrogate escapes (undecodable bytes) become ``\\xNN``."""
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return printable(value)
-    return value
-
-
-def _reason(value: str) -> str:
-    """A reason or error for the journal, stored escaped: whoever reads it gets one safe line."""
-    return printable(value)
-
-
-def _dec(blob: bytes | None) -> str:
-    return os.fsdecode(bytes(blob)) if blob is not None else ""
-
-
 # --- schema -----------------------------------------------------------------------------
 
 _SCHEMA = f"""
@@ -384,7 +290,7 @@ CREATE TABLE files (
     size        INTEGER,
     fingerprint TEXT,
     identity    TEXT UNIQUE,
-    state       TEXT NOT NULL CHECK (state IN {FILE_STATES!r}),
+    state       TEXT NOT NULL CHECK (state IN {sql_list(FILE_STATES)}),
     reason      TEXT NOT NULL DEFAULT '',
     fileset_id  TEXT,
     created     REAL NOT NULL,
@@ -399,7 +305,7 @@ CREATE TABLE filesets (
     user            TEXT NOT NULL,
     key             BLOB NOT NULL,
     format          TEXT NOT NULL,
-    state           TEXT NOT NULL CHECK (state IN {FILESET_STATES!r}),
+    state           TEXT NOT NULL CHECK (state IN {sql_list(FILESET_STATES)}),
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT NOT NULL DEFAULT '',
     next_attempt_at REAL,
@@ -452,6 +358,35 @@ CREATE TABLE fileset_missing (
     PRIMARY KEY (fileset_id, path)
 );
 CREATE INDEX fileset_missing_path ON fileset_missing(path);
+"""
+
+
+# Version 3: the journal is the import queue (see queue_store.py).  A queued fileset's place is
+# ``due_at`` (when it may start: when it was queued, or its back-off time), served per user in
+# turn (``queue_users.last_claim``: the token of the user's last claim, 0 for never); a claim
+# stamps the fileset with a fencing token (``claim_token``, from the one counter ``queue_clock``)
+# that the claimant's result must carry.  The indexes make a claim a few index probes per user
+# with queued work, however long the queue.
+_SCHEMA_V3 = f"""
+ALTER TABLE filesets ADD COLUMN due_at REAL;
+ALTER TABLE filesets ADD COLUMN claim_token INTEGER;
+ALTER TABLE filesets ADD COLUMN claimed_by TEXT;
+ALTER TABLE filesets ADD COLUMN claimed_at REAL;
+CREATE INDEX filesets_queue ON filesets(state, user, due_at);
+CREATE INDEX filesets_due ON filesets(state, due_at);
+CREATE TABLE queue_users (
+    user       TEXT PRIMARY KEY,
+    last_claim INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_users_turn ON queue_users(last_claim);
+CREATE TABLE queue_clock (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    last_token INTEGER NOT NULL
+);
+INSERT INTO queue_clock(id, last_token) VALUES (1, 0);
+UPDATE filesets SET due_at = COALESCE(next_attempt_at, created) WHERE state = '{FilesetState.QUEUED}';
+INSERT OR IGNORE INTO queue_users(user)
+    SELECT user FROM filesets WHERE state = '{FilesetState.QUEUED}' GROUP BY user ORDER BY MIN(created)
 """
 
 
@@ -588,7 +523,11 @@ class Journal:
                 try:
                     # Re-read under the write lock: another process may have won the race.
                     current = c.execute("PRAGMA user_version").fetchone()[0]
-                    steps = ([_SCHEMA] if current == 0 else []) + ([_SCHEMA_V2] if current < 2 else [])
+                    steps = (
+                        ([_SCHEMA] if current == 0 else [])
+                        + ([_SCHEMA_V2] if current < 2 else [])
+                        + ([_SCHEMA_V3] if current < 3 else [])
+                    )
                     for script in steps:
                         for stmt in script.split(";"):
                             if stmt.strip():
@@ -596,7 +535,12 @@ class Journal:
                     if current == 0:
                         c.execute(f"PRAGMA application_id={APPLICATION_ID}")
                     elif steps:
-                        log.info("journal %s: schema upgraded from version %d to %d", self.path, current, 2)
+                        log.info(
+                            "journal %s: schema upgraded from version %d to %d",
+                            self.path,
+                            current,
+                            SCHEMA_VERSION,
+                        )
                     c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     c.execute("COMMIT")
                 except BaseException:
@@ -799,12 +743,12 @@ class Journal:
             (
                 time.time() if at is None else at,
                 kind,
-                _txt(subject),
-                _enc(path) if path is not None else None,
-                _txt(user),
+                column_text(subject),
+                path_blob(path) if path is not None else None,
+                column_text(user),
                 old_state,
                 new_state,
-                _reason(reason),
+                stored_reason(reason),
             ),
         )
 
@@ -838,10 +782,10 @@ class Journal:
         ident = FileIdentity(dev, ino, size, fp) if fp is not None else None
         return FileRecord(
             id=fid,
-            path=_dec(path),
+            path=blob_path(path),
             user=user,
             identity=ident,
-            state=state,
+            state=FileState(state),
             reason=reason,
             fileset_id=fs,
             created=created,
@@ -855,7 +799,7 @@ class Journal:
     def _latest_for_path(self, c: sqlite3.Connection, path: str) -> FileRecord | None:
         row = c.execute(
             f"SELECT {self._FILE_COLS} FROM files WHERE path = ? ORDER BY id DESC LIMIT 1",
-            (_enc(path),),
+            (path_blob(path),),
         ).fetchone()
         return self._file(row)
 
@@ -883,7 +827,7 @@ class Journal:
         it was then is not imported again; another one (a new copy) is."""
         with self._read() as c:
             row = c.execute(
-                "SELECT ino, size, mtime_ns FROM forgotten WHERE path = ?", (_enc(path),)
+                "SELECT ino, size, mtime_ns FROM forgotten WHERE path = ?", (path_blob(path),)
             ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
@@ -894,7 +838,7 @@ class Journal:
             for (fid,) in c.execute(
                 "SELECT m.fileset_id FROM fileset_missing m JOIN filesets f ON f.id = m.fileset_id"
                 " WHERE m.path = ? AND f.state != ? ORDER BY f.created DESC",
-                (_enc(path), WAITING),
+                (path_blob(path), WAITING),
             ):
                 return self._fileset(c, fid)
         return None
@@ -920,7 +864,7 @@ class Journal:
             rec = self._record_file(c, path, user, identity, now)
             if mtime_ns is not None:
                 c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, rec.id))
-                c.execute("DELETE FROM forgotten WHERE path = ?", (_enc(path),))
+                c.execute("DELETE FROM forgotten WHERE path = ?", (path_blob(path),))
             return rec
 
     def _record_file(
@@ -948,8 +892,8 @@ class Journal:
                 "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
                 " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
-                    _enc(path),
-                    _txt(user),
+                    path_blob(path),
+                    column_text(user),
                     identity.dev,
                     identity.ino,
                     identity.size,
@@ -984,15 +928,15 @@ class Journal:
         return rec
 
     def _rename(self, c: sqlite3.Connection, rec: FileRecord, new: str, now: float) -> None:
-        c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (_enc(new), now, rec.id))
+        c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (path_blob(new), now, rec.id))
         if rec.fileset_id is not None:
             c.execute(
                 "UPDATE fileset_members SET path = ? WHERE fileset_id = ? AND path = ?",
-                (_enc(new), rec.fileset_id, _enc(rec.path)),
+                (path_blob(new), rec.fileset_id, path_blob(rec.path)),
             )
             c.execute(
                 "UPDATE filesets SET key = ?, updated = ? WHERE id = ? AND key = ?",
-                (_enc(new), now, rec.fileset_id, _enc(rec.path)),
+                (path_blob(new), now, rec.fileset_id, path_blob(rec.path)),
             )
 
     def skip_file(self, path: str, user: str | None, reason: str) -> None:
@@ -1004,18 +948,18 @@ class Journal:
         now = time.time()
         with self._tx() as c:
             old = self._latest_for_path(c, path)
-            if old is None or old.state in (IMPORTED, IMPORTING):
+            if old is None or old.state in (FileState.IMPORTED, FileState.IMPORTING):
                 # Never rewrite an imported/importing file's record: add a new row.
                 c.execute(
                     "INSERT INTO files(path, user, state, reason, created, updated) VALUES (?,?,?,?,?,?)",
-                    (_enc(path), _txt(user), SKIPPED, _reason(reason), now, now),
+                    (path_blob(path), column_text(user), SKIPPED, stored_reason(reason), now, now),
                 )
                 old_state = None
             else:
                 c.execute(
                     "UPDATE files SET state = ?, reason = ?, user = COALESCE(?, user),"
                     " updated = ? WHERE id = ?",
-                    (SKIPPED, _reason(reason), _txt(user), now, old.id),
+                    (SKIPPED, stored_reason(reason), column_text(user), now, old.id),
                 )
                 old_state = old.state
             self._history(
@@ -1042,7 +986,7 @@ class Journal:
         if row is None:
             return None
         members = tuple(
-            _dec(r[0])
+            blob_path(r[0])
             for r in c.execute(
                 "SELECT path FROM fileset_members WHERE fileset_id = ? ORDER BY position", (fid,)
             )
@@ -1050,10 +994,10 @@ class Journal:
         return FilesetRecord(
             id=row[0],
             user=row[1],
-            key=_dec(row[2]),
+            key=blob_path(row[2]),
             members=members,
             format=row[3],
-            state=row[4],
+            state=FilesetState(row[4]),
             attempts=int(row[5]),
             last_error=row[6],
             next_attempt_at=row[7],
@@ -1111,7 +1055,7 @@ class Journal:
             if old is None:
                 c.execute(
                     f"INSERT INTO filesets({self._FS_COLS}) VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
-                    (fileset_id, _txt(user), _enc(key), _txt(fmt), WAITING, now, now),
+                    (fileset_id, column_text(user), path_blob(key), column_text(fmt), WAITING, now, now),
                 )
                 state = WAITING
                 self._history(
@@ -1128,8 +1072,10 @@ class Journal:
                 state = old.state
                 c.execute(
                     "UPDATE filesets SET user = ?, key = ?, format = ?, updated = ? WHERE id = ?",
-                    (_txt(user), _enc(key), _txt(fmt), now, fileset_id),
+                    (column_text(user), path_blob(key), column_text(fmt), now, fileset_id),
                 )
+                if state == FilesetState.QUEUED:  # (its user may have changed: give the new one turns)
+                    c.execute("INSERT OR IGNORE INTO queue_users(user) VALUES (?)", (column_text(user),))
                 if (old.key, old.members, old.format) != (key, tuple(members), fmt):
                     self._history(
                         c,
@@ -1145,13 +1091,13 @@ class Journal:
             c.execute("DELETE FROM fileset_members WHERE fileset_id = ?", (fileset_id,))
             c.executemany(
                 "INSERT INTO fileset_members(fileset_id, position, path) VALUES (?,?,?)",
-                [(fileset_id, i, _enc(m)) for i, m in enumerate(members)],
+                [(fileset_id, i, path_blob(m)) for i, m in enumerate(members)],
             )
             self._link_members(c, fileset_id, members, state, "", now)
             c.execute("DELETE FROM fileset_missing WHERE fileset_id = ?", (fileset_id,))
             c.executemany(
                 "INSERT OR IGNORE INTO fileset_missing(fileset_id, path) VALUES (?,?)",
-                [(fileset_id, _enc(m)) for m in missing],
+                [(fileset_id, path_blob(m)) for m in missing],
             )
             rec = self._fileset(c, fileset_id)
             assert rec is not None
@@ -1170,11 +1116,11 @@ class Journal:
             rec = self._latest_for_path(c, m)
             if rec is None or rec.identity is None:
                 continue
-            if rec.fileset_id not in (None, fid) and rec.state in (IMPORTED, IMPORTING):
+            if rec.fileset_id not in (None, fid) and rec.state in (FileState.IMPORTED, FileState.IMPORTING):
                 continue  # belongs to another fileset that already used it
             c.execute(
                 "UPDATE files SET fileset_id = ?, state = ?, reason = ?, updated = ? WHERE id = ?",
-                (fid, state, _reason(reason), now, rec.id),
+                (fid, state, stored_reason(reason), now, rec.id),
             )
 
     def transition(
@@ -1191,74 +1137,250 @@ class Journal:
         terminal state sets ``finished``; ``failed``, ``skipped`` and a re-queue after
         ``importing`` store ``reason`` as ``last_error``.  The fileset's member files
         take the new state; every change is appended to the history.
+
+        The state machine itself; the service moves filesets through the queue operations
+        (:meth:`enqueue`, :meth:`claim_next`, :meth:`finish`, :meth:`recover_interrupted`).
         """
-        if new_state not in FILESET_STATES:
+        try:
+            target = FilesetState(new_state)
+        except ValueError:
             raise InvalidTransitionError(
                 f"unknown fileset state {new_state!r}; allowed: {', '.join(FILESET_STATES)}"
-            )
-        now = time.time()
+            ) from None
         with self._tx() as c:
-            row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
-            if row is None:
-                raise JournalError(f"unknown fileset {fileset_id}")
-            old_state, user, key = row
-            if new_state not in TRANSITIONS[old_state]:
-                raise InvalidTransitionError(
-                    f"fileset {fileset_id}: cannot go from {old_state} to {new_state}"
-                )
-            sets = ["state = ?", "updated = ?", "next_attempt_at = ?"]
-            args: list[object] = [new_state, now, next_attempt_at]
-            if new_state == IMPORTING:
-                sets += ["attempts = attempts + 1", "started = ?", "finished = NULL"]
-                args.append(now)
-            if new_state in TERMINAL_STATES:
-                sets.append("finished = ?")
-                args.append(now)
-            if reason and (
-                new_state in (FAILED, SKIPPED) or (old_state == IMPORTING and new_state == QUEUED)
-            ):
-                sets.append("last_error = ?")
-                args.append(_reason(reason))
-            args.append(fileset_id)
-            c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
-            self._propagate(c, fileset_id, new_state, reason, now)
-            self._history(
-                c,
-                "fileset",
-                fileset_id,
-                new_state,
-                old_state=old_state,
-                path=_dec(key),
-                user=user,
-                reason=reason,
-                at=now,
-            )
+            self._transition(c, fileset_id, target, reason, next_attempt_at, time.time())
+
+    def _transition(
+        self,
+        c: sqlite3.Connection,
+        fileset_id: str,
+        new_state: FilesetState,
+        reason: str,
+        next_attempt_at: float | None,
+        now: float,
+    ) -> FilesetState:
+        """:meth:`transition` inside the caller's transaction; returns the state left.
+
+        Every change of a fileset's state is written here, so this is also where a fileset
+        entering ``queued`` gets its place in the queue (``due_at``) and its user a turn.
+        """
+        row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"unknown fileset {fileset_id}")
+        old_state, user, key = FilesetState(row[0]), row[1], row[2]
+        if new_state not in TRANSITIONS[old_state]:
+            raise InvalidTransitionError(f"fileset {fileset_id}: cannot go from {old_state} to {new_state}")
+        queued = new_state == FilesetState.QUEUED
+        sets = ["state = ?", "updated = ?", "next_attempt_at = ?", "due_at = ?"]
+        due_at = (now if next_attempt_at is None else next_attempt_at) if queued else None
+        args: list[object] = [str(new_state), now, next_attempt_at, due_at]
+        if new_state == FilesetState.IMPORTING:
+            sets += ["attempts = attempts + 1", "started = ?", "finished = NULL"]
+            args.append(now)
+        if new_state in TERMINAL_STATES:
+            sets.append("finished = ?")
+            args.append(now)
+        if reason and (
+            new_state in (FilesetState.FAILED, FilesetState.SKIPPED)
+            or (old_state == FilesetState.IMPORTING and queued)
+        ):
+            sets.append("last_error = ?")
+            args.append(stored_reason(reason))
+        args.append(fileset_id)
+        c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
+        if queued:
+            c.execute("INSERT OR IGNORE INTO queue_users(user) VALUES (?)", (user,))
+        self._propagate(c, fileset_id, new_state, reason, now)
+        self._history(
+            c,
+            "fileset",
+            fileset_id,
+            new_state,
+            old_state=old_state,
+            path=blob_path(key),
+            user=user,
+            reason=reason,
+            at=now,
+        )
+        return old_state
 
     def _propagate(self, c: sqlite3.Connection, fid: str, state: str, reason: str, now: float) -> None:
-        file_reason = reason if state in (FAILED, SKIPPED) else ""
+        file_reason = reason if state in (FilesetState.FAILED, FilesetState.SKIPPED) else ""
         c.execute(
             "UPDATE files SET state = ?, reason = ?, updated = ? WHERE fileset_id = ?",
-            (state, _reason(file_reason), now, fid),
+            (str(state), stored_reason(file_reason), now, fid),
         )
+
+    # -- the import queue (queue_store.QueueStore) ----------------------------------------
+
+    def enqueue(self, fileset_id: str, reason: str, *, requeue: bool = False) -> FilesetState:
+        """Put a fileset in the import queue: the one way work enters it.  Returns the state
+        the fileset was in.
+
+        ``waiting`` moves to ``queued`` (due now).  With ``requeue`` (an operator's retry),
+        ``failed`` and ``skipped`` move too, and ``attempts`` starts again from 0.  Anything
+        else is left as it is, so asking twice is harmless: ``queued`` and ``importing`` are
+        in the queue already, ``imported`` is never imported again.  An unknown id raises
+        :class:`JournalError`.
+        """
+        movable = {FilesetState.WAITING}
+        if requeue:
+            movable |= {FilesetState.FAILED, FilesetState.SKIPPED}
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"unknown fileset {fileset_id}")
+            state = FilesetState(row[0])
+            if state in movable:
+                self._transition(c, fileset_id, FilesetState.QUEUED, reason, None, time.time())
+                if requeue:
+                    c.execute("UPDATE filesets SET attempts = 0 WHERE id = ?", (fileset_id,))
+            return state
 
     def requeue(self, fileset_id: str, reason: str = "re-queued by operator") -> None:
         """Operator retry of a failed or skipped fileset (resets ``attempts``)."""
-        with self._tx() as c:
-            self.transition(fileset_id, QUEUED, reason=reason)
-            c.execute("UPDATE filesets SET attempts = 0 WHERE id = ?", (fileset_id,))
+        state = self.enqueue(fileset_id, reason, requeue=True)
+        if state in (FilesetState.IMPORTING, FilesetState.IMPORTED):
+            raise InvalidTransitionError(f"fileset {fileset_id}: cannot go from {state} to queued")
 
-    def claim_interrupted(self) -> list[FilesetRecord]:
+    def claim_next(
+        self,
+        now: float,
+        *,
+        worker: str,
+        max_running: int,
+        per_user_limit: int | None = None,
+    ) -> Claim | None:
+        """Claim the next fileset to import, in one write transaction; None if none may start.
+
+        Nothing starts while ``max_running`` filesets are ``importing`` (whoever claimed them).
+        Of the users with a ``queued`` fileset due at ``now`` (and, with ``per_user_limit``,
+        fewer than that many importing), the one whose last claim is oldest (never claimed
+        first) gets the turn: its fileset due first moves to ``importing``, stamped with a new
+        fencing token that :meth:`finish` must be given.
+        """
+        with self._tx() as c:
+            (running,) = c.execute(
+                "SELECT COUNT(*) FROM filesets WHERE state = ?", (FilesetState.IMPORTING.value,)
+            ).fetchone()
+            if running >= max_running:
+                return None
+            limit = (
+                ""
+                if per_user_limit is None
+                else "AND (SELECT COUNT(*) FROM filesets i WHERE i.state = ?3 AND i.user = u.user) < ?4"
+            )
+            args: list[object] = [FilesetState.QUEUED.value, now]
+            if per_user_limit is not None:
+                args += [FilesetState.IMPORTING.value, per_user_limit]
+            row = c.execute(
+                "SELECT u.user, (SELECT f.id FROM filesets f WHERE f.state = ?1 AND f.user = u.user"
+                " AND f.due_at <= ?2 ORDER BY f.due_at LIMIT 1) AS fid"
+                f" FROM queue_users u WHERE fid IS NOT NULL {limit}"
+                " ORDER BY u.last_claim, u.rowid LIMIT 1",
+                args,
+            ).fetchone()
+            if row is None:
+                return None
+            user, fid = row
+            (token,) = c.execute(
+                "UPDATE queue_clock SET last_token = last_token + 1 WHERE id = 1 RETURNING last_token"
+            ).fetchone()
+            self._transition(c, fid, FilesetState.IMPORTING, "", None, now)
+            c.execute(
+                "UPDATE filesets SET claim_token = ?, claimed_by = ?, claimed_at = ? WHERE id = ?",
+                (token, column_text(worker), now, fid),
+            )
+            c.execute("UPDATE queue_users SET last_claim = ? WHERE user = ?", (token, user))
+            rec = self._fileset(c, fid)
+            assert rec is not None
+            return Claim(rec, int(token))
+
+    def finish(
+        self,
+        fileset_id: str,
+        token: int,
+        state: str,
+        reason: str = "",
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Record the outcome of the claim ``token`` of ``fileset_id``: ``imported``,
+        ``failed``, or ``queued`` again (a retry, due at ``next_attempt_at``).
+
+        :class:`StaleClaimError` if that claim is no longer the fileset's current one (the
+        fileset was recovered after a restart, or claimed again since): a late result of a
+        worker that lost its claim is never recorded over another's.
+        """
+        target = FilesetState(state)
+        with self._tx() as c:
+            row = c.execute("SELECT state, claim_token FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            if row is None or row[0] != FilesetState.IMPORTING or row[1] != token:
+                now_is = "gone" if row is None else f"{row[0]}, claim {row[1]}"
+                raise StaleClaimError(
+                    f"fileset {fileset_id}: claim {token} is no longer current (now {now_is}); "
+                    f"its result ({target}) is not recorded"
+                )
+            self._transition(c, fileset_id, target, reason, next_attempt_at, time.time())
+
+    def recover_interrupted(self) -> list[FilesetRecord]:
         """At start-up: filesets left ``importing`` by a crash go back to ``queued``.
 
         This is the only case in which an import may run twice, and the history says
         so.  Their ``attempts`` keep counting, so an import that crashes the service
-        every time ends up ``failed`` instead of looping.
+        every time ends up ``failed`` instead of looping.  Only the one service that holds
+        the state directory (its StateLock) may call this: anything ``importing`` is then a
+        dead process's.
         """
         with self._tx() as c:
-            ids = [r[0] for r in c.execute("SELECT id FROM filesets WHERE state = ?", (IMPORTING,))]
+            ids = [
+                r[0]
+                for r in c.execute("SELECT id FROM filesets WHERE state = ?", (FilesetState.IMPORTING.value,))
+            ]
+            now = time.time()
             for fid in ids:
-                self.transition(fid, QUEUED, reason=INTERRUPTED_REASON)
+                self._transition(c, fid, FilesetState.QUEUED, INTERRUPTED_REASON, None, now)
             return [r for r in (self._fileset(c, fid) for fid in ids) if r is not None]
+
+    def next_due_at(self) -> float | None:
+        """When the earliest ``queued`` fileset is due (epoch seconds; maybe past), or None."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT MIN(due_at) FROM filesets WHERE state = ?", (FilesetState.QUEUED.value,)
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def queue_counts(self, now: float) -> tuple[int, int]:
+        """``(ready, delayed)``: ``queued`` filesets due at ``now``, and those in back-off."""
+        with self._read() as c:
+            q = FilesetState.QUEUED.value
+            (ready,) = c.execute(
+                "SELECT COUNT(*) FROM filesets WHERE state = ? AND due_at <= ?", (q, now)
+            ).fetchone()
+            (delayed,) = c.execute(
+                "SELECT COUNT(*) FROM filesets WHERE state = ? AND due_at > ?", (q, now)
+            ).fetchone()
+        return int(ready), int(delayed)
+
+    def exhausted(self, max_attempts: int) -> list[FilesetRecord]:
+        """``queued`` filesets already tried ``max_attempts`` times: only crashes during their
+        imports (attempts keep counting, see :meth:`recover_interrupted`) or a lower limit
+        leave them so."""
+        with self._read() as c:
+            return self._filesets(
+                c,
+                "state = ? AND attempts >= ? ORDER BY created, id",
+                (FilesetState.QUEUED.value, max_attempts),
+            )
+
+    def give_up(self, fileset_id: str, reason: str) -> bool:
+        """A ``queued`` fileset goes to ``failed`` without another attempt; False if it is
+        no longer queued."""
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            if row is None or row[0] != FilesetState.QUEUED:
+                return False
+            self._transition(c, fileset_id, FilesetState.FAILED, reason, None, time.time())
+            return True
 
     def pending(self) -> list[FilesetRecord]:
         """``waiting`` and ``queued`` filesets, oldest first, to resume after a restart."""
@@ -1305,7 +1427,7 @@ class Journal:
                     at=r[1],
                     kind=r[2],
                     subject=r[3],
-                    path=_dec(r[4]) if r[4] is not None else None,
+                    path=blob_path(r[4]) if r[4] is not None else None,
                     user=r[5],
                     old_state=r[6],
                     new_state=r[7],
@@ -1320,19 +1442,14 @@ class Journal:
             rows = c.execute(
                 "SELECT id, at, kind, subject, path, user, old_state, new_state, reason"
                 " FROM history WHERE subject = ? ORDER BY id",
-                (_txt(subject),),
+                (column_text(subject),),
             ).fetchall()
         return [
-            HistoryEntry(r[0], r[1], r[2], r[3], _dec(r[4]) if r[4] is not None else None, *r[5:])
+            HistoryEntry(r[0], r[1], r[2], r[3], blob_path(r[4]) if r[4] is not None else None, *r[5:])
             for r in rows
         ]
 
     # -- operator actions: `omero-dropbox retry` / `forget`, the status page ------------
-
-    def data_version(self) -> int:
-        """Changes whenever *another* connection (``omero-dropbox retry``...) committed."""
-        with self._read() as c:
-            return int(c.execute("PRAGMA data_version").fetchone()[0])
 
     def queued_ids(self) -> list[str]:
         """Ids of every ``queued`` fileset (cheap: no members read)."""
@@ -1369,7 +1486,7 @@ class Journal:
     def retry(self, fileset_id: str, actor: str) -> FilesetRecord:
         """Operator retry of a ``failed`` (or ``skipped``) fileset; the history says who asked.
 
-        A running service notices the change (:meth:`data_version`) and imports it;
+        A running service's workers find it within a second (the journal is their queue);
         otherwise the next start does.
         """
         with self._tx() as c:
@@ -1400,7 +1517,7 @@ class Journal:
         Files still on disk are remembered as they are now: the service does not import them
         again when it finds them at a restart, only when they are written again (a new copy).
         """
-        enc = _enc(path)
+        enc = path_blob(path)
         prefix = enc.rstrip(b"/") + b"/"
         now = time.time()
         with self._tx() as c:
@@ -1459,7 +1576,7 @@ class Journal:
             return  # already another file: a new copy, to be imported
         c.execute(
             "INSERT OR REPLACE INTO forgotten(path, ino, size, mtime_ns, at) VALUES (?,?,?,?,?)",
-            (_enc(f.path), st.st_ino, st.st_size, st.st_mtime_ns, now),
+            (path_blob(f.path), st.st_ino, st.st_size, st.st_mtime_ns, now),
         )
 
     def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
@@ -1476,7 +1593,7 @@ class Journal:
                 fileset_id,
                 row[0],
                 old_state=row[0],
-                path=_dec(row[2]),
+                path=blob_path(row[2]),
                 user=row[1],
                 reason=OBJECTS_PREFIX + ", ".join(objects),
             )

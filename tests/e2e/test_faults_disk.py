@@ -123,7 +123,7 @@ def test_disk_filling_during_an_import_keeps_its_result_and_never_imports_it_twi
 def test_a_full_journal_disk_is_one_error_a_minute_not_one_per_import_start(
     small_state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Every queued fileset retries its start each second while the disk is full; the operator
+    # The workers try to start the next import each second while the disk is full; the operator
     # needs the reason once, not a screenful a second.
     journal = Journal(small_state_dir)
     fileset_ids = [add(journal, f"f{i}") for i in range(20)]
@@ -139,8 +139,8 @@ def test_a_full_journal_disk_is_one_error_a_minute_not_one_per_import_start(
 
     queue.start()
     try:
-        # Each fileset fails to start at least twice (a second apart) ...
-        assert wait_for(lambda: len(failed_starts()) >= 2 * len(fileset_ids), 30), len(failed_starts())
+        # The workers keep trying to start the next import (a second apart) ...
+        assert wait_for(lambda: len(failed_starts()) >= 5, 30), len(failed_starts())
         errors = [r for r in failed_starts() if r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "is full" in errors[0].getMessage() or "disk" in errors[0].getMessage(), errors[0].getMessage()

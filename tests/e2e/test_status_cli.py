@@ -210,7 +210,7 @@ def test_forget_refuses_a_queued_fileset(tmp_path: Path) -> None:
     path = tmp_path / "DropBox" / "amy" / "q.czi"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"II*\x00queued")
-    from omero_dropbox.journal import file_identity, fileset_id
+    from omero_dropbox.identity import file_identity, fileset_id
 
     with Journal(tmp_path / "state") as j:
         ident = file_identity(str(path))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from omero_dropbox.identity import FileIdentity
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import (
     CommandImporter,
@@ -23,7 +24,7 @@ from omero_dropbox.importers import (
     ImportResult,
     PermanentImportError,
 )
-from omero_dropbox.journal import INTERRUPTED_REASON, FileIdentity, Journal
+from omero_dropbox.journal import INTERRUPTED_REASON, Journal
 
 FAST = {"backoff_initial": 0.05, "backoff_factor": 2.0, "backoff_max": 1.0}
 
@@ -297,7 +298,7 @@ def test_crash_loop_ends_failed(journal: Journal) -> None:
     journal.transition("f", "queued")
     for _ in range(3):  # three imports that each took the service down
         journal.transition("f", "importing")
-        journal.claim_interrupted()
+        journal.recover_interrupted()
     imp = Recorder()
     q = run_queue(journal, imp, max_attempts=3)
     q.start()

@@ -14,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from omero_dropbox.identity import FileIdentity, file_identity, fileset_id
 from omero_dropbox.journal import (
     DB_NAME,
     INTERRUPTED_REASON,
-    FileIdentity,
     InvalidTransitionError,
     Journal,
     JournalError,
     JournalFullError,
-    file_identity,
-    fileset_id,
 )
 
 PYTHON_DIR = str(Path(__file__).resolve().parents[2] / "python")
@@ -253,19 +251,19 @@ def test_upsert_revises_a_waiting_fileset(journal: Journal, tmp_path: Path) -> N
     assert journal.upsert_fileset("fs2", "amy", b, [a], "X").members == (b, a)  # key added
 
 
-def test_claim_interrupted_pending_counts(journal: Journal, tmp_path: Path) -> None:
+def test_recover_interrupted_pending_counts(journal: Journal, tmp_path: Path) -> None:
     f1 = _fileset(journal, tmp_path, "one")
     f2 = _fileset(journal, tmp_path, "two", user="bob")
     f3 = _fileset(journal, tmp_path, "three")
     journal.transition(f1, "queued")
     journal.transition(f1, "importing")
     journal.transition(f2, "queued")
-    claimed = journal.claim_interrupted()
+    claimed = journal.recover_interrupted()
     assert [r.id for r in claimed] == [f1]
     assert claimed[0].state == "queued" and claimed[0].attempts == 1
     assert journal.history_of(f1)[-1].reason == INTERRUPTED_REASON
     assert {r.id for r in journal.pending()} == {f1, f2, f3}
-    assert journal.claim_interrupted() == []
+    assert journal.recover_interrupted() == []
     assert journal.counts() == {"amy": {"queued": 1, "waiting": 1}, "bob": {"queued": 1}}
     with pytest.raises(ValueError, match="kind"):
         journal.counts("nope")
@@ -530,5 +528,5 @@ def test_a_version_1_journal_is_upgraded_in_place_and_keeps_what_it_knew(tmp_pat
         journal.set_seen_mtime(rec.id, 42)
         assert journal.seen_mtime(rec.id) == 42
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 3
     conn.close()
