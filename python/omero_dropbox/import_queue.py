@@ -7,7 +7,8 @@ This module only runs it:
 * **Fair**: the store serves users in turn (round robin, in SQL), so one user's 10,000
   filesets do not starve another user's one.
 * **Bounded**: ``max_concurrent`` worker threads, and the store starts no import while
-  ``max_concurrent`` are ``importing``.
+  ``max_running`` (default: ``max_concurrent``) are ``importing`` in the whole journal, so
+  that the limit holds across processes sharing it.
 * **Throttled**: ``throttle`` seconds between import *starts*, globally, as upstream
   ``omero.fs.throttleImport``; unlike upstream, waiting for the throttle blocks no one
   else (``submit`` stays instant).
@@ -93,6 +94,7 @@ class ImportQueue:
         importer: Callable[[ImportRequest], Any],
         *,
         max_concurrent: int = 1,
+        max_running: int | None = None,
         throttle: float = 0.0,
         max_attempts: int = 5,
         backoff_initial: float = 30.0,
@@ -108,6 +110,9 @@ class ImportQueue:
         self.store = store
         self.importer = as_importer(importer)
         self.max_concurrent = max_concurrent
+        if max_running is not None and max_running < 1:
+            raise ValueError(f"max_running must be >= 1, not {max_running!r}")
+        self.max_running = max_running or max_concurrent
         self.throttle = throttle
         self.on_done = on_done
         # Names this process's claims in the journal (claimed_by).
@@ -342,7 +347,7 @@ class ImportQueue:
     def _claim(self) -> tuple[Claim | None, float]:
         """The next fileset from the store, or None and how long nothing is due."""
         try:
-            claim = self.store.claim_next(time.time(), worker=self._name, max_running=self.max_concurrent)
+            claim = self.store.claim_next(time.time(), worker=self._name, max_running=self.max_running)
             if claim is not None:
                 return claim, 0.0
             due = self.store.next_due_at()

@@ -1,8 +1,4 @@
-"""A journal with filesets in it, and an in-process importer that plays scripted outcomes.
-
-tests/integration/test_import_queue.py still holds its own copy of these two (it was being
-rewritten on another branch when they moved here); it should import them from here.
-"""
+"""A journal with filesets in it, and an in-process importer that plays scripted outcomes."""
 
 from __future__ import annotations
 

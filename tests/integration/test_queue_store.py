@@ -4,6 +4,7 @@ sharing one queue.  All on real SQLite files."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from omero_dropbox.journal import INTERRUPTED_REASON, Journal, JournalError, Sta
 from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.states import FilesetState
 
-FIXTURE_V2 = Path(__file__).parent / "fixtures" / "journal_v2.sql"
+FIXTURE_V2 = Path(__file__).parents[1] / "fixtures" / "journal_v2.sql"
 
 
 @pytest.fixture
@@ -212,21 +213,26 @@ def test_a_version_2_journal_is_migrated_and_its_queue_kept(tmp_path: Path) -> N
 
 
 WORKER = """
-import sys, time
+import os, sys, time
 from omero_dropbox.import_queue import ImportQueue
 from omero_dropbox.importers import ImportResult
 from omero_dropbox.journal import Journal
 
-state, out = sys.argv[1], sys.argv[2]
+state, out, started = sys.argv[1], sys.argv[2], sys.argv[3]
 journal = Journal(state, check=False)
 
 def importer(request):
     with open(out, "a") as f:
         f.write(request.fileset_id + "\\n")
-    time.sleep(0.02)  # long enough that every process gets claims, whatever the load
+    # Every import waits until each process holds one (3 in all, the journal-wide limit),
+    # so that the processes compete for the same rows whatever the machine's load.
+    open(os.path.join(started, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(started)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     return ImportResult.success()
 
-queue = ImportQueue(journal, importer, max_concurrent=3)
+queue = ImportQueue(journal, importer, max_concurrent=1, max_running=3)
 print("ready", flush=True)
 sys.stdin.readline()  # all processes start claiming together
 queue.start(resume=False)  # the test's processes share the queue; none is the service
@@ -246,9 +252,11 @@ def test_processes_sharing_a_journal_never_claim_the_same_fileset(tmp_path: Path
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))
     outs = [tmp_path / f"out{n}" for n in range(3)]
+    started = tmp_path / "started"
+    started.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(state), str(out)],
+            [sys.executable, str(script), str(state), str(out), str(started)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -269,7 +277,7 @@ def test_processes_sharing_a_journal_never_claim_the_same_fileset(tmp_path: Path
                 p.kill()
     runs = [line for out in outs if out.exists() for line in out.read_text().split()]
     assert len(runs) == 150 and len(set(runs)) == 150, Counter(runs).most_common(3)
-    assert sum(1 for out in outs if out.exists() and out.read_text()) >= 2  # they did share the work
+    assert len(os.listdir(started)) == 3  # every process claimed while the others held claims
     with Journal(state) as j:
         assert sum(n.get("imported", 0) for n in j.counts().values()) == 150
         assert all(h.reason == "attempt 1" for h in j.recent(150, state="imported"))
