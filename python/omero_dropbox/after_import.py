@@ -21,9 +21,9 @@ import shlex
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from omero_dropbox.at_use import FileRefused
+from omero_dropbox.choices import AfterImport
 from omero_dropbox.journal import FileIdentity, display_path, fd_identity
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "transfer_of",
 ]
 
-AfterImport = Literal["keep", "move", "delete"]
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["BACKENDS", "PATH_MODES", "WATCH_EVENT_TYPES", "Backend", "PathMode", "WatchEventType"]
+__all__ = [
+    "AFTER_IMPORT_ACTIONS",
+    "BACKENDS",
+    "PATH_MODES",
+    "WATCH_EVENT_TYPES",
+    "AfterImport",
+    "Backend",
+    "PathMode",
+    "WatchEventType",
+]
 
 PathMode = Literal["flat", "recurse", "follow"]
 """Upstream ``PathMode``: the root only; the subdirectories that exist at start; also new ones."""
@@ -18,9 +27,13 @@ PathMode = Literal["flat", "recurse", "follow"]
 Backend = Literal["auto", "native", "poll"]
 """``omero.fs.ng.backend``: kernel events, polling (NFS/SMB), or kernel events unless polling is needed."""
 
+AfterImport = Literal["keep", "move", "delete"]
+"""``omero.fs.ng.afterImport``: what happens to a fileset's files once its import is journaled."""
+
 WatchEventType = Literal["creation", "modification", "deletion"]
 """Upstream ``WatchEventType`` without ``All`` (which stands for all three), in canonical order."""
 
 PATH_MODES: tuple[PathMode, ...] = get_args(PathMode)
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 WATCH_EVENT_TYPES: tuple[WatchEventType, ...] = get_args(WatchEventType)
+AFTER_IMPORT_ACTIONS: tuple[AfterImport, ...] = get_args(AfterImport)

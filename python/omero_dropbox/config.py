@@ -61,7 +61,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from omero_dropbox.choices import BACKENDS, PATH_MODES, WATCH_EVENT_TYPES, Backend, PathMode, WatchEventType
+from omero_dropbox.after_import import UnsafeCombination, check_after_import
+from omero_dropbox.choices import (
+    AFTER_IMPORT_ACTIONS,
+    BACKENDS,
+    PATH_MODES,
+    WATCH_EVENT_TYPES,
+    AfterImport,
+    Backend,
+    PathMode,
+    WatchEventType,
+)
 from omero_dropbox.properties import (
     DEFAULT_USER,
     PROPERTIES,
@@ -211,6 +221,8 @@ class DropBoxConfig:
     require_owner: bool
     bioformats_oracle: bool
     bioformats_oracle_timeout: float
+    after_import: AfterImport
+    imported_area: Path | None
     log_dir: Path | None
     # "omero.fs.host" or "omero.fs.watchDir[amy]" -> "default" | "templates.xml" |
     # "toml" | "-D" | "derived". Not part of equality: it is provenance, not config.
@@ -220,6 +232,8 @@ class DropBoxConfig:
 
     def __post_init__(self) -> None:
         _check_choices("omero.fs.ng.backend", (self.backend,), BACKENDS)
+        _check_choices("omero.fs.ng.afterImport", (self.after_import,), AFTER_IMPORT_ACTIONS)
+        _check_after_import(self)
 
     @property
     def import_users(self) -> tuple[str, ...]:
@@ -602,6 +616,19 @@ def _check_distinct_dirs(monitors: Sequence[UserMonitorConfig], users: Sequence[
             )
             raise ConfigError(f"omero.fs.watchDir: {problem}; allowed: a different directory per import user")
         seen[key] = user
+
+
+def _check_after_import(config: DropBoxConfig) -> None:
+    """Refuse an after-import action that would lose data with some user's import arguments."""
+    area = None if config.imported_area is None else str(config.imported_area)
+    watch_dirs = [str(u.watch_dir) for u in config.users]
+    try:
+        for user in config.users or ():
+            check_after_import(config.after_import, user.import_args, area, watch_dirs)
+        if not config.users:
+            check_after_import(config.after_import, (), area, watch_dirs)
+    except UnsafeCombination as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve(sources: _Sources) -> DropBoxConfig:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omero_dropbox.admission import Admission
+from omero_dropbox.after_imports import AfterImports
 from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, GiveUp, Pool, Waits
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
@@ -246,6 +247,9 @@ class DropBox:
             backoff_initial=config.retry_backoff,
             on_done=self._import_done,
         )
+        self.after_imports = AfterImports(
+            self.journal, self.ownership, "keep" if dry_run else config.after_import, config.imported_area
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -287,6 +291,7 @@ class DropBox:
             )
             self._threads.append(t)
         resumed = self.queue.start(resume=True)
+        self.after_imports.start()
         for t in self._threads:
             t.start()
         log.info(
@@ -333,6 +338,7 @@ class DropBox:
         if not finished:
             log.warning("Imports still running at shutdown; they will run again after restart")
         self.queue.stop()
+        self.after_imports.stop()
         for oracle in self._oracles:
             oracle.close()
         self._snapshot.close()
@@ -777,6 +783,7 @@ class DropBox:
         objects = result.objects or parse_omero_objects(result.output)
         if objects:
             self.journal.record_objects(fid, objects)
+        self.after_imports.imported(fid)
 
     def runtime_status(self) -> LiveStatus:
         """What only the running service knows: waiting files, queue, watcher counters."""

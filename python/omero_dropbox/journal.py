@@ -104,7 +104,7 @@ __all__ = [
 log = logging.getLogger("omero_dropbox.journal")
 
 DB_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
 APPLICATION_ID = 0x4F444258
 
@@ -390,6 +390,23 @@ INSERT OR IGNORE INTO queue_users(user)
 """
 
 
+# Version 4: the after-import action of each imported fileset (omero.fs.ng.afterImport): a row
+# is written ``pending`` as soon as the import is journaled and becomes ``done`` or ``partial``
+# (some files left in place, with the reason) when the action ran; a pending row is run again
+# after a restart or a failure (a full area, say), so an interrupted move resumes.
+_SCHEMA_V4 = """
+CREATE TABLE after_import (
+    fileset_id TEXT PRIMARY KEY REFERENCES filesets(id),
+    action     TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('pending', 'done', 'partial')),
+    reason     TEXT NOT NULL DEFAULT '',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated    REAL NOT NULL
+);
+CREATE INDEX after_import_state ON after_import(state)
+"""
+
+
 # --- the journal ------------------------------------------------------------------------
 
 
@@ -527,6 +544,7 @@ class Journal:
                         ([_SCHEMA] if current == 0 else [])
                         + ([_SCHEMA_V2] if current < 2 else [])
                         + ([_SCHEMA_V3] if current < 3 else [])
+                        + ([_SCHEMA_V4] if current < 4 else [])
                     )
                     for script in steps:
                         for stmt in script.split(";"):
@@ -1597,6 +1615,56 @@ class Journal:
                 user=row[1],
                 reason=OBJECTS_PREFIX + ", ".join(objects),
             )
+
+    # -- after-import actions (omero.fs.ng.afterImport) -----------------------------------
+
+    def after_import_begin(self, fileset_id: str, action: str) -> bool:
+        """Note that ``action`` is due for an imported fileset (False: noted before)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO after_import(fileset_id, action, state, updated) VALUES (?,?,?,?)",
+                (fileset_id, action, "pending", time.time()),
+            )
+            return cur.rowcount == 1
+
+    def after_import_end(self, fileset_id: str, *, done: bool, partial: bool, reason: str) -> None:
+        """Record how the action went: ``done``, ``partial`` (files left), or still pending."""
+        state = "partial" if partial else "done" if done else "pending"
+        with self._tx() as c:
+            c.execute(
+                "UPDATE after_import SET state = ?, reason = ?, attempts = attempts + 1, updated = ?"
+                " WHERE fileset_id = ?",
+                (state, stored_reason(reason), time.time(), fileset_id),
+            )
+            row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+            if row is not None and state != "pending":
+                self._history(
+                    c,
+                    "fileset",
+                    fileset_id,
+                    row[0],
+                    old_state=row[0],
+                    path=blob_path(row[2]),
+                    user=row[1],
+                    reason=f"after import: {reason}",
+                )
+
+    def after_import_pending(self) -> list[tuple[str, str, int]]:
+        """``(fileset id, action, attempts)`` of every action not yet run to the end."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT fileset_id, action, attempts FROM after_import"
+                " WHERE state = 'pending' ORDER BY updated"
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    def after_import_state(self, fileset_id: str) -> tuple[str, str] | None:
+        """``(state, reason)`` of a fileset's after-import action, if one was due."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT state, reason FROM after_import WHERE fileset_id = ?", (fileset_id,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def objects_of(self, fileset_ids: Iterable[str]) -> dict[str, list[str]]:
         """``{fileset id: ["Image:12", ...]}`` as noted by :meth:`record_objects` (latest note wins)."""

@@ -37,7 +37,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from omero_dropbox.choices import BACKENDS, PATH_MODES, WATCH_EVENT_TYPES, WatchEventType
+from omero_dropbox.choices import (
+    AFTER_IMPORT_ACTIONS,
+    BACKENDS,
+    PATH_MODES,
+    WATCH_EVENT_TYPES,
+    WatchEventType,
+)
 
 __all__ = [
     "DEFAULT_USER",
@@ -821,6 +827,24 @@ PROPERTIES: tuple[Property, ...] = (
         "10",
         "Seconds one answer of the Bio-Formats oracle may take; then its JVM is restarted and the "
         "rule table decides.",
+    ),
+    _ng(
+        "afterImport",
+        "after_import",
+        Choice(AFTER_IMPORT_ACTIONS, "after-import action"),
+        "keep",
+        "What happens to a fileset's files once its import is journaled: keep them, move them to "
+        "omero.fs.ng.importedArea (keeping their path below the watch directory), or delete them. "
+        "A file that changed since it was imported is always kept.",
+        note="Refused at start-up with --transfer=ln_s (OMERO keeps only a link to the file) and "
+        "with ln_rm/cp_rm/upload_rm (the importer removes the files itself).",
+    ),
+    _ng(
+        "importedArea",
+        "imported_area",
+        PathKind(),
+        "",
+        "Folder that afterImport=move moves imported files to; outside every watch directory.",
     ),
     _ng(
         "logDir",
