@@ -29,6 +29,7 @@ from omero_dropbox.ownership import NotOwned, Owner, Ownership
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.states import FileState
 from omero_dropbox.text import printable as display_path
+from omero_dropbox.user_report import is_report
 from omero_dropbox.watcher import ReadyEvent
 
 __all__ = ["Admission", "Admitted", "Verdict"]
@@ -92,6 +93,8 @@ class Admission:
         if isinstance(found, NotOwned):
             self.skip(path, found.user, found.reason)
             return Verdict(gone=gone)
+        if is_report(found.root, path):
+            return Verdict(gone=gone)  # the service's own report to the user, never data
         if self.already_done(path):
             return Verdict(gone=gone)
         if not self.acceptable(found, path):

@@ -187,6 +187,32 @@ class Aggregator:
             due.append(fs)
         return due, self._give_up_on_companions(pool, waits.dir_import_wait, now, disk, unread)
 
+    def waiting(self, user: str, now: float, waits: Waits) -> list[tuple[str, int, str, float]]:
+        """What ``user`` is waiting for, as ``(key path, files, why, due at)`` (``now``'s clock):
+        each fileset not due yet, and each companion file waiting for a key file."""
+        pool = self.pools.get(user)
+        if pool is None:
+            return []
+        out = []
+        grouped: set[str] = set()
+        for fs in list(pool.filesets):
+            grouped.update(fs.files)
+            last = max((pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files), default=now)
+            if fs.missing:
+                names = ", ".join(os.path.basename(p) for p in list(fs.missing)[:5])
+                why = f"waiting for {names}" + (" and more" if len(fs.missing) > 5 else "")
+            else:
+                why = "waiting until its folder has been quiet for a while (more files may come)"
+            out.append((fs.key, len(fs.files), why, last + wait_for(fs, waits)))
+        for path, since in list(pool.waiting_since.items()):
+            if path in pool.files and path not in grouped:
+                keys = pool.awaited_keys.get(path, ())
+                hint = f" (such as {os.path.basename(keys[0])})" if keys else ""
+                out.append(
+                    (path, 1, f"waiting for the file that names it{hint}", since + waits.dir_import_wait)
+                )
+        return out
+
     @staticmethod
     def _held(pool: Pool, fs: Fileset, wait: float, now: float, disk: DiskView, unread: bool) -> bool:
         """Whether ``fs`` keeps waiting for a member it lacks that is on disk but not READY."""

@@ -493,6 +493,7 @@ def _run(
     except JournalError as exc:
         print(f"omero-dropbox: error: {exc}", file=sys.stderr)
         return 1
+    dropbox.user_reports.omero_web = getattr(args, "omero_web", None)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("Received %s: finishing running imports, then exiting", signal.Signals(signum).name)

@@ -223,6 +223,7 @@ class DropBoxConfig:
     bioformats_oracle_timeout: float
     after_import: AfterImport
     imported_area: Path | None
+    user_report: bool
     log_dir: Path | None
     # "omero.fs.host" or "omero.fs.watchDir[amy]" -> "default" | "templates.xml" |
     # "toml" | "-D" | "derived". Not part of equality: it is provenance, not config.

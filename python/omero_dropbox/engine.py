@@ -52,6 +52,7 @@ from omero_dropbox.ownership import AnyUser, Owner, Ownership, UserDirectory, Us
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.snapshot import LiveStatus, ServiceSnapshot
 from omero_dropbox.states import TERMINAL_FILE_STATES, FilesetState
+from omero_dropbox.user_reports import UserReports
 from omero_dropbox.watcher import ReadyEvent, Watcher
 
 __all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList"]
@@ -247,6 +248,9 @@ class DropBox:
             backoff_initial=config.retry_backoff,
             on_done=self._import_done,
         )
+        self.user_reports = UserReports(
+            self.journal, self.ownership, self._waiting_of, enabled=config.user_report and not dry_run
+        )
         self.after_imports = AfterImports(
             self.journal, self.ownership, "keep" if dry_run else config.after_import, config.imported_area
         )
@@ -367,6 +371,10 @@ class DropBox:
                 break
         self._regroup_and_submit()
         self._publish_status()
+        self.user_reports.tick(time.monotonic(), set(self.aggregator.pools))
+
+    def _waiting_of(self, user: str) -> list[tuple[str, int, str, float]]:
+        return self.aggregator.waiting(user, time.monotonic(), self._waits(user))
 
     def _take_events(self, until: float | None) -> None:
         """Move what the watchers delivered into per-user backlogs; wait until ``until`` for

@@ -390,7 +390,8 @@ INSERT OR IGNORE INTO queue_users(user)
 """
 
 
-# Version 4: the after-import action of each imported fileset (omero.fs.ng.afterImport): a row
+# Version 4: a user's filesets by time (her report, omero.fs.ng.userReport), and the
+# after-import action of each imported fileset (omero.fs.ng.afterImport): a row
 # is written ``pending`` as soon as the import is journaled and becomes ``done`` or ``partial``
 # (some files left in place, with the reason) when the action ran; a pending row is run again
 # after a restart or a failure (a full area, say), so an interrupted move resumes.
@@ -403,7 +404,8 @@ CREATE TABLE after_import (
     attempts   INTEGER NOT NULL DEFAULT 0,
     updated    REAL NOT NULL
 );
-CREATE INDEX after_import_state ON after_import(state)
+CREATE INDEX after_import_state ON after_import(state);
+CREATE INDEX filesets_user_updated ON filesets(user, updated)
 """
 
 
@@ -1615,6 +1617,22 @@ class Journal:
                 user=row[1],
                 reason=OBJECTS_PREFIX + ", ".join(objects),
             )
+
+    def filesets_of_user(self, user: str, limit: int) -> list[FilesetRecord]:
+        """``user``'s most recently changed filesets, newest first."""
+        with self._read() as c:
+            return self._filesets(c, "user = ? ORDER BY updated DESC LIMIT ?", (user, limit))
+
+    def users(self) -> list[str]:
+        """Every user with a fileset (by index)."""
+        with self._read() as c:
+            return [str(r[0]) for r in c.execute("SELECT DISTINCT user FROM filesets")]
+
+    def last_change_of_user(self, user: str) -> float:
+        """When a fileset of ``user`` last changed (0 for none): cheap, by index."""
+        with self._read() as c:
+            row = c.execute("SELECT MAX(updated) FROM filesets WHERE user = ?", (user,)).fetchone()
+        return float(row[0] or 0.0)
 
     # -- after-import actions (omero.fs.ng.afterImport) -----------------------------------
 

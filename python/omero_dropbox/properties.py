@@ -847,6 +847,16 @@ PROPERTIES: tuple[Property, ...] = (
         "Folder that afterImport=move moves imported files to; outside every watch directory.",
     ),
     _ng(
+        "userReport",
+        "user_report",
+        Bool(),
+        "false",
+        "Keep DROPBOX-STATUS.txt and DROPBOX-STATUS.json in each user's top folder: her recent "
+        "filesets, imported (with the OMERO.web link under --omero-web), waiting (for what, until "
+        "when) or failed (why, and what to do). Files of those names there are never imported.",
+        note="Off by default because upstream never writes into the users' folders.",
+    ),
+    _ng(
         "logDir",
         "log_dir",
         PathKind(),
