@@ -19,7 +19,8 @@ Reported, as one JSON line per run (``--json FILE`` appends them there too):
   ``wrong``: recorded with other members than written;
 * ``writer_s``: how long the writer took; ``service_cpu_s``: the service's user+system CPU;
 * with ``--profile``, py-spy samples the service (``py-spy record --format raw --threads``)
-  and the top functions by own time and by total time are printed (``profile_top``);
+  and the top functions by own time and by total time are printed (``profile_top``); with
+  ``--gil`` too, only threads holding the GIL are sampled: where the Python CPU goes;
 * with ``--fsyncs``, ``strace -f -c`` counts the service's fsync/fdatasync calls (slows it).
 
 The machine is a noisy shared VM: read medians of several runs.
@@ -169,7 +170,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         if args.profile:
             spy = subprocess.Popen(
                 ["py-spy", "record", "-p", str(service_pid), "-o", str(base / "profile.txt"),
-                 "--format", "raw", "--threads", "--function", "--rate", "200", "--nonblocking"],
+                 "--format", "raw", "--threads", "--function", "--rate", "200", "--nonblocking",
+                 *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # py-spy attaches
@@ -265,6 +267,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for every fileset")
     ap.add_argument("--base", default="/dev/shm", help="where the DropBox and state directory go")
     ap.add_argument("--profile", action="store_true", help="sample the service with py-spy")
+    ap.add_argument("--gil", action="store_true", help="with --profile: only samples holding the GIL")
     ap.add_argument("--keep-profile", metavar="FILE", help="copy py-spy's raw profile here")
     ap.add_argument("--fsyncs", action="store_true", help="count the service's fsyncs with strace")
     ap.add_argument("--keep", action="store_true", help="keep the DropBox, state and log")
