@@ -124,6 +124,19 @@ MISSING_KEPT = 10_000
 _INLINE_WAIT = 0.05
 
 
+#: Due filesets of one user journaled in one transaction (one commit, one fsync).
+_SUBMIT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A due fileset with its members' journal identities and mtimes, read for its submission."""
+
+    fs: Fileset
+    fid: str
+    identities: list[tuple[FileIdentity, int]]
+
+
 @dataclass
 class _RegroupSlot:
     """When a user's pool may be regrouped next, and the regroup running for it."""
@@ -597,9 +610,9 @@ class DropBox:
         due, given_up = self.aggregator.due(
             user, now, self._waits(user), self._disk, unread=bool(self._backlog.get(user))
         )
-        for i, fs in enumerate(due):
-            if not self._submit_unless_full(user, fs):
-                for rest in due[i + 1 :]:
+        for start in range(0, len(due), _SUBMIT_BATCH):
+            if not self._submit_unless_full(user, due[start : start + _SUBMIT_BATCH]):
+                for rest in due[start + _SUBMIT_BATCH :]:
                     self.aggregator.put_back(user, (f for f in rest.files if os.path.lexists(f)))
                 return False
         self._skip_given_up(user, given_up)
@@ -609,14 +622,16 @@ class DropBox:
         for g in given_up:
             self.admission.skip(g.path, user, g.reason)
 
-    def _submit_unless_full(self, user: str, fs: Fileset) -> bool:
-        """Submit ``fs``; if the state disk is full, keep its files waiting and pause new work.
+    def _submit_unless_full(self, user: str, filesets: Sequence[Fileset]) -> bool:
+        """Submit ``filesets``; if the state disk is full, keep their files waiting and pause
+        new work.
 
         Returns False while the journal is full.  Nothing is lost: the files stay in the
         pool (and would be found again by the start-up scan after a restart).
         """
+        ready = [p for p in (self._prepare(user, fs) for fs in filesets) if p is not None]
         try:
-            self._submit(user, fs)
+            self._submit(user, ready)
             # The journal now has what the snapshot still counts as waiting: refresh it in
             # this step, or `status` counts the files twice until the next refresh.
             self._published = float("-inf")
@@ -634,7 +649,7 @@ class DropBox:
                 )
             self._journal_full = True
             self._journal_full_until = time.monotonic() + _FULL_RETRY
-            self.aggregator.put_back(user, (f for f in fs.files if os.path.lexists(f)))
+            self.aggregator.put_back(user, (f for p in ready for f in p.fs.files if os.path.lexists(f)))
             return False
         if self._journal_full:
             self._journal_full = False
@@ -650,20 +665,21 @@ class DropBox:
         """Journal the files and the fileset; None if the fileset was imported (or started) before."""
         for f, (ident, mtime_ns) in zip(fs.files, identities, strict=True):
             self.journal.record_file(f, user, ident, mtime_ns)
-        existing = self.journal.fileset_by_id(fid)
-        if existing is not None and existing.state not in (FilesetState.WAITING, FilesetState.QUEUED):
-            if existing.state == FilesetState.IMPORTED:
+        # The first MISSING_KEPT suffice to tell a late member; a key file may name 100,000.
+        missing = fs.missing[:MISSING_KEPT]
+        # A fileset already started or finished comes back unchanged (nothing written): no
+        # look-up of its own is needed first.
+        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, missing)
+        if record.state not in (FilesetState.WAITING, FilesetState.QUEUED):
+            if record.state == FilesetState.IMPORTED:
                 log.info(
                     "Already imported: %s (fileset=%s, same content as before); not importing again",
                     display_path(fs.key),
                     fid,
                 )
-            elif existing.state != FilesetState.IMPORTING:
-                log.info("Fileset %s is %s in the journal; not importing again", fid, existing.state)
+            elif record.state != FilesetState.IMPORTING:
+                log.info("Fileset %s is %s in the journal; not importing again", fid, record.state)
             return None
-        # The first MISSING_KEPT suffice to tell a late member; a key file may name 100,000.
-        missing = fs.missing[:MISSING_KEPT]
-        record = self.journal.upsert_fileset(fid, user, fs.key, list(fs.files), fs.format, missing)
         if record.state == FilesetState.WAITING:
             # Queued in the same transaction; the workers are woken after the commit.
             why = f"incomplete, without {_some(fs.missing)}" if fs.missing else "complete"
@@ -678,7 +694,10 @@ class DropBox:
         with open_beneath(str(owner.monitor.watch_dir), owner.root, path) as (fd, st):
             return fd_identity(fd, st), st.st_mtime_ns
 
-    def _submit(self, user: str, fs: Fileset) -> None:
+    def _prepare(self, user: str, fs: Fileset) -> _Prepared | None:
+        """The journal identities of the members of ``fs``, each read through the walk from the
+        watch directory; None (the fileset's files skipped or back in the pool) if a member
+        changed since it was grouped."""
         identities = []
         try:
             for member in fs.files:
@@ -687,18 +706,32 @@ class DropBox:
             # A link renamed over a member (or over a directory above it) since it was reported.
             self.admission.skip(member, user, f"not imported: {exc}")
             self._return_to_pool(user, [f for f in fs.files if f != member])
-            return
+            return None
         except (OSError, ValueError) as exc:
             log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
             self._return_to_pool(user, fs.files)
+            return None
+        return _Prepared(fs, fileset_id(ident for ident, _mtime in identities), identities)
+
+    def _submit(self, user: str, ready: Sequence[_Prepared]) -> None:
+        """Journal and queue ``ready`` filesets.
+
+        One transaction for the files, the filesets and their `queued` state, for up to
+        :data:`_SUBMIT_BATCH` filesets: a mass copy is bound by commits (one fsync each). A
+        power cut before the commit loses the recording of these filesets only: nothing of
+        them was queued or imported, and their files, still on disk, are found again by the
+        start-up scan. The import queue learns of them only after the commit, so that no
+        worker can see a fileset that may yet be rolled back.
+        """
+        if not ready:
             return
-        fid = fileset_id(ident for ident, _mtime in identities)
-        # One transaction for the files, the fileset and its `queued` state: a mass copy is bound by
-        # commits. The workers are woken after the commit (they could not claim it before).
         with self.journal.batch():
-            record = self._record(user, fs, fid, identities)
-        if record is None:
-            return
+            records = [(p.fs, p.fid, self._record(user, p.fs, p.fid, p.identities)) for p in ready]
+        for fs, fid, record in records:
+            if record is not None:
+                self._queue_recorded(user, fs, fid, record)
+
+    def _queue_recorded(self, user: str, fs: Fileset, fid: str, record: FilesetRecord) -> None:
         if record.state in (FilesetState.WAITING, FilesetState.QUEUED):
             if fs.missing:
                 log.warning(

@@ -881,15 +881,24 @@ class Journal:
         """
         now = time.time()
         with self._tx() as c:
-            rec = self._record_file(c, path, user, identity, now)
+            rec, new = self._record_file(c, path, user, identity, now, mtime_ns)
             if mtime_ns is not None:
-                c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, rec.id))
+                if not new:  # a new record was inserted with it
+                    c.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (mtime_ns, rec.id))
                 c.execute("DELETE FROM forgotten WHERE path = ?", (path_blob(path),))
             return rec
 
     def _record_file(
-        self, c: sqlite3.Connection, path: str, user: str, identity: FileIdentity, now: float
-    ) -> FileRecord:
+        self,
+        c: sqlite3.Connection,
+        path: str,
+        user: str,
+        identity: FileIdentity,
+        now: float,
+        mtime_ns: int | None,
+    ) -> tuple[FileRecord, bool]:
+        """The record for ``path`` with ``identity``, and whether it is a new one (inserted
+        with ``mtime_ns``)."""
         rec = self._find_identity(c, identity)
         if rec is None:
             old = self._latest_for_path(c, path)
@@ -907,10 +916,10 @@ class Journal:
                     c.execute(f"SELECT {self._FILE_COLS} FROM files WHERE id = ?", (old.id,)).fetchone()
                 )
                 assert rec is not None
-                return rec
-            c.execute(
+                return rec, False
+            cur = c.execute(
                 "INSERT INTO files(path, user, dev, ino, size, fingerprint, identity, state,"
-                " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " created, updated, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     path_blob(path),
                     column_text(user),
@@ -922,13 +931,25 @@ class Journal:
                     SEEN,
                     now,
                     now,
+                    mtime_ns,
                 ),
             )
             reason = "new version (content changed)" if old and old.identity else ""
             self._history(c, "file", path, SEEN, path=path, user=user, reason=reason, at=now)
-            rec = self._latest_for_path(c, path)
-            assert rec is not None
-            return rec
+            # The row just written, as _latest_for_path would read it back (the newest id).
+            assert cur.lastrowid is not None
+            new = FileRecord(
+                cur.lastrowid,
+                blob_path(path_blob(path)),
+                column_text(user),
+                identity,
+                SEEN,
+                "",
+                None,
+                now,
+                now,
+            )
+            return new, True
         if rec.path != path:
             self._rename(c, rec, path, now)
             self._history(
@@ -944,8 +965,8 @@ class Journal:
             )
             got = self._find_identity(c, identity)
             assert got is not None
-            return got
-        return rec
+            return got, False
+        return rec, False
 
     def _rename(self, c: sqlite3.Connection, rec: FileRecord, new: str, now: float) -> None:
         c.execute("UPDATE files SET path = ?, updated = ? WHERE id = ?", (path_blob(new), now, rec.id))
@@ -1115,10 +1136,28 @@ class Journal:
             )
             self._link_members(c, fileset_id, members, state, "", now)
             c.execute("DELETE FROM fileset_missing WHERE fileset_id = ?", (fileset_id,))
-            c.executemany(
-                "INSERT OR IGNORE INTO fileset_missing(fileset_id, path) VALUES (?,?)",
-                [(fileset_id, path_blob(m)) for m in missing],
-            )
+            if missing:
+                c.executemany(
+                    "INSERT OR IGNORE INTO fileset_missing(fileset_id, path) VALUES (?,?)",
+                    [(fileset_id, path_blob(m)) for m in missing],
+                )
+            if old is None:
+                # The row just written, as _fileset would read it back.
+                return FilesetRecord(
+                    id=fileset_id,
+                    user=column_text(user) or "",
+                    key=blob_path(path_blob(key)),
+                    members=tuple(blob_path(path_blob(m)) for m in members),
+                    format=column_text(fmt) or "",
+                    state=FilesetState.WAITING,
+                    attempts=0,
+                    last_error="",
+                    next_attempt_at=None,
+                    created=now,
+                    updated=now,
+                    started=None,
+                    finished=None,
+                )
             rec = self._fileset(c, fileset_id)
             assert rec is not None
             return rec
