@@ -21,6 +21,9 @@ What the settings mean for ``omero import`` (checked against the OMERO CLI docum
   ``--annotation-*`` options only make comment annotations);
 - ``group`` is the OMERO group the import session is opened in;
 - ``import_args`` are ``--option[=value]`` items whose option the operator allowed.
+
+Not wired into the engine yet: the group, the project + dataset resolution and the
+annotations need omero-py calls around the import, which come with it.
 """
 
 from __future__ import annotations
