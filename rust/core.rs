@@ -1985,8 +1985,11 @@ impl Core {
 
     /// Counting is O(files), so it is refreshed at most once a second.
     fn refresh_counts(&mut self) {
-        self.stats.pending = self.files.values().filter(|e| e.phase != Phase::Done).count() as u64;
-        self.stats.reported = self.files.values().filter(|e| e.reported).count() as u64;
+        // One pass: with 100,000 files tracked this is most of an idle second's work.
+        let (pending, reported) = self.files.values().fold((0, 0), |(p, r), e| {
+            (p + u64::from(e.phase != Phase::Done), r + u64::from(e.reported))
+        });
+        (self.stats.pending, self.stats.reported) = (pending, reported);
         self.stats.tracked = self.files.len() as u64;
     }
 

@@ -139,6 +139,15 @@ struct Listed {
     name: Box<OsStr>,
     dino: u64,
     is_dir: bool,
+    /// A file looked at while listing (relative to the open directory: no path lookup).
+    looked: Option<FileStat>,
+}
+
+/// What a file's `lstat` says now.
+enum Look {
+    File(FileStat),
+    Dir,
+    Gone,
 }
 
 /// FUSE (sshfs among them) lists every entry with inode 0xffffffff ("unknown"); some
@@ -219,7 +228,8 @@ impl Poller {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         let stamp = Stamp::of(&meta);
-        let listed = list(dir)?;
+        let listed = list(dir, true)?;
+        self.counts.file_stats += listed.iter().filter(|l| l.looked.is_some()).count() as u64;
         let mut found = Found::default();
         let entries = self.diff(dir, Vec::new(), listed, true, &mut found);
         let state = DirState {
@@ -323,10 +333,11 @@ impl Poller {
         // Stat before listing: a change in between is listed now and seen again next cycle.
         let confirms = !changed && now.saturating_duration_since(state.seen_at) >= GRANULE;
         let full = sweep || stamp.ino != state.stamp.ino;
-        let Ok(listed) = list(dir) else {
+        let Ok(listed) = list(dir, full) else {
             return; // vanished meanwhile, or unreadable: keep what we knew
         };
         self.counts.listings += 1;
+        self.counts.file_stats += listed.iter().filter(|l| l.looked.is_some()).count() as u64;
         let old = std::mem::take(&mut state.entries);
         state.entries = self.diff(dir, old, listed, full, found);
         if changed {
@@ -338,16 +349,30 @@ impl Poller {
         }
     }
 
+    /// A file as it is now: what the listing saw, else its `lstat`.
+    fn look(&mut self, path: &Path, looked: Option<FileStat>) -> Look {
+        if let Some(st) = looked {
+            return Look::File(st);
+        }
+        self.counts.file_stats += 1;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Look::Dir,
+            Ok(m) => Look::File(FileStat::of(&m)),
+            Err(_) => Look::Gone,
+        }
+    }
+
     /// A fresh entry for a name seen for the first time; None if it vanished meanwhile.
     fn new_entry(&mut self, path: &Path, l: Listed) -> Option<Entry> {
         let mut is_dir = l.is_dir;
         let wanted = !is_dir && self.filter.child_file_allowed(path);
         let mut stat = FileStat::default();
         if wanted {
-            self.counts.file_stats += 1;
-            let m = std::fs::symlink_metadata(path).ok()?;
-            is_dir = m.is_dir();
-            stat = FileStat::of(&m);
+            match self.look(path, l.looked) {
+                Look::File(st) => stat = st,
+                Look::Dir => is_dir = true,
+                Look::Gone => return None,
+            }
         }
         Some(Entry {
             name: l.name,
@@ -374,8 +399,8 @@ impl Poller {
             while let Some(gone) = old.next_if(|o| o.name < l.name) {
                 found.removed.push((dir.join(&*gone.name), gone));
             }
-            let path = dir.join(&*l.name);
             let Some(mut prev) = old.next_if(|o| o.name == l.name) else {
+                let path = dir.join(&*l.name);
                 if let Some(e) = self.new_entry(&path, l) {
                     found.created.push((path, e.clone()));
                     entries.push(e);
@@ -386,6 +411,7 @@ impl Poller {
             if prev.is_dir != l.is_dir || (prev.is_dir && replaced) {
                 // A file became a directory or the other way round, or a directory was
                 // replaced by another: the old one went, a new one came.
+                let path = dir.join(&*l.name);
                 found.removed.push((path.clone(), prev));
                 if let Some(e) = self.new_entry(&path, l) {
                     found.created.push((path, e.clone()));
@@ -394,32 +420,32 @@ impl Poller {
                 continue;
             }
             prev.dino = l.dino;
+            // (Unchanged entries cost no path: most of a sweep's.)
             if prev.wanted && (full || replaced || !dino_reliable(l.dino)) {
-                self.counts.file_stats += 1;
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {
-                        found.removed.push((path.clone(), prev));
+                let path = || dir.join(&*l.name);
+                match self.look(&path(), l.looked) {
+                    Look::File(stat) => {
+                        if stat != prev.stat {
+                            prev.stat = stat;
+                            found.written.push((path(), stat));
+                        }
+                    }
+                    Look::Dir => {
+                        found.removed.push((path(), prev));
                         let e = Entry {
-                            name: l.name,
+                            name: l.name.clone(),
                             dino: l.dino,
                             is_dir: true,
                             wanted: false,
                             stat: FileStat::default(),
                         };
-                        found.created.push((path, e.clone()));
+                        found.created.push((path(), e.clone()));
                         entries.push(e);
                         continue;
                     }
-                    Ok(m) => {
-                        let stat = FileStat::of(&m);
-                        if stat != prev.stat {
-                            prev.stat = stat;
-                            found.written.push((path, stat));
-                        }
-                    }
-                    Err(_) => {
-                        // Vanished since the listing: gone.
-                        found.removed.push((path, prev));
+                    Look::Gone => {
+                        // Vanished since the listing.
+                        found.removed.push((path(), prev));
                         continue;
                     }
                 }
@@ -433,7 +459,9 @@ impl Poller {
     }
 
     /// Turn a cycle's findings into changes: a file removed under one name and created under
-    /// another with the same inode, size and mtime was renamed. New and changed files get hot.
+    /// another with the same inode, size and mtime was renamed; so was a watched directory
+    /// whose inode and mtime turn up under another name (a renamed directory keeps its mtime;
+    /// a new one that happens to reuse the inode has its own). New and changed files get hot.
     fn pair_and_report(&mut self, now: Instant, found: Found, changes: &mut Vec<PollChange>) {
         let Found {
             removed,
@@ -441,10 +469,18 @@ impl Poller {
             written,
         } = found;
         let mut gone_files: FxHashMap<FileStat, PathBuf> = FxHashMap::default();
+        let mut gone_dirs: FxHashMap<(u64, i64), PathBuf> = FxHashMap::default();
         for (path, e) in removed {
             let pairable = e.wanted && dino_reliable(e.stat.ino) && e.stat.mtime != 0;
+            let dir_stamp = if e.is_dir {
+                self.dirs.get(k(&path)).map(|d| (d.stamp.ino, d.stamp.mtime))
+            } else {
+                None
+            };
             if pairable && !gone_files.contains_key(&e.stat) {
                 gone_files.insert(e.stat, path);
+            } else if let Some(stamp) = dir_stamp.filter(|s| !gone_dirs.contains_key(s)) {
+                gone_dirs.insert(stamp, path);
             } else if e.is_dir || e.wanted {
                 changes.push(PollChange::Removed(path));
             }
@@ -452,7 +488,19 @@ impl Poller {
         let mut renamed: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (path, e) in created {
             if e.is_dir {
-                changes.push(PollChange::Created { path, is_dir: true });
+                let from = if gone_dirs.is_empty() {
+                    None
+                } else {
+                    self.counts.file_stats += 1;
+                    std::fs::symlink_metadata(&path)
+                        .ok()
+                        .filter(|m| m.is_dir())
+                        .and_then(|m| gone_dirs.remove(&(m.ino(), Stamp::of(&m).mtime)))
+                };
+                match from {
+                    Some(from) => changes.push(PollChange::Renamed { from, to: path }),
+                    None => changes.push(PollChange::Created { path, is_dir: true }),
+                }
                 continue;
             }
             if !e.wanted {
@@ -475,6 +523,9 @@ impl Poller {
             self.hot.remove(&path);
             changes.push(PollChange::Removed(path));
         }
+        for (_, path) in gone_dirs {
+            changes.push(PollChange::Removed(path));
+        }
         for (from, to) in renamed {
             if let Some(hot) = self.hot.remove(&from) {
                 self.hot.insert(to.clone(), hot);
@@ -494,23 +545,72 @@ impl std::hash::Hash for FileStat {
     }
 }
 
-/// A directory's names (without `.` and `..`), sorted. A listing that fails part way fails
-/// whole: a partial one would read as removals.
-fn list(dir: &Path) -> io::Result<Vec<Listed>> {
+/// A directory's names (without `.` and `..`), sorted. `look`: `lstat` every file (a full
+/// sweep). A listing that fails part way fails whole: a partial one would read as removals.
+#[cfg(target_os = "linux")]
+fn list(dir: &Path, look: bool) -> io::Result<Vec<Listed>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    crate::walk::read_names(dir, |fd, c_name, dino, d_type| {
+        let mut is_dir = d_type == libc::DT_DIR;
+        let mut looked = None;
+        if !is_dir && (look || d_type == libc::DT_UNKNOWN) {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: a valid directory descriptor, a NUL-terminated name, room for the result.
+            let rc =
+                unsafe { libc::fstatat(fd, c_name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+            if rc == 0 {
+                // SAFETY: fstatat filled the struct when it returned 0.
+                let st = unsafe { st.assume_init() };
+                is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if !is_dir {
+                    // (ino_t is u64 on some targets and u32 on others.)
+                    #[allow(clippy::useless_conversion)]
+                    let ino = u64::from(st.st_ino);
+                    looked = Some(FileStat {
+                        ino,
+                        size: u64::try_from(st.st_size).unwrap_or(0),
+                        mtime: nanos(st.st_mtime, st.st_mtime_nsec),
+                    });
+                }
+            } else if io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                return; // vanished
+            }
+            // (Any other failure: kept by name, looked at by path when it matters.)
+        }
+        out.push(Listed {
+            name: Box::from(OsStr::from_bytes(c_name.to_bytes())),
+            dino,
+            is_dir,
+            looked,
+        });
+    })?;
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The portable version: std's directory reader.
+#[cfg(not(target_os = "linux"))]
+fn list(dir: &Path, look: bool) -> io::Result<Vec<Listed>> {
     use std::os::unix::fs::DirEntryExt;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        // The listing's type (d_type); std asks lstat only where the filesystem gives none.
         let is_dir = match entry.file_type() {
             Ok(t) => t.is_dir(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        let looked = if look && !is_dir {
+            entry.metadata().ok().map(|m| FileStat::of(&m))
+        } else {
+            None
+        };
         out.push(Listed {
             name: entry.file_name().into_boxed_os_str(),
             dino: entry.ino(),
             is_dir,
+            looked,
         });
     }
     out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -659,6 +759,40 @@ mod tests {
         t += INTERVAL;
         run(&mut p, t);
         assert_eq!(p.counts.file_stats, before);
+        Ok(())
+    }
+
+    #[test]
+    fn a_watched_directory_renamed_is_paired_by_inode_and_mtime_but_a_new_one_is_not() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let r = root.path();
+        for d in ["a", "b"] {
+            std::fs::create_dir(r.join(d))?;
+            std::fs::write(r.join(d).join("f.tif"), b"x")?;
+        }
+        let (mut p, t0) = poller(Filter::default());
+        for d in [r.to_path_buf(), r.join("a"), r.join("b")] {
+            p.watch(&d)?;
+        }
+        std::fs::rename(r.join("a"), r.join("a2"))?;
+        // Removed and another made in its place: never a rename, even if the inode is reused.
+        std::fs::remove_file(r.join("b").join("f.tif"))?;
+        std::fs::remove_dir(r.join("b"))?;
+        std::fs::create_dir(r.join("b2"))?;
+        assert_eq!(
+            run(&mut p, t0 + INTERVAL),
+            vec![
+                PollChange::Created {
+                    path: r.join("b2"),
+                    is_dir: true
+                },
+                PollChange::Removed(r.join("b")),
+                PollChange::Renamed {
+                    from: r.join("a"),
+                    to: r.join("a2")
+                },
+            ]
+        );
         Ok(())
     }
 

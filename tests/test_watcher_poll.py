@@ -96,3 +96,17 @@ def test_a_file_replaced_by_rename_over_it_and_odd_names_under_poll(shm_dir: Pat
 def test_full_sweep_must_be_positive(shm_dir: Path) -> None:
     with pytest.raises(ValueError, match="full_sweep: must be greater than 0"):
         Watcher(shm_dir, backend="poll", full_sweep=0)
+
+
+def test_a_directory_renamed_under_poll_moves_its_files(shm_dir: Path) -> None:
+    exp, exp2 = shm_dir / "exp", shm_dir / "exp2"
+    with polled(shm_dir, full_sweep=3600) as w:
+        write(exp / "a.tif")
+        write(exp / "sub" / "b.tif")
+        assert len(collect(w, until=2)) == 2
+        os.rename(exp, exp2)
+        events = collect(w, until=2, quiet=0.5)
+    assert sorted((e.kind, e.src_path, e.path) for e in events) == [
+        ("moved", str(exp / "a.tif"), str(exp2 / "a.tif")),
+        ("moved", str(exp / "sub" / "b.tif"), str(exp2 / "sub" / "b.tif")),
+    ]
