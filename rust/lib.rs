@@ -8,6 +8,7 @@ mod inotify;
 mod keys;
 mod namematch;
 mod policy;
+mod poll;
 mod tree;
 mod walk;
 
@@ -333,7 +334,7 @@ impl NativeWatcher {
         roots, *, mode = "follow", event_types = vec!["all".to_string()], ignore_sys_files = true,
         ignore_dir_events = true, whitelist = vec![], blacklist = vec![], block_size = 0, settle = 2.0,
         close_grace = 0.1, write_timeout = 60.0, backend = "auto", poll_interval = 1.0,
-        initial_scan = false, debounce = 0.05, max_latency = 1.0
+        full_sweep = None, initial_scan = false, debounce = 0.05, max_latency = 1.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -351,6 +352,7 @@ impl NativeWatcher {
         write_timeout: f64,
         backend: &str,
         poll_interval: f64,
+        full_sweep: Option<f64>,
         initial_scan: bool,
         debounce: f64,
         max_latency: f64,
@@ -372,6 +374,18 @@ impl NativeWatcher {
                 "poll_interval: must be greater than 0 seconds",
             ));
         }
+        let full_sweep = match full_sweep {
+            None => None,
+            Some(s) => {
+                let d = seconds("full_sweep", s)?;
+                if d.is_zero() {
+                    return Err(PyValueError::new_err(
+                        "full_sweep: must be greater than 0 seconds (or None for the default)",
+                    ));
+                }
+                Some(d)
+            }
+        };
         let opts = Options {
             roots: abs_roots.clone(),
             mode: parse_mode(mode)?,
@@ -383,6 +397,7 @@ impl NativeWatcher {
             write_timeout: seconds("write_timeout", write_timeout)?,
             backend: parse_backend(backend)?,
             poll_interval,
+            full_sweep,
             initial_scan,
         };
         let batching = Batching {

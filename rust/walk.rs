@@ -178,8 +178,42 @@ fn list(
 /// (no path lookup). Entries that vanish meanwhile are left out.
 #[cfg(target_os = "linux")]
 pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    read_names(dir, |fd, c_name, _ino, d_type| {
+        let stat = if d_type == libc::DT_DIR {
+            None
+        } else {
+            match stat_at(fd, c_name) {
+                Some(st) => Some(st),
+                None => return, // vanished
+            }
+        };
+        let path = dir.join(OsStr::from_bytes(c_name.to_bytes()));
+        match stat {
+            None => found(Found::Dir(path)),
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => found(Found::Dir(path)),
+            Some(st) => found(Found::File(
+                path,
+                FileStat {
+                    size: u64::try_from(st.st_size).unwrap_or(0),
+                    mtime: nanos(st.st_mtime, st.st_mtime_nsec),
+                },
+            )),
+        }
+    })
+}
+
+/// Every name in `dir` but `.` and `..`, with the open directory's descriptor (for `*at`
+/// calls), the inode number and the type (`DT_*`) the listing gives.
+#[cfg(target_os = "linux")]
+pub fn read_names(
+    dir: &Path,
+    mut name: impl FnMut(std::os::fd::RawFd, &std::ffi::CStr, u64, u8),
+) -> io::Result<()> {
     use std::cell::RefCell;
-    use std::ffi::{CStr, CString, OsStr};
+    use std::ffi::{CStr, CString};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
 
@@ -222,6 +256,8 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
                 if reclen == 0 || at + reclen > filled {
                     break;
                 }
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(&buf[at..at + 8]);
                 let d_type = buf[at + 18];
                 let record = &buf[at + 19..at + reclen];
                 at += reclen;
@@ -229,30 +265,11 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
                 let Ok(c_name) = CStr::from_bytes_until_nul(record) else {
                     continue;
                 };
-                let name = c_name.to_bytes();
-                if name == b"." || name == b".." {
+                let bytes = c_name.to_bytes();
+                if bytes == b"." || bytes == b".." {
                     continue;
                 }
-                let stat = if d_type == libc::DT_DIR {
-                    None
-                } else {
-                    match stat_at(fd.as_raw_fd(), c_name) {
-                        Some(st) => Some(st),
-                        None => continue, // vanished
-                    }
-                };
-                let path = dir.join(OsStr::from_bytes(name));
-                match stat {
-                    None => found(Found::Dir(path)),
-                    Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => found(Found::Dir(path)),
-                    Some(st) => found(Found::File(
-                        path,
-                        FileStat {
-                            size: u64::try_from(st.st_size).unwrap_or(0),
-                            mtime: nanos(st.st_mtime, st.st_mtime_nsec),
-                        },
-                    )),
-                }
+                name(fd.as_raw_fd(), c_name, u64::from_ne_bytes(ino), d_type);
             }
         }
     })
@@ -260,7 +277,7 @@ pub fn read_entries(dir: &Path, mut found: impl FnMut(Found)) -> io::Result<()> 
 
 /// `lstat` of `name` inside the open directory `dir_fd`; None if it cannot be looked at.
 #[cfg(target_os = "linux")]
-fn stat_at(dir_fd: std::os::fd::RawFd, name: &std::ffi::CStr) -> Option<libc::stat> {
+pub fn stat_at(dir_fd: std::os::fd::RawFd, name: &std::ffi::CStr) -> Option<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a valid directory descriptor, a NUL-terminated name and room for the result.
     let rc = unsafe { libc::fstatat(dir_fd, name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };

@@ -79,6 +79,7 @@ class NativeWatcher:
         write_timeout: float = 60.0,
         backend: _Backend = "auto",
         poll_interval: float = 1.0,
+        full_sweep: float | None = None,
         initial_scan: bool = False,
         debounce: float = 0.05,
         max_latency: float = 1.0,

@@ -83,7 +83,12 @@ class Watcher:
             provided its size and mtime did not change meanwhile.
         backend: ``"auto"`` (native, polling for network filesystems or when the native
             watch cannot serve), ``"native"`` or ``"poll"``.
-        poll_interval: seconds between polls of the polling backend.
+        poll_interval: seconds between polls of the polling backend. A poll costs one
+            ``lstat`` per directory; a directory whose mtime changed is listed again, and
+            new or changed files are looked at every poll until they settle.
+        full_sweep: seconds between full sweeps of the polling backend (every directory
+            listed, every file looked at), which catch a rewrite in place of a file that
+            had settled. None: 10 polls, at least 30 seconds.
         initial_scan: report files that already exist when watching starts.
         debounce: a batch is handed over after this many quiet seconds ...
         max_latency: ... or once its oldest event waited this long.
@@ -105,6 +110,7 @@ class Watcher:
         write_timeout: float = 60.0,
         backend: Backend = "auto",
         poll_interval: float = 1.0,
+        full_sweep: float | None = None,
         initial_scan: bool = False,
         debounce: float = 0.05,
         max_latency: float = 1.0,
@@ -127,6 +133,7 @@ class Watcher:
                 write_timeout=write_timeout,
                 backend=backend,
                 poll_interval=poll_interval,
+                full_sweep=full_sweep,
                 initial_scan=initial_scan,
                 debounce=debounce,
                 max_latency=max_latency,
