@@ -28,13 +28,16 @@ USERS = ["amy", "zak"]
 
 @pytest.fixture
 def small_state_dir(shm_dir: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs for the state directory, always unmounted afterwards."""
+    """A 16 MiB tmpfs for the state directory, always unmounted afterwards.
+
+    Not smaller: SQLite lets the write-ahead log grow to ~4 MiB (1,000 pages) before it
+    checkpoints, so on a 4 MiB disk the journal fills it by itself once the filler is gone."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the state directory needs root")
     state = shm_dir / "state"
     state.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], capture_output=True, text=True
     )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
