@@ -42,12 +42,16 @@ pub enum Mode {
 pub enum BackendChoice {
     Auto,
     Native,
+    /// notify's own recommended watcher on every OS (inotify on Linux): the adapter macOS
+    /// and Windows use for `Native`, run where CI can reach it.
+    Notify,
     Poll,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Native,
+    Notify,
     Poll,
 }
 
@@ -55,6 +59,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Native => "native",
+            Backend::Notify => "notify",
             Backend::Poll => "poll",
         }
     }
@@ -351,7 +356,8 @@ pub struct Core {
     shared: Arc<Shared>,
     tx: crossbeam_channel::Sender<NotifyResult>,
     rx: Receiver<NotifyResult>,
-    /// notify's native backend: FSEvents, Windows (recursive watches).
+    /// notify's recommended watcher: FSEvents, Windows, or inotify for backend `notify`
+    /// (recursive watches).
     native: Option<RecommendedWatcher>,
     /// Our own inotify (Linux): one watch per directory.
     inotify: Option<Inotify>,
@@ -623,7 +629,7 @@ impl Core {
         let roots = self.opts.roots.clone();
         for (idx, root) in roots.iter().enumerate() {
             let backend = self.choose_backend(root)?;
-            let per_dir = backend == Backend::Poll || cfg!(target_os = "linux");
+            let per_dir = backend == Backend::Poll || (backend == Backend::Native && cfg!(target_os = "linux"));
             self.roots.push(Root {
                 path: root.clone(),
                 backend,
@@ -638,11 +644,13 @@ impl Core {
                 } else {
                     RecursiveMode::Recursive
                 };
-                let res = self.watcher_for(backend).and_then(|w| {
-                    w.watch(root, recursive)
-                        .map_err(|e| format!("cannot watch {}: {e}", root.display()))
-                });
-                res?;
+                // (notify's inotify places a watch on every directory below: it may hit the limit.)
+                if let Err(e) = self.watcher_for(backend)?.watch(root, recursive) {
+                    return Err(match classify(&e) {
+                        WatchFail::Limit(msg) => self.limit_message(root, &msg),
+                        _ => format!("cannot watch {}: {e}", root.display()),
+                    });
+                }
             }
             match self.add_watch(idx, root) {
                 Ok(()) => {}
@@ -684,6 +692,11 @@ impl Core {
     fn choose_backend(&mut self, root: &Path) -> Result<Backend, String> {
         match self.opts.backend {
             BackendChoice::Poll => Ok(Backend::Poll),
+            BackendChoice::Notify => {
+                self.ensure_notify()
+                    .map_err(|e| format!("notify's file watching is unavailable: {e}"))?;
+                Ok(Backend::Notify)
+            }
             BackendChoice::Native => {
                 self.ensure_native()
                     .map_err(|e| format!("native file watching is unavailable: {e}"))?;
@@ -725,6 +738,11 @@ impl Core {
             }
             return Ok(());
         }
+        self.ensure_notify()
+    }
+
+    /// notify's recommended watcher (FSEvents, Windows, kqueue; inotify on Linux), made once.
+    fn ensure_notify(&mut self) -> Result<(), String> {
         if self.native.is_none() {
             let tx = self.tx.clone();
             let handler = move |res: NotifyResult| {
@@ -739,8 +757,9 @@ impl Core {
 
     fn watcher_for(&mut self, backend: Backend) -> Result<&mut dyn Watcher, String> {
         match backend {
-            Backend::Native => {
-                self.ensure_native()?;
+            // (Linux's own inotify watches per directory and never comes here.)
+            Backend::Native | Backend::Notify => {
+                self.ensure_notify()?;
                 self.native
                     .as_mut()
                     .map(|w| w as &mut dyn Watcher)
@@ -834,8 +853,9 @@ impl Core {
         } else if per_dir {
             let poller = self.poller();
             poller.watch(&dir).map_err(|e| classify_io(&e))?;
-            self.stats.watches += 1;
         }
+        // (Under a recursive watch this counts the directories followed, not the backend's own.)
+        self.stats.watches += 1;
         self.track_dir(dir, NO_WD);
         Ok(())
     }
@@ -930,8 +950,10 @@ impl Core {
             }
         }
         if let Some(idx) = self.root_of(top) {
-            if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
+            if self.counted_without_wd(idx) {
                 self.stats.watches = self.stats.watches.saturating_sub(gone.len() as u64);
+            }
+            if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
                 if let Some(poller) = self.poller.as_mut() {
                     for d in &gone {
                         poller.unwatch(d);
@@ -959,11 +981,11 @@ impl Core {
                 }
                 continue;
             }
-            let polled = self
-                .root_of(d)
-                .is_some_and(|i| self.roots[i].per_dir && self.roots[i].backend == Backend::Poll);
-            if polled {
+            let Some(idx) = self.root_of(d) else { continue };
+            if self.counted_without_wd(idx) {
                 self.stats.watches = self.stats.watches.saturating_sub(1);
+            }
+            if self.roots[idx].backend == Backend::Poll {
                 if let Some(poller) = self.poller.as_mut() {
                     poller.unwatch(d);
                 }
@@ -979,6 +1001,13 @@ impl Core {
             .filter(|(_, r)| path.starts_with(&r.path))
             .max_by_key(|(_, r)| r.path.as_os_str().len())
             .map(|(i, _)| i)
+    }
+
+    /// Whether root `idx`'s directories count as watches without an inotify descriptor of ours
+    /// (polled, or under a recursive watch); an inotify directory's count follows its descriptor.
+    fn counted_without_wd(&self, idx: usize) -> bool {
+        let r = &self.roots[idx];
+        !r.per_dir || r.backend == Backend::Poll
     }
 
     fn closes(&self, idx: usize) -> bool {
@@ -1692,7 +1721,11 @@ impl Core {
                     cookie,
                     is_dir: None,
                 },
-                (RenameMode::Both, _) => match ev.paths.get(1) {
+                // notify's inotify follows its From and To halves (handled above by their
+                // cookie) with a Both event of the same tracker: applying it too would make
+                // the renamed file look moved in again.
+                (RenameMode::Both, Some(_)) => return,
+                (RenameMode::Both, None) => match ev.paths.get(1) {
                     Some(to) => Change::Renamed {
                         from: path,
                         to: to.clone(),
