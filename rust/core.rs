@@ -853,6 +853,21 @@ impl Core {
         } else if per_dir {
             let poller = self.poller();
             poller.watch(&dir).map_err(|e| classify_io(&e))?;
+        } else if cfg!(target_os = "linux") && !self.setting_up {
+            // notify's inotify makes its recursive watch one watch per directory, placing a new
+            // directory's watch only after handing us its create: a file written into it
+            // meanwhile had no event and could come after our listing. Watching it ourselves,
+            // before the listing, closes that gap (notify's reply says the watch is placed).
+            if let Some(w) = self.native.as_mut() {
+                match w.watch(&dir, RecursiveMode::Recursive) {
+                    Ok(()) => {}
+                    Err(e) => match classify(&e) {
+                        WatchFail::Gone => return Err(WatchFail::Gone),
+                        fail @ WatchFail::Limit(_) => return Err(fail),
+                        _ => {}
+                    },
+                }
+            }
         }
         // (Under a recursive watch this counts the directories followed, not the backend's own.)
         self.stats.watches += 1;

@@ -340,7 +340,7 @@ def test_recurse_mode_watches_existing_but_not_new_subdirectories(shm_dir: Path,
 
 
 def test_event_types_limit_what_is_reported(shm_dir: Path, backend: WatchBackend) -> None:
-    with backend.watcher(shm_dir, event_types=["deletion"]) as w:
+    with backend.watcher(shm_dir, event_types=["deletion"], settle=0.2) as w:
         write(shm_dir / "a.tif")
         assert collect(w, quiet=0.5) == []
         os.unlink(shm_dir / "a.tif")
