@@ -379,6 +379,8 @@ pub struct Core {
     deadlines: Deadlines<FileKey>,
     clock: Clock,
     pending_from: HashMap<usize, (PathBuf, Instant)>,
+    /// Directories renamed under notify's inotify lately (from, to, when): see [`Core::current_name`].
+    renamed_dirs: Vec<(PathBuf, PathBuf, Instant)>,
     rescan_needed: bool,
     out: Vec<OutEvent>,
     logs: Vec<(u8, String)>,
@@ -393,6 +395,9 @@ pub struct Core {
 
 const DENIED_RETRY: Duration = Duration::from_secs(5);
 const UNPAIRED_RENAME: Duration = Duration::from_millis(50);
+/// How long events naming a renamed directory's old path are taken for its new one (notify's
+/// inotify re-watches it within the read that brought the move; this is ample).
+const STALE_NAMES: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 const DRAIN_MAX: usize = 20_000;
 /// read(2) calls per wake-up before deadlines are looked at again (each up to ~4,000 events).
@@ -603,6 +608,7 @@ impl Core {
             deadlines,
             clock: Clock::new(Instant::now()),
             pending_from: HashMap::new(),
+            renamed_dirs: Vec::new(),
             rescan_needed: false,
             out: Vec::new(),
             logs: Vec::new(),
@@ -629,7 +635,8 @@ impl Core {
         let roots = self.opts.roots.clone();
         for (idx, root) in roots.iter().enumerate() {
             let backend = self.choose_backend(root)?;
-            let per_dir = backend == Backend::Poll || (backend == Backend::Native && cfg!(target_os = "linux"));
+            let per_dir =
+                backend == Backend::Poll || (backend == Backend::Native && cfg!(target_os = "linux"));
             self.roots.push(Root {
                 path: root.clone(),
                 backend,
@@ -1531,10 +1538,14 @@ impl Core {
     /// `is_dir`: what the backend said `to` is. Without it `to` is looked at, and a path
     /// that moved on again meanwhile counts as gone.
     fn on_rename(&mut self, from: PathBuf, to: PathBuf, is_dir: Option<bool>) {
-        let from_known =
-            self.files.contains_key(&fk(from.as_path())) || self.dirs.contains_key(k(from.as_path()));
+        let from_dir = self.dirs.contains_key(k(from.as_path()));
+        let from_known = from_dir || self.files.contains_key(&fk(from.as_path()));
         let to_idx = self.root_of(&to);
-        let is_dir = is_dir.or_else(|| std::fs::symlink_metadata(&to).ok().map(|m| m.is_dir()));
+        // A rename keeps what the path is: notify's halves do not say, and `to` may have moved
+        // on already (renamed twice before we read the first).
+        let is_dir = is_dir
+            .or(from_known.then_some(from_dir))
+            .or_else(|| std::fs::symlink_metadata(&to).ok().map(|m| m.is_dir()));
         let to_ok = to_idx.is_some_and(|i| {
             self.in_scope(i, &to)
                 && match is_dir {
@@ -1581,6 +1592,24 @@ impl Core {
         let kernel = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| core.closes(i));
         if kernel(self, from) && kernel(self, to) {
             return self.move_tree(from, to);
+        }
+        let recursive = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| !core.roots[i].per_dir);
+        if recursive(self, from) && recursive(self, to) {
+            // The recursive watch follows the move: rebook what lies below under the new names.
+            self.move_tree(from, to);
+            if cfg!(target_os = "linux") {
+                // notify's inotify names the events queued inside the directory before it
+                // read the move by the old paths until it re-watches the new ones ...
+                self.renamed_dirs
+                    .push((from.to_path_buf(), to.to_path_buf(), self.now));
+                // ... and, re-watching it after handing us the move, may miss what comes
+                // meanwhile: watch it now, then list it.
+                if let Some(w) = self.native.as_mut() {
+                    let _ = w.watch(to, RecursiveMode::Recursive);
+                }
+            }
+            self.rewalk(to);
+            return;
         }
         let (dirs, files) = self.tree_under(from);
         self.unwatch(&dirs);
@@ -1717,7 +1746,7 @@ impl Core {
             self.apply(Change::Rescan, None);
             return;
         }
-        let Some(path) = ev.paths.first().cloned() else {
+        let Some(path) = ev.paths.first().map(|p| self.current_name(p)) else {
             return;
         };
         let change = match ev.kind {
@@ -1743,7 +1772,7 @@ impl Core {
                 (RenameMode::Both, None) => match ev.paths.get(1) {
                     Some(to) => Change::Renamed {
                         from: path,
-                        to: to.clone(),
+                        to: self.current_name(to),
                     },
                     None => Change::RenamedSomehow(path),
                 },
@@ -1757,6 +1786,26 @@ impl Core {
             _ => return,
         };
         self.apply(change, None);
+    }
+
+    /// `path` as it is named now. notify's inotify names events by the directory its watch
+    /// was placed on until it watches the directory's new name, so an event queued inside a
+    /// directory before its move was read names the old path: rebased to the new one (again
+    /// for a directory moved twice), unless a directory of the old name is watched again.
+    fn current_name(&mut self, path: &Path) -> PathBuf {
+        if self.renamed_dirs.is_empty() {
+            return path.to_path_buf();
+        }
+        let now = self.now;
+        self.renamed_dirs
+            .retain(|(_, _, at)| now.saturating_duration_since(*at) < STALE_NAMES);
+        let mut path = path.to_path_buf();
+        for (from, to, _) in &self.renamed_dirs {
+            if path != *from && path.starts_with(from) && !self.dirs.contains_key(k(from.as_path())) {
+                path = rebase(&path, from, to);
+            }
+        }
+        path
     }
 
     /// Read and apply what our inotify instance has queued; false when it had nothing.
