@@ -33,7 +33,9 @@ def test_created_file_is_reported_once_when_complete(shm_dir: Path, backend: Wat
     assert [(e.kind, e.path, e.is_dir) for e in events] == [("created", str(shm_dir / "a.tif"), False)]
 
 
-def test_reports_tells_in_advance_which_paths_the_watcher_will_report(shm_dir: Path, backend: WatchBackend) -> None:
+def test_reports_tells_in_advance_which_paths_the_watcher_will_report(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     # The engine asks this before waiting for a file it has not seen (a fileset member, a
     # companion's key): a file the watcher drops by its name must not be waited for.
     root = os.fsencode(shm_dir)
@@ -49,7 +51,9 @@ def test_reports_tells_in_advance_which_paths_the_watcher_will_report(shm_dir: P
     assert not w.reports(os.fsdecode(root) + "/../elsewhere/a.tif")
 
 
-def test_file_written_in_chunks_over_seconds_is_one_event_after_last_chunk(shm_dir: Path, backend: WatchBackend) -> None:
+def test_file_written_in_chunks_over_seconds_is_one_event_after_last_chunk(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     target = shm_dir / "slow.tif"
     # Pauses of 0.4 s. Without close events (notify, poll) quiet time alone ends a file, so
     # settle must exceed the writer's pauses (README, "Backend differences").
@@ -66,7 +70,9 @@ def test_file_written_in_chunks_over_seconds_is_one_event_after_last_chunk(shm_d
     assert time.monotonic() >= finished_at
 
 
-def test_file_created_and_held_open_before_its_first_write_waits_for_the_close(shm_dir: Path, backend: WatchBackend) -> None:
+def test_file_created_and_held_open_before_its_first_write_waits_for_the_close(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     # A microscope may create its output file long before the first byte arrives. The watcher
     # asks the kernel for no open events, so it must not mistake this for a finished link.
     target = shm_dir / "acquiring.tif"
@@ -85,7 +91,9 @@ def test_file_created_and_held_open_before_its_first_write_waits_for_the_close(s
     assert [(e.kind, e.path) for e in events] == [(expected, str(target))]
 
 
-def test_file_closed_then_reopened_and_appended_within_the_grace_is_one_event(shm_dir: Path, backend: WatchBackend) -> None:
+def test_file_closed_then_reopened_and_appended_within_the_grace_is_one_event(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     # Some acquisition software writes a header, closes, and reopens the file to append data.
     target = shm_dir / "stack.tif"
     with backend.watcher(shm_dir, close_grace=0.5) as w:
@@ -98,7 +106,9 @@ def test_file_closed_then_reopened_and_appended_within_the_grace_is_one_event(sh
     assert [(e.kind, e.path) for e in events] == [("created", str(target))]
 
 
-def test_several_roots_each_report_their_complete_files_once(tmp_path: Path, shm_dir: Path, backend: WatchBackend) -> None:
+def test_several_roots_each_report_their_complete_files_once(
+    tmp_path: Path, shm_dir: Path, backend: WatchBackend
+) -> None:
     disk_root = tmp_path / "disk"
     disk_root.mkdir()
     roots = [shm_dir, disk_root]
@@ -138,7 +148,9 @@ def test_rename_inside_tree_is_one_moved_event(shm_dir: Path, backend: WatchBack
     assert ev.path == str(shm_dir / "sub" / "b.tif")
 
 
-def test_directory_rename_moves_every_reported_file_and_keeps_watching(shm_dir: Path, backend: WatchBackend) -> None:
+def test_directory_rename_moves_every_reported_file_and_keeps_watching(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     with backend.watcher(shm_dir) as w:
         for i in range(3):
             write(shm_dir / "exp" / "deep" / f"f{i}.tif")
@@ -154,7 +166,9 @@ def test_directory_rename_moves_every_reported_file_and_keeps_watching(shm_dir: 
     assert [(e.kind, e.path) for e in later] == [("created", str(shm_dir / "exp2" / "deep" / "later.tif"))]
 
 
-def test_partial_name_renamed_to_final_name_is_reported_under_final_name(shm_dir: Path, backend: WatchBackend) -> None:
+def test_partial_name_renamed_to_final_name_is_reported_under_final_name(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     with backend.watcher(shm_dir) as w:
         write(shm_dir / "scan.tif.part")
         os.rename(shm_dir / "scan.tif.part", shm_dir / "scan.tif")
@@ -205,7 +219,9 @@ def test_rewrite_of_reported_file_is_a_modification(shm_dir: Path, backend: Watc
     assert [(e.kind, e.path) for e in events] == [("modified", str(shm_dir / "a.tif"))]
 
 
-def test_hard_link_and_symlink_without_close_event_are_reported_after_settle(shm_dir: Path, backend: WatchBackend) -> None:
+def test_hard_link_and_symlink_without_close_event_are_reported_after_settle(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     write(shm_dir / "src.tif")
     (shm_dir / "watched").mkdir()
     with backend.watcher(shm_dir / "watched", settle=0.3) as w:
@@ -218,7 +234,9 @@ def test_hard_link_and_symlink_without_close_event_are_reported_after_settle(shm
 # --------------------------------------------------------- new-directory race
 
 
-def test_files_written_into_freshly_created_nested_directories_are_all_reported(shm_dir: Path, backend: WatchBackend) -> None:
+def test_files_written_into_freshly_created_nested_directories_are_all_reported(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     count = 500
     with backend.watcher(shm_dir, settle=0.2) as w:
         expected = set()
@@ -233,7 +251,9 @@ def test_files_written_into_freshly_created_nested_directories_are_all_reported(
     assert max(seen.values()) == 1, "a file was reported twice"
 
 
-def test_directory_created_with_many_levels_at_once_is_fully_watched(shm_dir: Path, backend: WatchBackend) -> None:
+def test_directory_created_with_many_levels_at_once_is_fully_watched(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     with backend.watcher(shm_dir, settle=0.2) as w:
         (shm_dir / "a" / "b" / "c" / "d").mkdir(parents=True)
         write(shm_dir / "a" / "b" / "c" / "d" / "first.tif")
@@ -253,23 +273,25 @@ def _set_sysctl(name: str, value: str) -> str:
     return old
 
 
-def _watcher_with_a_tiny_queue(root: Path) -> Watcher:
+def _watcher_with_a_tiny_queue(root: Path, backend: str = "native") -> Watcher:
     """A watcher whose kernel queue holds 64 events, so that a burst really overflows it."""
     if os.geteuid() != 0:
         pytest.skip("lowering fs.inotify.max_queued_events needs root")
     # The kernel reads the limit when the inotify instance is created: lower it only for that moment.
     old = _set_sysctl("fs.inotify.max_queued_events", "64")
     try:
-        return Watcher(root, settle=0.2)
+        return Watcher(root, settle=0.2, backend=backend)
     finally:
         _set_sysctl("fs.inotify.max_queued_events", old)
 
 
 @pytest.mark.needs_root
-def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path) -> None:
+@pytest.mark.parametrize("kernel", ["native", "notify"])
+def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path, kernel: str) -> None:
+    # (notify's inotify passes the overflow on as its Rescan flag.)
     for i in range(50):
         (shm_dir / f"dir{i}").mkdir()
-    w = _watcher_with_a_tiny_queue(shm_dir)
+    w = _watcher_with_a_tiny_queue(shm_dir, kernel)
     total = 3000
     with w:
         for i in range(total):
@@ -329,7 +351,9 @@ def test_flat_mode_watches_the_root_only(shm_dir: Path, backend: WatchBackend) -
     assert list(created(events)) == [str(shm_dir / "yes.tif")]
 
 
-def test_recurse_mode_watches_existing_but_not_new_subdirectories(shm_dir: Path, backend: WatchBackend) -> None:
+def test_recurse_mode_watches_existing_but_not_new_subdirectories(
+    shm_dir: Path, backend: WatchBackend
+) -> None:
     (shm_dir / "old").mkdir()
     with backend.watcher(shm_dir, mode="recurse", settle=0.2) as w:
         (shm_dir / "new").mkdir()
