@@ -28,6 +28,7 @@ from tests.support.watching import WatchBackend, collect, created, write
 
 def test_created_file_is_reported_once_when_complete(shm_dir: Path, backend: WatchBackend) -> None:
     with backend.watcher(shm_dir) as w:
+        assert w.backends() == [(str(shm_dir), backend.name)]
         write(shm_dir / "a.tif")
         events = collect(w, until=1, quiet=0.5)
     assert [(e.kind, e.path, e.is_dir) for e in events] == [("created", str(shm_dir / "a.tif"), False)]
