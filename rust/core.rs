@@ -42,12 +42,16 @@ pub enum Mode {
 pub enum BackendChoice {
     Auto,
     Native,
+    /// notify's own recommended watcher on every OS (inotify on Linux): the adapter macOS
+    /// and Windows use for `Native`, run where CI can reach it.
+    Notify,
     Poll,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Native,
+    Notify,
     Poll,
 }
 
@@ -55,6 +59,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Native => "native",
+            Backend::Notify => "notify",
             Backend::Poll => "poll",
         }
     }
@@ -351,7 +356,8 @@ pub struct Core {
     shared: Arc<Shared>,
     tx: crossbeam_channel::Sender<NotifyResult>,
     rx: Receiver<NotifyResult>,
-    /// notify's native backend: FSEvents, Windows (recursive watches).
+    /// notify's recommended watcher: FSEvents, Windows, or inotify for backend `notify`
+    /// (recursive watches).
     native: Option<RecommendedWatcher>,
     /// Our own inotify (Linux): one watch per directory.
     inotify: Option<Inotify>,
@@ -373,6 +379,8 @@ pub struct Core {
     deadlines: Deadlines<FileKey>,
     clock: Clock,
     pending_from: HashMap<usize, (PathBuf, Instant)>,
+    /// Directories renamed under notify's inotify lately (from, to, when): see [`Core::current_name`].
+    renamed_dirs: Vec<(PathBuf, PathBuf, Instant)>,
     rescan_needed: bool,
     out: Vec<OutEvent>,
     logs: Vec<(u8, String)>,
@@ -387,6 +395,9 @@ pub struct Core {
 
 const DENIED_RETRY: Duration = Duration::from_secs(5);
 const UNPAIRED_RENAME: Duration = Duration::from_millis(50);
+/// How long events naming a renamed directory's old path are taken for its new one (notify's
+/// inotify re-watches it within the read that brought the move; this is ample).
+const STALE_NAMES: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 const DRAIN_MAX: usize = 20_000;
 /// read(2) calls per wake-up before deadlines are looked at again (each up to ~4,000 events).
@@ -597,6 +608,7 @@ impl Core {
             deadlines,
             clock: Clock::new(Instant::now()),
             pending_from: HashMap::new(),
+            renamed_dirs: Vec::new(),
             rescan_needed: false,
             out: Vec::new(),
             logs: Vec::new(),
@@ -623,7 +635,8 @@ impl Core {
         let roots = self.opts.roots.clone();
         for (idx, root) in roots.iter().enumerate() {
             let backend = self.choose_backend(root)?;
-            let per_dir = backend == Backend::Poll || cfg!(target_os = "linux");
+            let per_dir =
+                backend == Backend::Poll || (backend == Backend::Native && cfg!(target_os = "linux"));
             self.roots.push(Root {
                 path: root.clone(),
                 backend,
@@ -638,11 +651,13 @@ impl Core {
                 } else {
                     RecursiveMode::Recursive
                 };
-                let res = self.watcher_for(backend).and_then(|w| {
-                    w.watch(root, recursive)
-                        .map_err(|e| format!("cannot watch {}: {e}", root.display()))
-                });
-                res?;
+                // (notify's inotify places a watch on every directory below: it may hit the limit.)
+                if let Err(e) = self.watcher_for(backend)?.watch(root, recursive) {
+                    return Err(match classify(&e) {
+                        WatchFail::Limit(msg) => self.limit_message(root, &msg),
+                        _ => format!("cannot watch {}: {e}", root.display()),
+                    });
+                }
             }
             match self.add_watch(idx, root) {
                 Ok(()) => {}
@@ -684,6 +699,11 @@ impl Core {
     fn choose_backend(&mut self, root: &Path) -> Result<Backend, String> {
         match self.opts.backend {
             BackendChoice::Poll => Ok(Backend::Poll),
+            BackendChoice::Notify => {
+                self.ensure_notify()
+                    .map_err(|e| format!("notify's file watching is unavailable: {e}"))?;
+                Ok(Backend::Notify)
+            }
             BackendChoice::Native => {
                 self.ensure_native()
                     .map_err(|e| format!("native file watching is unavailable: {e}"))?;
@@ -725,6 +745,11 @@ impl Core {
             }
             return Ok(());
         }
+        self.ensure_notify()
+    }
+
+    /// notify's recommended watcher (FSEvents, Windows, kqueue; inotify on Linux), made once.
+    fn ensure_notify(&mut self) -> Result<(), String> {
         if self.native.is_none() {
             let tx = self.tx.clone();
             let handler = move |res: NotifyResult| {
@@ -739,8 +764,9 @@ impl Core {
 
     fn watcher_for(&mut self, backend: Backend) -> Result<&mut dyn Watcher, String> {
         match backend {
-            Backend::Native => {
-                self.ensure_native()?;
+            // (Linux's own inotify watches per directory and never comes here.)
+            Backend::Native | Backend::Notify => {
+                self.ensure_notify()?;
                 self.native
                     .as_mut()
                     .map(|w| w as &mut dyn Watcher)
@@ -834,8 +860,24 @@ impl Core {
         } else if per_dir {
             let poller = self.poller();
             poller.watch(&dir).map_err(|e| classify_io(&e))?;
-            self.stats.watches += 1;
+        } else if cfg!(target_os = "linux") && !self.setting_up {
+            // notify's inotify makes its recursive watch one watch per directory, placing a new
+            // directory's watch only after handing us its create: a file written into it
+            // meanwhile had no event and could come after our listing. Watching it ourselves,
+            // before the listing, closes that gap (notify's reply says the watch is placed).
+            if let Some(w) = self.native.as_mut() {
+                match w.watch(&dir, RecursiveMode::Recursive) {
+                    Ok(()) => {}
+                    Err(e) => match classify(&e) {
+                        WatchFail::Gone => return Err(WatchFail::Gone),
+                        fail @ WatchFail::Limit(_) => return Err(fail),
+                        _ => {}
+                    },
+                }
+            }
         }
+        // (Under a recursive watch this counts the directories followed, not the backend's own.)
+        self.stats.watches += 1;
         self.track_dir(dir, NO_WD);
         Ok(())
     }
@@ -930,8 +972,10 @@ impl Core {
             }
         }
         if let Some(idx) = self.root_of(top) {
-            if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
+            if self.counted_without_wd(idx) {
                 self.stats.watches = self.stats.watches.saturating_sub(gone.len() as u64);
+            }
+            if self.roots[idx].per_dir && self.roots[idx].backend == Backend::Poll {
                 if let Some(poller) = self.poller.as_mut() {
                     for d in &gone {
                         poller.unwatch(d);
@@ -959,11 +1003,11 @@ impl Core {
                 }
                 continue;
             }
-            let polled = self
-                .root_of(d)
-                .is_some_and(|i| self.roots[i].per_dir && self.roots[i].backend == Backend::Poll);
-            if polled {
+            let Some(idx) = self.root_of(d) else { continue };
+            if self.counted_without_wd(idx) {
                 self.stats.watches = self.stats.watches.saturating_sub(1);
+            }
+            if self.roots[idx].backend == Backend::Poll {
                 if let Some(poller) = self.poller.as_mut() {
                     poller.unwatch(d);
                 }
@@ -979,6 +1023,13 @@ impl Core {
             .filter(|(_, r)| path.starts_with(&r.path))
             .max_by_key(|(_, r)| r.path.as_os_str().len())
             .map(|(i, _)| i)
+    }
+
+    /// Whether root `idx`'s directories count as watches without an inotify descriptor of ours
+    /// (polled, or under a recursive watch); an inotify directory's count follows its descriptor.
+    fn counted_without_wd(&self, idx: usize) -> bool {
+        let r = &self.roots[idx];
+        !r.per_dir || r.backend == Backend::Poll
     }
 
     fn closes(&self, idx: usize) -> bool {
@@ -1487,10 +1538,14 @@ impl Core {
     /// `is_dir`: what the backend said `to` is. Without it `to` is looked at, and a path
     /// that moved on again meanwhile counts as gone.
     fn on_rename(&mut self, from: PathBuf, to: PathBuf, is_dir: Option<bool>) {
-        let from_known =
-            self.files.contains_key(&fk(from.as_path())) || self.dirs.contains_key(k(from.as_path()));
+        let from_dir = self.dirs.contains_key(k(from.as_path()));
+        let from_known = from_dir || self.files.contains_key(&fk(from.as_path()));
         let to_idx = self.root_of(&to);
-        let is_dir = is_dir.or_else(|| std::fs::symlink_metadata(&to).ok().map(|m| m.is_dir()));
+        // A rename keeps what the path is: notify's halves do not say, and `to` may have moved
+        // on already (renamed twice before we read the first).
+        let is_dir = is_dir
+            .or(from_known.then_some(from_dir))
+            .or_else(|| std::fs::symlink_metadata(&to).ok().map(|m| m.is_dir()));
         let to_ok = to_idx.is_some_and(|i| {
             self.in_scope(i, &to)
                 && match is_dir {
@@ -1537,6 +1592,24 @@ impl Core {
         let kernel = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| core.closes(i));
         if kernel(self, from) && kernel(self, to) {
             return self.move_tree(from, to);
+        }
+        let recursive = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| !core.roots[i].per_dir);
+        if recursive(self, from) && recursive(self, to) {
+            // The recursive watch follows the move: rebook what lies below under the new names.
+            self.move_tree(from, to);
+            if cfg!(target_os = "linux") {
+                // notify's inotify names the events queued inside the directory before it
+                // read the move by the old paths until it re-watches the new ones ...
+                self.renamed_dirs
+                    .push((from.to_path_buf(), to.to_path_buf(), self.now));
+                // ... and, re-watching it after handing us the move, may miss what comes
+                // meanwhile: watch it now, then list it.
+                if let Some(w) = self.native.as_mut() {
+                    let _ = w.watch(to, RecursiveMode::Recursive);
+                }
+            }
+            self.rewalk(to);
+            return;
         }
         let (dirs, files) = self.tree_under(from);
         self.unwatch(&dirs);
@@ -1673,7 +1746,7 @@ impl Core {
             self.apply(Change::Rescan, None);
             return;
         }
-        let Some(path) = ev.paths.first().cloned() else {
+        let Some(path) = ev.paths.first().map(|p| self.current_name(p)) else {
             return;
         };
         let change = match ev.kind {
@@ -1692,10 +1765,14 @@ impl Core {
                     cookie,
                     is_dir: None,
                 },
-                (RenameMode::Both, _) => match ev.paths.get(1) {
+                // notify's inotify follows its From and To halves (handled above by their
+                // cookie) with a Both event of the same tracker: applying it too would make
+                // the renamed file look moved in again.
+                (RenameMode::Both, Some(_)) => return,
+                (RenameMode::Both, None) => match ev.paths.get(1) {
                     Some(to) => Change::Renamed {
                         from: path,
-                        to: to.clone(),
+                        to: self.current_name(to),
                     },
                     None => Change::RenamedSomehow(path),
                 },
@@ -1709,6 +1786,26 @@ impl Core {
             _ => return,
         };
         self.apply(change, None);
+    }
+
+    /// `path` as it is named now. notify's inotify names events by the directory its watch
+    /// was placed on until it watches the directory's new name, so an event queued inside a
+    /// directory before its move was read names the old path: rebased to the new one (again
+    /// for a directory moved twice), unless a directory of the old name is watched again.
+    fn current_name(&mut self, path: &Path) -> PathBuf {
+        if self.renamed_dirs.is_empty() {
+            return path.to_path_buf();
+        }
+        let now = self.now;
+        self.renamed_dirs
+            .retain(|(_, _, at)| now.saturating_duration_since(*at) < STALE_NAMES);
+        let mut path = path.to_path_buf();
+        for (from, to, _) in &self.renamed_dirs {
+            if path != *from && path.starts_with(from) && !self.dirs.contains_key(k(from.as_path())) {
+                path = rebase(&path, from, to);
+            }
+        }
+        path
     }
 
     /// Read and apply what our inotify instance has queued; false when it had nothing.

@@ -186,9 +186,10 @@ fn parse_backend(backend: &str) -> PyResult<BackendChoice> {
     match backend.to_ascii_lowercase().as_str() {
         "auto" => Ok(BackendChoice::Auto),
         "native" => Ok(BackendChoice::Native),
+        "notify" => Ok(BackendChoice::Notify),
         "poll" | "polling" => Ok(BackendChoice::Poll),
         _ => Err(PyValueError::new_err(format!(
-            "backend: unknown backend '{backend}'; allowed: 'auto', 'native', 'poll'"
+            "backend: unknown backend '{backend}'; allowed: 'auto', 'native', 'notify', 'poll'"
         ))),
     }
 }
@@ -517,7 +518,7 @@ impl NativeWatcher {
             .any(|root| self.filter.reaches_file(root, &path, self.recursive)))
     }
 
-    /// The backend serving each root: a list of (root, "native" | "poll").
+    /// The backend serving each root: a list of (root, "native" | "notify" | "poll").
     fn backends(&self) -> Vec<(std::ffi::OsString, &'static str)> {
         self.shared
             .lock()

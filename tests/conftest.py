@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.watching import WATCH_BACKENDS, WatchBackend
+
 
 @pytest.fixture
 def shm_dir() -> Iterator[Path]:
@@ -29,3 +31,9 @@ def shm_dir() -> Iterator[Path]:
                 except OSError:
                     pass
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=sorted(WATCH_BACKENDS))
+def backend(request: pytest.FixtureRequest) -> WatchBackend:
+    """Each watcher backend in turn: native (our inotify), notify (notify's watcher), poll."""
+    return WATCH_BACKENDS[request.param]

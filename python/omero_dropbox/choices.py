@@ -24,8 +24,9 @@ __all__ = [
 PathMode = Literal["flat", "recurse", "follow"]
 """Upstream ``PathMode``: the root only; the subdirectories that exist at start; also new ones."""
 
-Backend = Literal["auto", "native", "poll"]
-"""``omero.fs.ng.backend``: kernel events, polling (NFS/SMB), or kernel events unless polling is needed."""
+Backend = Literal["auto", "native", "notify", "poll"]
+"""``omero.fs.ng.backend``: kernel events, notify's watcher (what macOS and Windows use; on Linux for
+testing that path), polling (NFS/SMB), or kernel events unless polling is needed."""
 
 AfterImport = Literal["keep", "move", "delete"]
 """``omero.fs.ng.afterImport``: what happens to a fileset's files once its import is journaled."""

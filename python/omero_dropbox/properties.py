@@ -796,7 +796,8 @@ PROPERTIES: tuple[Property, ...] = (
         "backend",
         Choice(BACKENDS, "backend"),
         "auto",
-        "Watch backend: native kernel events, polling (NFS/SMB), or auto.",
+        "Watch backend: native kernel events, polling (NFS/SMB), auto, or notify (the watcher macOS and "
+        "Windows use; on Linux only to test that path, prefer native).",
     ),
     _ng(
         "pollInterval",

@@ -82,7 +82,10 @@ class Watcher:
         write_timeout: seconds after the last event before a file held open is READY anyway,
             provided its size and mtime did not change meanwhile.
         backend: ``"auto"`` (native, polling for network filesystems or when the native
-            watch cannot serve), ``"native"`` or ``"poll"``.
+            watch cannot serve), ``"native"`` (our own inotify on Linux, notify's watcher
+            elsewhere), ``"notify"`` (notify's watcher on every OS: the path macOS and
+            Windows take, which Linux then runs too; on Linux prefer ``"native"``) or
+            ``"poll"``.
         poll_interval: seconds between polls of the polling backend. A poll costs one
             ``lstat`` per directory; a directory whose mtime changed is listed again, and
             new or changed files are looked at every poll until they settle.
@@ -179,8 +182,8 @@ class Watcher:
         """
         return self._native.reports(os.fsdecode(path))
 
-    def backends(self) -> list[tuple[str, Literal["native", "poll"]]]:
-        """(root, "native" | "poll") for each root."""
+    def backends(self) -> list[tuple[str, Literal["native", "notify", "poll"]]]:
+        """(root, "native" | "notify" | "poll") for each root."""
         return self._native.backends()
 
     def __enter__(self) -> Watcher:

@@ -1,6 +1,8 @@
 """Renames and quick sequences the kernel queues before the watcher reads them (issue 15, 1-5).
 
-The real Watcher runs in a child process on a real directory with the real inotify backend.
+The real Watcher runs in a child process on a real directory with a real inotify backend: our
+own (native) and notify's (notify, the adapter macOS and Windows use), each test on both.
+(Polling sees only what is there at each poll: its renames are in test_watcher_poll.py.)
 To make "in quick succession" certain rather than likely, the child is stopped (SIGSTOP)
 while the changes are made, so the kernel queues all of them before the watcher reads any;
 the child then resumes and the test reads what a consumer gets until a marker file, written
@@ -36,7 +38,7 @@ CHILD = textwrap.dedent(
 
     root, options = sys.argv[1], json.loads(sys.argv[2])
     with Watcher(root, **options) as w:
-        assert [b for _, b in w.backends()] == ["native"]
+        assert [b for _, b in w.backends()] == [options["backend"]]
         print(json.dumps("ready"), flush=True)
         while (batch := w.next_batch(timeout=0.2)) is not None:
             for e in batch:
@@ -111,12 +113,13 @@ class WatcherProcess:
         self.proc.wait(timeout=10)
 
 
-@pytest.fixture
-def watch(shm_dir: Path) -> Iterator[Any]:
+@pytest.fixture(params=["native", "notify"])
+def watch(shm_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[WatcherProcess] = []
 
     def start(**options: Any) -> WatcherProcess:
         options.setdefault("settle", 0.2)
+        options.setdefault("backend", request.param)
         w = WatcherProcess(shm_dir, **options)
         started.append(w)
         return w

@@ -1,12 +1,18 @@
-"""Reading a live Watcher in tests: collect its events for a while, count creations, write files."""
+"""Reading a live Watcher in tests: collect its events for a while, count creations, write files;
+the backends the guarantee suite runs on."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omero_dropbox import Event, Watcher
+
+StrPath = str | os.PathLike[str]
 
 
 def collect(
@@ -35,3 +41,28 @@ def write(path: Path, data: bytes = b"x" * 100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         fh.write(data)
+
+
+@dataclass(frozen=True)
+class WatchBackend:
+    """One backend the guarantee suite runs on, with the options that keep its tests quick.
+
+    `closes`: the backend turns close-after-write into READY (our own inotify). The others
+    (notify, as on macOS and Windows; poll) go by quiet time alone: a writer pausing longer than
+    `settle` has its file reported early, so their tests choose a `settle` above the pauses.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    closes: bool = False
+
+    def watcher(self, roots: StrPath | list[StrPath], **options: Any) -> Watcher:
+        return Watcher(roots, **{**self.options, **options})
+
+
+WATCH_BACKENDS = {
+    "native": WatchBackend("native", {"backend": "native"}, closes=True),
+    "notify": WatchBackend("notify", {"backend": "notify"}),
+    # A rewrite in place is found by a full sweep only: keep it short here.
+    "poll": WatchBackend("poll", {"backend": "poll", "poll_interval": 0.05, "full_sweep": 0.3}),
+}
