@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from omero_dropbox.at_use import FileRefused
+from omero_dropbox.at_use import FileRefused, below, open_dir_beneath
 from omero_dropbox.choices import AfterImport
 from omero_dropbox.journal import FileIdentity, display_path, fd_identity
 
@@ -35,7 +35,6 @@ __all__ = [
     "transfer_of",
 ]
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 
@@ -98,43 +97,6 @@ class FileOutcome:
     detail: str
 
 
-def _parts(top: str, path: str) -> list[str]:
-    top = top.rstrip(os.sep) or os.sep
-    prefix = top if top.endswith(os.sep) else top + os.sep
-    if not path.startswith(prefix):
-        raise FileRefused(f"{display_path(path)} is not inside {display_path(top)}")
-    parts = path[len(prefix) :].split(os.sep)
-    if any(p in ("", ".", "..") for p in parts):
-        raise FileRefused(f"{display_path(path)} is not a plain path inside {display_path(top)}")
-    return parts
-
-
-def _open_dirs(top: str, parts: Sequence[str], create: bool = False) -> int:
-    """A descriptor of ``top/parts...``, walked without following links (created if asked)."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            if create:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not create:
-                    raise FileRefused(
-                        f"{display_path(os.path.join(top, *parts))}: {part} is not a plain folder"
-                    ) from exc
-                raise
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _held_name(fileset_id: str, name: str) -> str:
     # A dot-name the watcher never reports, unique per fileset and file name.
     return f".dropbox-after-import.{fileset_id[:16]}.{name}"[:255]
@@ -154,9 +116,9 @@ def _act_on_one(
     root: str,
     area: str | None,
 ) -> FileOutcome:
-    parts = _parts(trusted, path)
-    _parts(root, path)  # and inside this user's folder
-    dir_fd = _open_dirs(trusted, parts[:-1])
+    parts = below(trusted, path)
+    below(root, path)  # and inside this user's folder
+    dir_fd = open_dir_beneath(trusted, parts[:-1])
     name, held = parts[-1], _held_name(fileset_id, parts[-1])
     try:
         # 1. Take the file out of the user's way, under a private name (idempotent: a run
@@ -204,7 +166,7 @@ def _already_done(
 ) -> FileOutcome:
     """Neither the name nor the held name is there: done before, or removed by the user."""
     if action == "move" and area is not None:
-        dest = os.path.join(area, *_parts(trusted, path))
+        dest = os.path.join(area, *below(trusted, path))
         try:
             st = os.stat(dest, follow_symlinks=False)
         except FileNotFoundError:
@@ -218,7 +180,7 @@ def _already_done(
 
 def _move_into_area(src_fd: int, dir_fd: int, held: str, area: str, rel: Sequence[str]) -> None:
     """Move the held file to ``area/rel``: a rename, or a durable copy then unlink across devices."""
-    dest_dir = _open_dirs(area, rel[:-1], create=True)
+    dest_dir = open_dir_beneath(area, rel[:-1], create=True)
     try:
         try:
             os.rename(held, rel[-1], src_dir_fd=dir_fd, dst_dir_fd=dest_dir)

@@ -23,12 +23,12 @@ import os
 import platform
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from omero_dropbox.journal import display_path
 
-__all__ = ["FileRefused", "Found", "check_beneath", "open_beneath"]
+__all__ = ["FileRefused", "Found", "below", "check_beneath", "open_beneath", "open_dir_beneath"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -91,7 +91,7 @@ class Found:
     mtime_ns: int
 
 
-def _below(top: str, path: str) -> list[str]:
+def below(top: str, path: str) -> list[str]:
     """The components of ``path`` below ``top``, taken as written: no ``..``, ``.`` or empty one."""
     top = top.rstrip(os.sep) or os.sep
     prefix = top if top.endswith(os.sep) else top + os.sep
@@ -114,8 +114,8 @@ def open_beneath(trusted: str, root: str, path: str) -> Iterator[tuple[int, os.s
     link; raises :class:`FileRefused` with the reason otherwise (``FileNotFoundError`` and
     other ``OSError`` when it is gone or unreadable).
     """
-    _below(root, path)  # lexically inside the user's folder: no "..", no other user
-    parts = _below(trusted, path)
+    below(root, path)  # lexically inside the user's folder: no "..", no other user
+    parts = below(trusted, path)
     if not parts:
         raise FileRefused(f"{display_path(path)} is the watch directory itself")
     dir_fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -170,3 +170,35 @@ def check_beneath(trusted: str, root: str, path: str) -> Found:
     """:func:`open_beneath`, keeping only what identifies the file."""
     with open_beneath(trusted, root, path) as (_fd, st):
         return Found(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# Not O_PATH (unlike the walk above): the caller creates, renames and fsyncs through it.
+_DIR_FD_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir_beneath(top: str, parts: Sequence[str], create: bool = False) -> int:
+    """A descriptor of ``top/parts...``, walked without following links (created if asked:
+    the operator's folders only). A link or non-folder on the way is :class:`FileRefused`
+    when not creating, an ``OSError`` when creating."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nxt = os.open(part, _DIR_FD_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not create:
+                    raise FileRefused(
+                        f"{display_path(os.path.join(top, *parts))}: {part} is not a plain folder"
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from omero_dropbox.at_use import FileRefused
+from omero_dropbox.at_use import FileRefused, below, open_dir_beneath
 from omero_dropbox.text import printable
 
 __all__ = ["REPORT_JSON", "REPORT_NAMES", "REPORT_TEXT", "ReportEntry", "is_report", "render", "write_report"]
@@ -149,27 +149,12 @@ def _render(
     return text, json.dumps(doc, indent=1)
 
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _open_root(trusted: str, root: str) -> int:
     """A descriptor of the user's folder, opened beneath ``trusted`` with no link followed."""
-    rel = os.path.relpath(root, trusted)
-    if rel.startswith("..") or os.path.isabs(rel):
-        raise FileRefused(f"{root} is not inside the watch directory {trusted}")
-    fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in [] if rel == "." else rel.split(os.sep):
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except OSError as exc:
-                raise FileRefused(f"{root} cannot be opened as a plain folder ({exc.strerror})") from exc
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_dir_beneath(trusted, below(trusted, root))
+    except OSError as exc:
+        raise FileRefused(f"{root} cannot be opened as a plain folder ({exc.strerror})") from exc
 
 
 def _replace(dir_fd: int, name: str, data: bytes) -> None:
