@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omero_dropbox.at_use import FileRefused, check_beneath
+from omero_dropbox.folder_settings import is_settings_file
 from omero_dropbox.identity import file_identity
 from omero_dropbox.journal import Journal
 from omero_dropbox.ownership import NotOwned, Owner, Ownership
@@ -53,6 +54,10 @@ class Verdict:
 
     gone: tuple[str, ...] = ()
     admitted: Admitted | None = None
+    #: A folder settings file (dropbox.toml) of this owner changed, appeared or went away
+    #: (``settings_path``): read, never imported.
+    settings_of: Owner | None = None
+    settings_path: str = ""
 
 
 _NOTHING = Verdict()
@@ -81,11 +86,13 @@ class Admission:
         path = event.path
         if event.kind == "deleted":
             self._skips.forget(path)
-            return Verdict(gone=(path,))
+            return self._settings_gone(path, Verdict(gone=(path,)))
         gone: tuple[str, ...] = ()
         if event.kind == "moved" and event.src_path is not None:
             self._skips.forget(event.src_path)
             gone = (event.src_path,)
+            if is_settings_file(event.src_path) and not is_settings_file(path):
+                return self._settings_gone(event.src_path, Verdict(gone=gone))
         monitor = self.ownership.monitor_of(path)
         if monitor is None or _EVENT_TYPE.get(event.kind) not in monitor.event_types:
             return Verdict(gone=gone)
@@ -95,6 +102,8 @@ class Admission:
             return Verdict(gone=gone)
         if is_report(found.root, path):
             return Verdict(gone=gone)  # the service's own report to the user, never data
+        if is_settings_file(path):
+            return Verdict(gone=gone, settings_of=found, settings_path=path)
         if self.already_done(path):
             return Verdict(gone=gone)
         if not self.acceptable(found, path):
@@ -111,6 +120,15 @@ class Admission:
             )
             return Verdict(gone=gone)
         return Verdict(gone=gone, admitted=Admitted(path, found))
+
+    def _settings_gone(self, path: str, verdict: Verdict) -> Verdict:
+        """A settings file deleted or renamed away: its folder's filesets are asked again."""
+        if not is_settings_file(path):
+            return verdict
+        found = self.ownership.owner(path)
+        if isinstance(found, NotOwned):
+            return verdict
+        return Verdict(gone=verdict.gone, settings_of=found, settings_path=path)
 
     def skip(self, path: str, user: str | None, reason: str) -> None:
         # The summary line counts by the reason's kind: the text before a file name in brackets.

@@ -10,13 +10,14 @@ background thread. The file work itself is in :mod:`omero_dropbox.after_import`.
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from omero_dropbox.after_import import FileOutcome, apply_after_import
 from omero_dropbox.choices import AfterImport
+from omero_dropbox.fileset_duty import FilesetDuty
 from omero_dropbox.identity import FileIdentity
-from omero_dropbox.journal import IMPORTED, Journal, JournalError, display_path
+from omero_dropbox.journal import IMPORTED, Journal, display_path
 from omero_dropbox.ownership import NotOwned, Ownership
 
 __all__ = ["AfterImports"]
@@ -37,8 +38,10 @@ def _summary(outcomes: list[FileOutcome]) -> str:
     return "; ".join(parts) or "no files"
 
 
-class AfterImports:
+class AfterImports(FilesetDuty):
     """The after-import duty of one service (nothing to do for ``keep``)."""
+
+    name = "after-import"
 
     def __init__(
         self,
@@ -49,31 +52,16 @@ class AfterImports:
         *,
         retry_every: float = 300.0,
     ) -> None:
+        super().__init__(log, retry_every)
         self.journal = journal
         self.ownership = ownership
         self.action = action
         self.area = None if area is None else str(area)
         self.retry_every = retry_every
-        self._lock = threading.Lock()
-        self._running: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def active(self) -> bool:
         return self.action != "keep"
-
-    def start(self) -> None:
-        """Resume pending actions now and retry them periodically, on a background thread."""
-        if not self.active:
-            return
-        self._thread = threading.Thread(target=self._loop, name="after-import", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def imported(self, fileset_id: str) -> None:
         """A fileset's import was just journaled: note its action, then run it."""
@@ -82,30 +70,9 @@ class AfterImports:
         if self.journal.after_import_begin(fileset_id, self.action):
             self.run(fileset_id)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                pending = self.journal.after_import_pending()
-            except JournalError as exc:
-                log.error("Cannot read the pending after-import actions: %s", exc)
-                pending = []
-            for fid, _action, _attempts in pending:
-                if self._stop.is_set():
-                    return
-                self.run(fid)
-            self._stop.wait(self.retry_every)
-
-    def run(self, fileset_id: str) -> None:
-        """Run the action of one imported fileset once (safe to call again)."""
-        with self._lock:
-            if fileset_id in self._running:
-                return
-            self._running.add(fileset_id)
-        try:
-            self._run(fileset_id)
-        finally:
-            with self._lock:
-                self._running.discard(fileset_id)
+    def due(self) -> Iterable[str]:
+        """Every pending action: a failed one is retried each ``retry_every`` seconds."""
+        return [fid for fid, _action, _attempts in self.journal.after_import_pending()]
 
     def _run(self, fid: str) -> None:
         rec = self.journal.fileset_by_id(fid)

@@ -93,9 +93,21 @@ class Pool:
     held_since: dict[str, float] = field(default_factory=dict)
     # waiting companion -> the key files that would claim it (from the last grouping)
     awaited_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # fileset key -> (why it may not go yet, when to ask again): a bad dropbox.toml
+    blocked: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def waiting_count(self) -> int:
         return len(self.filesets) + sum(1 for p in list(self.waiting_since) if p in self.files)
+
+
+def _active_up_to(pool: Pool, path: str, root: str, now: float) -> None:
+    """``path``'s folder and every folder above it up to ``root`` were active at ``now``."""
+    d = os.path.dirname(path)
+    while True:
+        pool.activity[d] = now
+        if d == root or len(d) <= len(root):
+            break
+        d = os.path.dirname(d)
 
 
 class Aggregator:
@@ -115,12 +127,7 @@ class Aggregator:
         to ``root`` count as active now, since any of them may hold its key file."""
         pool = self.pool(user)
         pool.files.add(path)
-        d = os.path.dirname(path)
-        while True:
-            pool.activity[d] = now
-            if d == root or len(d) <= len(root):
-                break
-            d = os.path.dirname(d)
+        _active_up_to(pool, path, root, now)
         pool.dirty = True
 
     def drop(self, path: str, now: float) -> None:
@@ -136,6 +143,23 @@ class Aggregator:
         pool = self.pool(user)
         pool.files.update(files)
         pool.dirty = True
+
+    def touch(self, user: str, path: str, root: str, now: float) -> None:
+        """A file that is not data but concerns its folder (a settings file) changed: that
+        folder and those above it count as active, so filesets there wait for the quiet."""
+        pool = self.pool(user)
+        _active_up_to(pool, path, root, now)
+        for key, (reason, _until) in list(pool.blocked.items()):
+            pool.blocked[key] = (reason, 0.0)  # ask again at the next due
+
+    def block(self, user: str, fs: Fileset, reason: str, until: float) -> None:
+        """A due fileset that may not go yet (``reason``): back to the pool until ``until``, or
+        until :meth:`touch` says its folder's settings changed."""
+        pool = self.pool(user)
+        pool.files.update(fs.files)
+        if fs not in pool.filesets:
+            pool.filesets.append(fs)
+        pool.blocked[fs.key] = (reason, until)
 
     def take_grouping(
         self,
@@ -155,6 +179,7 @@ class Aggregator:
         pool.filesets = list(filesets)
         keys = {fs.key for fs in pool.filesets}
         pool.held_since = {k: t for k, t in pool.held_since.items() if k in keys}
+        pool.blocked = {k: b for k, b in pool.blocked.items() if k in keys}
         pool.awaited_keys = dict(waiting)
         for path in waiting:
             if only is None or path in only:
@@ -179,6 +204,10 @@ class Aggregator:
             last = max(pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files)
             if now - last < wait or self._held(pool, fs, wait, now, disk, unread):
                 continue
+            blocked = pool.blocked.get(fs.key)
+            if blocked is not None and now < blocked[1]:
+                continue
+            pool.blocked.pop(fs.key, None)  # asked again by whoever takes it
             pool.held_since.pop(fs.key, None)
             pool.filesets.remove(fs)
             for f in fs.files:
@@ -198,6 +227,10 @@ class Aggregator:
         for fs in list(pool.filesets):
             grouped.update(fs.files)
             last = max((pool.activity.get(os.path.dirname(f), 0.0) for f in fs.files), default=now)
+            blocked = pool.blocked.get(fs.key)
+            if blocked is not None:
+                out.append((fs.key, len(fs.files), blocked[0], blocked[1]))
+                continue
             if fs.missing:
                 names = ", ".join(os.path.basename(p) for p in list(fs.missing)[:5])
                 why = f"waiting for {names}" + (" and more" if len(fs.missing) > 5 else "")

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser(
         "retry",
-        help="import failed filesets again (recorded in the journal; a running service starts at once)",
+        help="import failed filesets again, or attach an imported fileset's failed key-value pairs and "
+        "tags again (recorded in the journal; a running service starts at once)",
     )
     _state_arg(rt)
     rt.add_argument("filesets", nargs="*", metavar="FILESET", help="fileset id, or its first 6+ characters")
@@ -205,6 +206,8 @@ class RecordImporter:
             "format": request.format,
             "at": time.time(),
         }
+        if not request.settings.empty:
+            line["settings"] = json.loads(request.settings.to_json())
         from omero_dropbox.journal import open_private
 
         # Every user's file names: 0600 like the journal, whatever the umask.
@@ -604,7 +607,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     try:
         with Journal(args.state_dir, check=False) as journal:
             if args.all_failed:
-                targets = [r.id for r in journal.filesets(FAILED)]
+                targets = [r.id for r in journal.filesets(FAILED)] + journal.annotations_failed()
                 if not targets:
                     print("Nothing to retry: no failed filesets.")
                     return 0
@@ -617,6 +620,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
                         print(f"omero-dropbox retry: {printable(str(exc))}", file=sys.stderr)
                         errors += 1
             for fid in targets:
+                # An imported fileset whose key-value pairs or tags failed: attach them again.
+                if journal.annotations_retry(fid, actor):
+                    rec_done = journal.fileset_by_id(fid)
+                    where = display_path(rec_done.key) if rec_done is not None else ""
+                    print(f"Annotations of {fid[:12]} {where} will be attached again")
+                    continue
                 try:
                     rec = journal.retry(fid, actor)
                 except JournalError as exc:

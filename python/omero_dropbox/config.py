@@ -224,6 +224,8 @@ class DropBoxConfig:
     after_import: AfterImport
     imported_area: Path | None
     user_report: bool
+    folder_settings: bool
+    folder_import_args: tuple[str, ...]
     log_dir: Path | None
     # "omero.fs.host" or "omero.fs.watchDir[amy]" -> "default" | "templates.xml" |
     # "toml" | "-D" | "derived". Not part of equality: it is provenance, not config.
@@ -235,6 +237,7 @@ class DropBoxConfig:
         _check_choices("omero.fs.ng.backend", (self.backend,), BACKENDS)
         _check_choices("omero.fs.ng.afterImport", (self.after_import,), AFTER_IMPORT_ACTIONS)
         _check_after_import(self)
+        _check_folder_import_args(self)
 
     @property
     def import_users(self) -> tuple[str, ...]:
@@ -630,6 +633,26 @@ def _check_after_import(config: DropBoxConfig) -> None:
             check_after_import(config.after_import, (), area, watch_dirs)
     except UnsafeCombination as exc:
         raise ConfigError(str(exc)) from None
+
+
+_LONG_OPTION = re.compile(r"^--[A-Za-z][A-Za-z0-9-]*$")
+
+
+def _check_folder_import_args(config: DropBoxConfig) -> None:
+    """The options a lab user's dropbox.toml may add: long options only, and never one that
+    could make the after-import action lose data."""
+    for option in config.folder_import_args:
+        if not _LONG_OPTION.match(option):
+            raise ConfigError(
+                f"omero.fs.ng.folderImportArgs: {option!r} is not a long option name; "
+                "allowed: names such as --skip or --checksum-algorithm, without values"
+            )
+        if option == "--transfer" and config.after_import != "keep":
+            raise ConfigError(
+                f"omero.fs.ng.folderImportArgs allows --transfer with omero.fs.ng.afterImport="
+                f"{config.after_import}: a folder choosing --transfer=ln_s would leave OMERO a link "
+                "to files that are then moved or deleted; remove --transfer or set afterImport=keep"
+            )
 
 
 def _resolve(sources: _Sources) -> DropBoxConfig:

@@ -31,8 +31,10 @@ from pathlib import Path
 from omero_dropbox.admission import Admission
 from omero_dropbox.after_imports import AfterImports
 from omero_dropbox.aggregator import MISSING_MEMBER_GRACE, Aggregator, GiveUp, Pool, Waits
+from omero_dropbox.annotations import Annotations, annotator_of
 from omero_dropbox.at_use import FileRefused, check_beneath, open_beneath
 from omero_dropbox.config import DropBoxConfig, UserMonitorConfig
+from omero_dropbox.folder_settings import FolderSettings, ImportPlan, SettingsError, plan_for
 from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, GroupingResult
 from omero_dropbox.grouping.oracle import UsedFilesOracle
 from omero_dropbox.identity import FileIdentity, fd_identity, fileset_id
@@ -65,6 +67,14 @@ _QUANTUM = 256
 _PUBLISH_EVERY = 2.0  # seconds between service.json refreshes (for `omero-dropbox status`)
 # While the state directory's disk is full, try to record new work again this often.
 _FULL_RETRY = 2.0
+
+
+def _plan_json(plan: ImportPlan) -> str:
+    return "" if plan.empty and not plan.sources else plan.to_json()
+
+
+def _sources(plan: ImportPlan) -> str:
+    return ", ".join(display_path(s) for s in plan.sources[-3:])
 
 
 def _listed(paths: Iterable[str], few: int = 16) -> Iterable[str]:
@@ -127,6 +137,10 @@ _INLINE_WAIT = 0.05
 #: Due filesets of one user journaled in one transaction (one commit, one fsync).
 _SUBMIT_BATCH = 256
 
+#: A fileset held by a bad dropbox.toml is checked again this often (and whenever a settings
+#: file of its user changes).
+_SETTINGS_RECHECK = 60.0
+
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -135,6 +149,7 @@ class _Prepared:
     fs: Fileset
     fid: str
     identities: list[tuple[FileIdentity, int]]
+    plan: ImportPlan
 
 
 @dataclass
@@ -267,6 +282,18 @@ class DropBox:
         self.after_imports = AfterImports(
             self.journal, self.ownership, "keep" if dry_run else config.after_import, config.imported_area
         )
+        self.annotations = Annotations(
+            self.journal,
+            None if dry_run else annotator_of(importer),
+            retry_every=config.retry_backoff,
+            # Attaching outlasts an OMERO outage of hours (30 s doubling to 1 h: ~5.6 h) before
+            # it needs an operator; the import it follows is done and safe meanwhile.
+            max_attempts=max(12, config.max_attempts),
+        )
+        # The last reason each fileset key was held for, so that it is logged once, not per check.
+        self._settings_said: dict[str, str] = {}
+        # Settings files read for the batch being submitted (emptied before each batch).
+        self._settings_cache: dict[str, FolderSettings | None] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -309,6 +336,7 @@ class DropBox:
             self._threads.append(t)
         resumed = self.queue.start(resume=True)
         self.after_imports.start()
+        self.annotations.start()
         for t in self._threads:
             t.start()
         log.info(
@@ -356,6 +384,7 @@ class DropBox:
             log.warning("Imports still running at shutdown; they will run again after restart")
         self.queue.stop()
         self.after_imports.stop()
+        self.annotations.stop()
         for oracle in self._oracles:
             oracle.close()
         self._snapshot.close()
@@ -440,6 +469,10 @@ class DropBox:
         now = time.monotonic()
         for path in verdict.gone:
             self.aggregator.drop(path, now)
+        if verdict.settings_of is not None:
+            owner = verdict.settings_of
+            self.aggregator.touch(owner.user, verdict.settings_path, owner.root, now)
+            log.info("Folder settings changed: %s", display_path(verdict.settings_path))
         admitted = verdict.admitted
         if admitted is not None:
             self.aggregator.add(admitted.owner.user, admitted.path, admitted.owner.root, now)
@@ -629,6 +662,7 @@ class DropBox:
         Returns False while the journal is full.  Nothing is lost: the files stay in the
         pool (and would be found again by the start-up scan after a restart).
         """
+        self._settings_cache.clear()
         ready = [p for p in (self._prepare(user, fs) for fs in filesets) if p is not None]
         try:
             self._submit(user, ready)
@@ -660,7 +694,12 @@ class DropBox:
         return True
 
     def _record(
-        self, user: str, fs: Fileset, fid: str, identities: list[tuple[FileIdentity, int]]
+        self,
+        user: str,
+        fs: Fileset,
+        fid: str,
+        identities: list[tuple[FileIdentity, int]],
+        plan: ImportPlan,
     ) -> FilesetRecord | None:
         """Journal the files and the fileset; None if the fileset was imported (or started) before."""
         for f, (ident, mtime_ns) in zip(fs.files, identities, strict=True):
@@ -683,7 +722,8 @@ class DropBox:
         if record.state == FilesetState.WAITING:
             # Queued in the same transaction; the workers are woken after the commit.
             why = f"incomplete, without {_some(fs.missing)}" if fs.missing else "complete"
-            self.journal.enqueue(fid, reason=f"{why}; queued for import")
+            where = f" with the settings of {_sources(plan)}" if plan.sources else ""
+            self.journal.enqueue(fid, reason=f"{why}; queued for import{where}", plan=_plan_json(plan))
             record = replace(record, state=FilesetState.QUEUED)
         return record
 
@@ -694,10 +734,40 @@ class DropBox:
         with open_beneath(str(owner.monitor.watch_dir), owner.root, path) as (fd, st):
             return fd_identity(fd, st), st.st_mtime_ns
 
+    def _plan(self, user: str, fs: Fileset) -> ImportPlan | None:
+        """The folder settings in force for ``fs`` (its key file's folder); None when a
+        settings file is bad: the fileset then waits, with the file's error as its reason."""
+        if not self.config.folder_settings:
+            return ImportPlan()
+        owner = self.ownership.of_user(user)
+        try:
+            plan = plan_for(
+                str(owner.monitor.watch_dir),
+                owner.root,
+                user,
+                os.path.dirname(fs.key),
+                self.config.folder_import_args,
+                cache=self._settings_cache,
+            )
+        except SettingsError as exc:
+            reason = (
+                f"the folder settings cannot be used: {exc}; it waits until that file is fixed or removed"
+            )
+            if self._settings_said.get(fs.key) != reason:
+                log.warning("Not importing %s yet: %s", display_path(fs.key), exc)
+                self._settings_said[fs.key] = reason
+            self.aggregator.block(user, fs, reason, time.monotonic() + _SETTINGS_RECHECK)
+            return None
+        self._settings_said.pop(fs.key, None)
+        return plan
+
     def _prepare(self, user: str, fs: Fileset) -> _Prepared | None:
         """The journal identities of the members of ``fs``, each read through the walk from the
-        watch directory; None (the fileset's files skipped or back in the pool) if a member
-        changed since it was grouped."""
+        watch directory, and its folder settings; None (the fileset's files skipped or back in
+        the pool) if a member changed since it was grouped or a settings file is bad."""
+        plan = self._plan(user, fs)
+        if plan is None:
+            return None
         identities = []
         try:
             for member in fs.files:
@@ -711,7 +781,7 @@ class DropBox:
             log.warning("Fileset %s changed before import (%s); regrouping", display_path(fs.key), exc)
             self._return_to_pool(user, fs.files)
             return None
-        return _Prepared(fs, fileset_id(ident for ident, _mtime in identities), identities)
+        return _Prepared(fs, fileset_id(ident for ident, _mtime in identities), identities, plan)
 
     def _submit(self, user: str, ready: Sequence[_Prepared]) -> None:
         """Journal and queue ``ready`` filesets.
@@ -726,7 +796,7 @@ class DropBox:
         if not ready:
             return
         with self.journal.batch():
-            records = [(p.fs, p.fid, self._record(user, p.fs, p.fid, p.identities)) for p in ready]
+            records = [(p.fs, p.fid, self._record(user, p.fs, p.fid, p.identities, p.plan)) for p in ready]
         for fs, fid, record in records:
             if record is not None:
                 self._queue_recorded(user, fs, fid, record)
@@ -824,6 +894,10 @@ class DropBox:
         objects = result.objects or parse_omero_objects(result.output)
         if objects:
             self.journal.record_objects(fid, objects)
+        if self.annotations.annotator is not None:
+            rec = self.journal.fileset_by_id(fid)
+            if rec is not None and rec.plan:
+                self.annotations.imported(fid, ImportPlan.from_json(rec.plan))
         self.after_imports.imported(fid)
 
     def runtime_status(self) -> LiveStatus:

@@ -22,8 +22,9 @@ What the settings mean for ``omero import`` (checked against the OMERO CLI docum
 - ``group`` is the OMERO group the import session is opened in;
 - ``import_args`` are ``--option[=value]`` items whose option the operator allowed.
 
-Not wired into the engine yet: the group, the project + dataset resolution and the
-annotations need omero-py calls around the import, which come with it.
+The engine works out the plan when a fileset is due (:func:`plan_for`), journals it with
+the fileset (:meth:`ImportPlan.to_json`), and a bad file keeps the fileset waiting with the
+file's error as the reason, checked again when a settings file changes and every minute.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from omero_dropbox.at_use import FileRefused, open_beneath
@@ -51,12 +52,19 @@ __all__ = [
     "ImportPlan",
     "SettingsError",
     "SettingsLimits",
+    "is_settings_file",
     "parse_settings",
     "plan_for",
     "read_settings",
+    "without_target",
 ]
 
 SETTINGS_NAME = "dropbox.toml"
+
+
+def is_settings_file(path: str) -> bool:
+    """Is ``path`` a folder settings file (read by the service, never imported)?"""
+    return os.path.basename(path) == SETTINGS_NAME
 
 
 @dataclass(frozen=True)
@@ -144,9 +152,60 @@ class ImportPlan:
         }
         return json.dumps({k: v for k, v in data.items() if v not in (None, [])}, sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text: str) -> ImportPlan:
+        """The plan journaled by :meth:`to_json` (``""``: none, the empty plan)."""
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            project=data.get("project"),
+            dataset=data.get("dataset"),
+            screen=data.get("screen"),
+            target=data.get("target"),
+            group=data.get("group"),
+            key_values=tuple((str(k), str(v)) for k, v in data.get("key_values", [])),
+            tags=tuple(str(t) for t in data.get("tags", [])),
+            import_args=tuple(str(a) for a in data.get("import_args", [])),
+            sources=tuple(str(s) for s in data.get("sources", [])),
+        )
+
+    @property
+    def annotates(self) -> bool:
+        """Key-value pairs or tags to attach after the import."""
+        return bool(self.key_values or self.tags)
+
+    @property
+    def sets_target(self) -> bool:
+        return self.target is not None or self.needs_container
+
     @property
     def empty(self) -> bool:
         return self == ImportPlan(sources=self.sources)
+
+
+#: Site import arguments that choose a target; dropped when a folder's settings choose one.
+_TARGET_OPTIONS = ("-T", "--target", "-d", "-r")
+
+
+def without_target(args: Iterable[str]) -> list[str]:
+    """``args`` without the options that choose the import target (``-T X``, ``-TX``,
+    ``--target=X``, ``--target X``, ``-d ID``, ``-r ID``): a folder's own target replaces the
+    site's, rather than leaving the importer two to choose from."""
+    out: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if arg in _TARGET_OPTIONS:
+            i += 2  # the option and its value
+            continue
+        if arg.startswith("--target=") or (arg[:2] in ("-T", "-d", "-r") and len(arg) > 2 and arg[1] != "-"):
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 _TOP_KEYS = {"target", "group", "key_values", "tags", "import_args"}
@@ -402,17 +461,22 @@ def plan_for(
     folder: str,
     allowed_args: Iterable[str] = (),
     limits: SettingsLimits = DEFAULT_LIMITS,
-    cache: Mapping[str, FolderSettings | None] | None = None,
+    cache: dict[str, FolderSettings | None] | None = None,
 ) -> ImportPlan:
-    """The plan in force for files in ``folder``: every ``dropbox.toml`` from ``root`` down."""
+    """The plan in force for files in ``folder``: every ``dropbox.toml`` from ``root`` down.
+
+    ``cache`` (filled here) saves reading a folder's file again for the next fileset of a
+    batch; a bad file is read again each time, so its error is always the current one.
+    """
     found: list[FolderSettings] = []
     for d in _folders(root, folder):
         path = os.path.join(d, SETTINGS_NAME)
-        s = (
-            cache[path]
-            if cache is not None and path in cache
-            else read_settings(trusted, root, path, allowed_args, limits)
-        )
+        if cache is not None and path in cache:
+            s = cache[path]
+        else:
+            s = read_settings(trusted, root, path, allowed_args, limits)
+            if cache is not None:
+                cache[path] = s
         if s is not None:
             found.append(s)
     return merge(found, user=user, folder=folder)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from omero_dropbox.folder_settings import ImportPlan
 from omero_dropbox.importers import (
     RUNNING_IMPORTERS,
     ImportRequest,
@@ -408,8 +409,14 @@ class ImportQueue:
             format=rec.format,
             attempt=attempt,
             interrupted=rec.last_error == INTERRUPTED_REASON,
+            plan=_journaled_plan(rec.plan),
         )
         try:
+            if request.plan is None:
+                raise PermanentImportError(
+                    "the folder settings journaled with this fileset cannot be read; "
+                    "`omero-dropbox forget` its key file and copy it in again"
+                )
             result = self.importer(request)
             if not isinstance(result, ImportResult):
                 result = ImportResult.failure(
@@ -502,6 +509,14 @@ class ImportQueue:
             self.on_done(fid, result)
         except Exception:
             log.exception("on_done callback failed for fileset %s", fid)
+
+
+def _journaled_plan(text: str) -> ImportPlan | None:
+    """The folder settings journaled with a fileset; None if they cannot be read back."""
+    try:
+        return ImportPlan.from_json(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _log_gave_up(fid: str, key: str, user: str, attempts: int, reason: str, *, permanent: bool) -> None:

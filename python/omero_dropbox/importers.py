@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
+from omero_dropbox.folder_settings import ImportPlan, without_target
 from omero_dropbox.journal import display_path, open_private
 
 __all__ = [
@@ -99,7 +100,9 @@ LOG_TAIL_BYTES = 64 * 1024
 START_MARK = "***** start of output from importer-cli to stderr *****"
 END_MARK = "***** end of output from importer-cli *****"
 
-PLACEHOLDERS = frozenset({"user", "key", "files", "fileset", "attempt", "interrupted"})
+PLACEHOLDERS = frozenset({"user", "key", "files", "fileset", "attempt", "interrupted", "target_args"})
+#: Placeholders that expand to any number of arguments, so must be an argument of their own.
+_WHOLE = ("{files}", "{target_args}")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -124,6 +127,13 @@ class ImportRequest:
     format: str
     attempt: int = 1
     interrupted: bool = False
+    #: The folder settings (``dropbox.toml``) in force when the fileset was queued; None only
+    #: while it is being read back (the queue refuses a fileset whose plan cannot be).
+    plan: ImportPlan | None = field(default_factory=ImportPlan)
+
+    @property
+    def settings(self) -> ImportPlan:
+        return self.plan if self.plan is not None else ImportPlan()
 
 
 @dataclass(frozen=True)
@@ -644,8 +654,12 @@ class CommandImporter(BaseImporter):
     ``{fileset}``, ``{attempt}`` (1, 2, ...) and ``{interrupted}`` (``1`` when the previous
     attempt was cut off by a crash or restart of the service and may have imported the
     fileset already, else ``0``); ``{files}`` must be a whole argument and expands to one
-    argument per file.  The program also gets ``$OMERO_DROPBOX_ATTEMPT``,
-    ``$OMERO_DROPBOX_INTERRUPTED`` and ``$OMERO_DROPBOX_FILESET`` in its environment.
+    argument per file; ``{target_args}``, also a whole argument, expands to the ``omero
+    import`` arguments of the folder settings (``-T Dataset:name:run42``, allowed extra
+    options; nothing without settings).  The program also gets ``$OMERO_DROPBOX_ATTEMPT``,
+    ``$OMERO_DROPBOX_INTERRUPTED``, ``$OMERO_DROPBOX_FILESET`` and ``$OMERO_DROPBOX_PLAN`` (the
+    folder settings as JSON: target, group, key-value pairs, tags; ``{}`` without) in its
+    environment: attaching key-value pairs and tags is the program's to do.
     Other ``{name}`` placeholders are an error; braces not of the form
     ``{identifier}`` are kept literally.  Arguments reach the program as the exact
     bytes of the paths (``os.fsencode``).  Example::
@@ -676,14 +690,15 @@ class CommandImporter(BaseImporter):
             raise ImporterConfigError(
                 f"importer command {template!r} uses unknown placeholder(s) "
                 f"{', '.join('{' + u + '}' for u in unknown)}; "
-                f"allowed: {{user}}, {{key}}, {{files}}, {{fileset}}, {{attempt}}, {{interrupted}}"
+                "allowed: {user}, {key}, {files}, {fileset}, {attempt}, {interrupted}, {target_args}"
             )
         for a in argv:
-            if "{files}" in a and a != "{files}":
-                raise ImporterConfigError(
-                    f"importer command {template!r}: {{files}} must be an argument of its own "
-                    f"(it expands to one argument per file), not part of {a!r}"
-                )
+            for whole in _WHOLE:
+                if whole in a and a != whole:
+                    raise ImporterConfigError(
+                        f"importer command {template!r}: {whole} must be an argument of its own "
+                        f"(it expands to any number of arguments), not part of {a!r}"
+                    )
         if "{" in argv[0] and _PLACEHOLDER.search(argv[0]):
             raise ImporterConfigError(
                 f"importer command {template!r}: the program name cannot be a placeholder"
@@ -717,15 +732,30 @@ class CommandImporter(BaseImporter):
         for arg in self.template:
             if arg == "{files}":
                 out.extend(os.fsencode(f) for f in request.files)
+            elif arg == "{target_args}":
+                out.extend(os.fsencode(a) for a in self._target_args(request.settings))
             else:
                 out.append(os.fsencode(_PLACEHOLDER.sub(sub, arg)))
         return out
+
+    @staticmethod
+    def _target_args(plan: ImportPlan) -> list[str]:
+        if plan.needs_container:
+            # The CLI names no dataset inside a project; only the OMERO importer resolves it.
+            raise PermanentImportError(
+                f"the folder settings put this fileset in dataset {plan.dataset!r} of project "
+                f"{plan.project!r}, which {{target_args}} cannot express (omero import takes a "
+                "dataset id or a -T Dataset:name: target only); read $OMERO_DROPBOX_PLAN in the "
+                "importer command, or use --importer omero"
+            )
+        return plan.cli_args()
 
     def run(self, request: ImportRequest) -> ImportResult:
         env = dict(self.env if self.env is not None else os.environ)
         env["OMERO_DROPBOX_ATTEMPT"] = str(request.attempt)
         env["OMERO_DROPBOX_INTERRUPTED"] = "1" if request.interrupted else "0"
         env["OMERO_DROPBOX_FILESET"] = request.fileset_id
+        env["OMERO_DROPBOX_PLAN"] = request.settings.to_json()
         return self._runner.run(self.build_argv(request), self.template[0], env)
 
     def __repr__(self) -> str:
@@ -744,15 +774,38 @@ class SessionProvider(Protocol):
     :mod:`omero_dropbox.ice.sessions` has the real ones.
     """
 
-    def open_session(self, user: str) -> str: ...
+    def open_session(self, user: str, group: str | None = None) -> str:
+        """A session of ``user`` in OMERO group ``group`` (None: her default group)."""
+        ...
 
     def close_session(self, key: str) -> None: ...
+
+
+class OmeroSteps(Protocol):
+    """What the OMERO importer asks the server besides the import, in the user's session
+    (omero-py: :class:`omero_dropbox.ice.omero_steps.BlitzSteps`)."""
+
+    def dataset_in_project(self, session_key: str, project: str, dataset: str) -> int:
+        """The id of the user's dataset ``dataset`` in her project ``project``, both created
+        if missing."""
+        ...
+
+    def annotate(
+        self,
+        session_key: str,
+        objects: Sequence[str],
+        key_values: Sequence[tuple[str, str]],
+        tags: Sequence[str],
+    ) -> None:
+        """Attach one map annotation with ``key_values`` and the tags ``tags`` (the user's
+        own, created if missing) to each of ``objects`` (``"Image:12"``), in one transaction."""
+        ...
 
 
 class UnconfiguredSessionProvider:
     """No way to log in was configured: every import fails permanently, saying what to set."""
 
-    def open_session(self, user: str) -> str:
+    def open_session(self, user: str, group: str | None = None) -> str:
         raise NotImplementedError(
             "no OMERO session provider is configured: run inside OMERO (python -m "
             "omero_dropbox.ice.dropbox_service), or give omero-dropbox run --omero-admin-password-file; "
@@ -849,6 +902,7 @@ class OmeroImporter(BaseImporter):
         permanent_exit_codes: Iterable[int] = DEFAULT_PERMANENT_EXIT_CODES,
         kill_grace: float = 10.0,
         env: Mapping[str, str] | None = None,
+        steps: OmeroSteps | None = None,
     ) -> None:
         if not host:
             raise ImporterConfigError("omero.fs.host is empty; set it to the OMERO server name")
@@ -871,11 +925,19 @@ class OmeroImporter(BaseImporter):
         self.session_root = os.fspath(session_root) if session_root is not None else None
         self.timeout = timeout
         self.env = dict(env) if env is not None else None
+        self.steps = steps
         self._runner = _ProcessRunner(timeout, kill_grace, frozenset(permanent_exit_codes))
 
-    def cli_args(self, request: ImportRequest) -> list[str]:
-        """Arguments of ``omero`` *without* the session: ``-s H -p P import -- ...``."""
+    def cli_args(self, request: ImportRequest, dataset_id: int | None = None) -> list[str]:
+        """Arguments of ``omero`` *without* the session: ``-s H -p P import -- ...``.
+
+        The folder settings' arguments come after the site's ``importArgs``; a target they
+        choose replaces the site's (``-T``/``-d``/``-r`` are dropped from ``importArgs``).
+        ``dataset_id``: the dataset a project + dataset setting was resolved to.
+        """
         _check_absolute(request)
+        plan = request.settings
+        site = without_target(self.import_args) if plan.sets_target else list(self.import_args)
         return [
             "-s",
             self.host,
@@ -886,7 +948,8 @@ class OmeroImporter(BaseImporter):
             "--agent=dropbox",
             # A re-run after a crash: OMERO may hold the fileset already; skip what it has.
             *(["--exclude=clientpath"] if request.interrupted else []),
-            *self.import_args,
+            *site,
+            *plan.cli_args(dataset_id),
             request.key,
         ]
 
@@ -896,10 +959,10 @@ class OmeroImporter(BaseImporter):
         return ["omero", *args[:4], "-k", session_key, *args[4:]]
 
     def build_invocation(
-        self, request: ImportRequest, session_dir: str
+        self, request: ImportRequest, session_dir: str, dataset_id: int | None = None
     ) -> tuple[list[bytes], dict[str, str]]:
         """``(argv, env)`` of the CLI process; the key is only in the store at ``session_dir``."""
-        argv = [os.fsencode(self.omero), *(os.fsencode(a) for a in self.cli_args(request))]
+        argv = [os.fsencode(self.omero), *(os.fsencode(a) for a in self.cli_args(request, dataset_id))]
         env = {
             k: v
             for k, v in (self.env if self.env is not None else os.environ).items()
@@ -917,23 +980,40 @@ class OmeroImporter(BaseImporter):
                 "rename the file(s) to UTF-8 names and copy them in again",
                 transient=False,
             )
+        plan = request.settings
+        if plan.needs_container and self.steps is None:
+            return ImportResult.failure(
+                "the folder settings name a project and a dataset, which this OMERO importer cannot "
+                "resolve (it has no omero-py steps)",
+                transient=False,
+            )
+        who = display(request.user) + (f" in group {plan.group!r}" if plan.group else "")
         try:
-            key = self.sessions.open_session(request.user)
+            key = self.sessions.open_session(request.user, group=plan.group)
         except NotImplementedError as e:
             return ImportResult.failure(str(e), transient=False)
         except PermanentImportError as e:
-            return ImportResult.failure(f"cannot log in as {display(request.user)}: {e}", transient=False)
+            return ImportResult.failure(f"cannot log in as {who}: {e}", transient=False)
         except Exception as e:
-            return ImportResult.failure(
-                f"cannot log in as {display(request.user)}: {_exc_text(e)}", transient=True
-            )
+            return ImportResult.failure(f"cannot log in as {who}: {_exc_text(e)}", transient=True)
         store = None
         try:
+            dataset_id = None
+            if plan.needs_container and self.steps is not None:
+                assert plan.project is not None and plan.dataset is not None
+                try:
+                    dataset_id = self.steps.dataset_in_project(key, plan.project, plan.dataset)
+                except Exception as e:
+                    return ImportResult.failure(
+                        f"cannot find or create dataset {plan.dataset!r} in project {plan.project!r} "
+                        f"as {who}: {_exc_text(e)}",
+                        transient=True,
+                    )
             if self.session_root is not None:
                 os.makedirs(self.session_root, mode=0o700, exist_ok=True)
             store = tempfile.mkdtemp(prefix="omero-session-", dir=self.session_root)
             write_session_store(store, self.host, self.port, request.user, key)
-            argv, env = self.build_invocation(request, store)
+            argv, env = self.build_invocation(request, store, dataset_id)
             return self._runner.run(argv, "omero", env, redact=[key])
         except OSError as e:
             return ImportResult.failure(f"cannot prepare the OMERO session store: {e}", transient=True)
@@ -944,6 +1024,27 @@ class OmeroImporter(BaseImporter):
                 self.sessions.close_session(key)
             except Exception as e:
                 log.warning("Could not close the session of %s: %s", display(request.user), type(e).__name__)
+
+    def annotate(self, user: str, plan: ImportPlan, objects: Sequence[str]) -> None:
+        """Attach ``plan``'s key-value pairs and tags to ``objects`` in a session of ``user``
+        (the :class:`~omero_dropbox.annotations.Annotator` of the OMERO importer)."""
+        from omero_dropbox.annotations import AnnotationError
+
+        if self.steps is None:
+            raise AnnotationError("this OMERO importer has no omero-py steps to attach them", final=True)
+        try:
+            key = self.sessions.open_session(user, group=plan.group)
+        except PermanentImportError as e:
+            raise AnnotationError(f"cannot log in as {display(user)}: {e}", final=True) from None
+        except Exception as e:
+            raise AnnotationError(f"cannot log in as {display(user)}: {_exc_text(e)}") from None
+        try:
+            self.steps.annotate(key, objects, plan.key_values, plan.tags)
+        finally:
+            try:
+                self.sessions.close_session(key)
+            except Exception as e:
+                log.warning("Could not close the session of %s: %s", display(user), type(e).__name__)
 
     def __repr__(self) -> str:
         return (

@@ -104,7 +104,7 @@ __all__ = [
 log = logging.getLogger("omero_dropbox.journal")
 
 DB_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # PRAGMA application_id: "ODBX".  Lets us tell "some other SQLite file" from a journal.
 APPLICATION_ID = 0x4F444258
 
@@ -200,6 +200,7 @@ class FilesetRecord:
     updated: float
     started: float | None
     finished: float | None
+    plan: str = ""  # folder settings in force when queued (folder_settings.ImportPlan JSON)
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,23 @@ CREATE INDEX filesets_user_updated ON filesets(user, updated)
 """
 
 
+# Version 5: the folder settings in force when each fileset was queued (``plan``, the JSON of
+# folder_settings.ImportPlan; '' for none), and the attaching of its key-value pairs and tags
+# after the import (``annotations``): ``pending`` when the import is journaled, ``done``, or
+# ``failed`` with the reason (retried at start and periodically while it may still work).
+_SCHEMA_V5 = """
+ALTER TABLE filesets ADD COLUMN plan TEXT NOT NULL DEFAULT '';
+CREATE TABLE annotations (
+    fileset_id TEXT PRIMARY KEY REFERENCES filesets(id),
+    state      TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+    reason     TEXT NOT NULL DEFAULT '',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated    REAL NOT NULL
+);
+CREATE INDEX annotations_state ON annotations(state)
+"""
+
+
 # --- the journal ------------------------------------------------------------------------
 
 
@@ -547,6 +565,7 @@ class Journal:
                         + ([_SCHEMA_V2] if current < 2 else [])
                         + ([_SCHEMA_V3] if current < 3 else [])
                         + ([_SCHEMA_V4] if current < 4 else [])
+                        + ([_SCHEMA_V5] if current < 5 else [])
                     )
                     for script in steps:
                         for stmt in script.split(";"):
@@ -1019,7 +1038,7 @@ class Journal:
 
     _FS_COLS = (
         "id, user, key, format, state, attempts, last_error, next_attempt_at,"
-        " created, updated, started, finished"
+        " created, updated, started, finished, plan"
     )
 
     def _fileset(self, c: sqlite3.Connection, fid: str) -> FilesetRecord | None:
@@ -1046,6 +1065,7 @@ class Journal:
             updated=row[9],
             started=row[10],
             finished=row[11],
+            plan=row[12],
         )
 
     def _filesets(self, c: sqlite3.Connection, where: str, args: Sequence[object]) -> list[FilesetRecord]:
@@ -1095,7 +1115,7 @@ class Journal:
                 return old
             if old is None:
                 c.execute(
-                    f"INSERT INTO filesets({self._FS_COLS}) VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL)",
+                    f"INSERT INTO filesets({self._FS_COLS}) VALUES (?,?,?,?,?,0,'',NULL,?,?,NULL,NULL,'')",
                     (fileset_id, column_text(user), path_blob(key), column_text(fmt), WAITING, now, now),
                 )
                 state = WAITING
@@ -1272,7 +1292,9 @@ class Journal:
 
     # -- the import queue (queue_store.QueueStore) ----------------------------------------
 
-    def enqueue(self, fileset_id: str, reason: str, *, requeue: bool = False) -> FilesetState:
+    def enqueue(
+        self, fileset_id: str, reason: str, *, requeue: bool = False, plan: str | None = None
+    ) -> FilesetState:
         """Put a fileset in the import queue: the one way work enters it.  Returns the state
         the fileset was in.
 
@@ -1280,7 +1302,8 @@ class Journal:
         ``failed`` and ``skipped`` move too, and ``attempts`` starts again from 0.  Anything
         else is left as it is, so asking twice is harmless: ``queued`` and ``importing`` are
         in the queue already, ``imported`` is never imported again.  An unknown id raises
-        :class:`JournalError`.
+        :class:`JournalError`.  ``plan`` (the folder settings in force, as JSON) is stored
+        with a fileset that moves.
         """
         movable = {FilesetState.WAITING}
         if requeue:
@@ -1292,6 +1315,8 @@ class Journal:
             state = FilesetState(row[0])
             if state in movable:
                 self._transition(c, fileset_id, FilesetState.QUEUED, reason, None, time.time())
+                if plan is not None:
+                    c.execute("UPDATE filesets SET plan = ? WHERE id = ?", (plan, fileset_id))
                 if requeue:
                     c.execute("UPDATE filesets SET attempts = 0 WHERE id = ?", (fileset_id,))
             return state
@@ -1693,18 +1718,8 @@ class Journal:
                 " WHERE fileset_id = ?",
                 (state, stored_reason(reason), time.time(), fileset_id),
             )
-            row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
-            if row is not None and state != "pending":
-                self._history(
-                    c,
-                    "fileset",
-                    fileset_id,
-                    row[0],
-                    old_state=row[0],
-                    path=blob_path(row[2]),
-                    user=row[1],
-                    reason=f"after import: {reason}",
-                )
+            if state != "pending":
+                self._note(c, fileset_id, f"after import: {reason}")
 
     def after_import_pending(self) -> list[tuple[str, str, int]]:
         """``(fileset id, action, attempts)`` of every action not yet run to the end."""
@@ -1722,6 +1737,83 @@ class Journal:
                 "SELECT state, reason FROM after_import WHERE fileset_id = ?", (fileset_id,)
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
+
+    def _note(self, c: sqlite3.Connection, fileset_id: str, reason: str) -> None:
+        """A history entry for a fileset that keeps its state (what happened after its import)."""
+        row = c.execute("SELECT state, user, key FROM filesets WHERE id = ?", (fileset_id,)).fetchone()
+        if row is not None:
+            self._history(
+                c,
+                "fileset",
+                fileset_id,
+                row[0],
+                old_state=row[0],
+                path=blob_path(row[2]),
+                user=row[1],
+                reason=reason,
+            )
+
+    # -- key-value pairs and tags attached after the import (dropbox.toml) -----------------
+
+    def annotations_begin(self, fileset_id: str) -> bool:
+        """Note that an imported fileset's annotations are due (False: noted before)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO annotations(fileset_id, state, updated) VALUES (?,?,?)",
+                (fileset_id, "pending", time.time()),
+            )
+            return cur.rowcount == 1
+
+    def annotations_end(self, fileset_id: str, *, done: bool, final: bool, reason: str) -> None:
+        """Record an attempt: ``done``; ``failed`` for good (``final``); else still pending."""
+        state = "done" if done else "failed" if final else "pending"
+        with self._tx() as c:
+            c.execute(
+                "UPDATE annotations SET state = ?, reason = ?, attempts = attempts + 1, updated = ?"
+                " WHERE fileset_id = ?",
+                (state, stored_reason(reason), time.time(), fileset_id),
+            )
+            # A change the user's report shows (it is rewritten when her filesets change).
+            c.execute("UPDATE filesets SET updated = ? WHERE id = ?", (time.time(), fileset_id))
+            self._note(c, fileset_id, f"annotations: {reason}")
+
+    def annotations_pending(self) -> list[tuple[str, int, float]]:
+        """``(fileset id, attempts, last change)`` of every fileset whose annotations are
+        still to attach, oldest first."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT fileset_id, attempts, updated FROM annotations WHERE state = 'pending'"
+                " ORDER BY updated"
+            ).fetchall()
+        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+    def annotations_failed(self) -> list[str]:
+        """Fileset ids whose annotations failed for good (for ``retry --all-failed``)."""
+        with self._read() as c:
+            rows = c.execute("SELECT fileset_id FROM annotations WHERE state = 'failed'").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def annotations_state(self, fileset_id: str) -> tuple[str, str] | None:
+        """``(state, reason)`` of a fileset's annotations, if it has any to attach."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT state, reason FROM annotations WHERE fileset_id = ?", (fileset_id,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def annotations_retry(self, fileset_id: str, actor: str) -> bool:
+        """An operator's retry of failed annotations (False: none failed); the history says
+        who asked.  A running service attaches them within seconds, else the next start."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE annotations SET state = 'pending', attempts = 0, updated = ?,"
+                " reason = 'retry requested' WHERE fileset_id = ? AND state = 'failed'",
+                (time.time(), fileset_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._note(c, fileset_id, f"annotations: retry requested by {actor}")
+            return True
 
     def objects_of(self, fileset_ids: Iterable[str]) -> dict[str, list[str]]:
         """``{fileset id: ["Image:12", ...]}`` as noted by :meth:`record_objects` (latest note wins)."""

@@ -858,6 +858,24 @@ PROPERTIES: tuple[Property, ...] = (
         note="Off by default because upstream never writes into the users' folders.",
     ),
     _ng(
+        "folderSettings",
+        "folder_settings",
+        Bool(),
+        "true",
+        "Read dropbox.toml files in the users' folders: the target (dataset, project + dataset, "
+        "screen or a -T template), OMERO group, key-value pairs and tags of the filesets below "
+        "(docs/for-scientists.md). A bad file keeps its folder's filesets waiting with the reason.",
+        note="Files of that name are never imported, whether this is on or off.",
+    ),
+    _ng(
+        "folderImportArgs",
+        "folder_import_args",
+        Items(),
+        "",
+        "Import options (such as --skip,--checksum-algorithm) a dropbox.toml may add with "
+        "import_args; any other option there is refused. Empty: none.",
+    ),
+    _ng(
         "logDir",
         "log_dir",
         PathKind(),

@@ -103,6 +103,10 @@ class UserReports:
                 links = [omero_web_link(self.omero_web, o) for o in objects.get(rec.id, [])]
                 link = next((x for x in links if x), None)
             reason = rec.last_error if state == "failed" else ""
+            if state == "imported" and rec.plan:
+                attached = self.journal.annotations_state(rec.id)
+                if attached is not None and attached[0] != "done":
+                    reason = attached[1] or "key-value pairs and tags: not attached yet"
             entries.append(ReportEntry(state, rec.key, len(rec.members), rec.updated, reason, link=link))
         try:
             write_report(user, entries, trusted=trusted, root=root, now=wall)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from omero_dropbox.folder_settings import ImportPlan
 from omero_dropbox.importers import (
     DEFAULT_PERMANENT_EXIT_CODES,
     END_MARK,
@@ -323,3 +325,53 @@ def test_as_importer() -> None:
 
 
 # The OMERO importer is tested in test_omero_importer.py.
+
+
+# --- command importer: folder settings ------------------------------------------------
+
+
+def test_target_args_expand_to_the_folder_targets_and_the_plan_reaches_the_environment(
+    tmp_path: Path,
+) -> None:
+    plan = ImportPlan(
+        dataset="Mitosis",
+        target="Dataset:name:Mitosis",
+        group="lab",
+        key_values=(("Stain", "DAPI"),),
+        import_args=("--skip=thumbnails",),
+    )
+    req = dataclasses.replace(_req(["/d/amy/a.tif"]), plan=plan)
+    imp = CommandImporter(["imp", "{target_args}", "--", "{files}"])
+    assert imp.build_argv(req) == [
+        b"imp",
+        b"-T",
+        b"Dataset:name:Mitosis",
+        b"--skip=thumbnails",
+        b"--",
+        b"/d/amy/a.tif",
+    ]
+    assert imp.build_argv(_req(["/d/amy/a.tif"])) == [b"imp", b"--", b"/d/amy/a.tif"]  # no settings
+
+    out = tmp_path / "plan.json"
+    script = tmp_path / "show-plan"
+    script.write_text(
+        f"#!{sys.executable}\nimport os\nopen({str(out)!r}, 'w').write(os.environ['OMERO_DROPBOX_PLAN'])\n"
+    )
+    script.chmod(0o755)
+    assert CommandImporter([str(script)])(req).ok
+    got = json.loads(out.read_text())
+    assert got["group"] == "lab" and got["key_values"] == [["Stain", "DAPI"]]
+    assert ImportPlan.from_json(out.read_text()) == plan
+
+
+def test_target_args_cannot_name_a_dataset_in_a_project_and_say_what_to_use() -> None:
+    req = dataclasses.replace(_req(["/d/amy/a.tif"]), plan=ImportPlan(project="Cells", dataset="Day 1"))
+    with pytest.raises(PermanentImportError, match=r"OMERO_DROPBOX_PLAN.*--importer omero"):
+        CommandImporter(["imp", "{target_args}", "{files}"]).build_argv(req)
+    # Without {target_args} the program reads the plan itself: nothing is refused.
+    assert CommandImporter(["imp", "{files}"]).build_argv(req) == [b"imp", b"/d/amy/a.tif"]
+
+
+def test_target_args_must_be_an_argument_of_its_own() -> None:
+    with pytest.raises(ImporterConfigError, match="must be an argument of its own"):
+        CommandImporter("imp --x={target_args} {files}")

@@ -528,5 +528,5 @@ def test_a_version_1_journal_is_upgraded_in_place_and_keeps_what_it_knew(tmp_pat
         journal.set_seen_mtime(rec.id, 42)
         assert journal.seen_mtime(rec.id) == 42
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 5
     conn.close()

@@ -15,10 +15,13 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from omero_dropbox.annotations import AnnotationError
+from omero_dropbox.folder_settings import ImportPlan
 from omero_dropbox.importers import (
     ImportRequest,
     OmeroImporter,
@@ -66,12 +69,14 @@ class FakeSessions:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.opened: list[str] = []
+        self.groups: list[str | None] = []
         self.closed: list[str] = []
 
-    def open_session(self, user: str) -> str:
+    def open_session(self, user: str, group: str | None = None) -> str:
         if self.error:
             raise self.error
         self.opened.append(user)
+        self.groups.append(group)
         return KEY
 
     def close_session(self, key: str) -> None:
@@ -417,3 +422,89 @@ def test_a_rerun_after_a_crash_skips_what_omero_already_has_fake_omero(fake_omer
         argv = json.loads(fake_omero.read_text())["argv"]
         assert ("--exclude=clientpath" in argv) == excluded, argv
         assert argv[argv.index("--") + 1] == "--agent=dropbox" and argv[-1] == "/drop/amy/a.tif"
+
+
+class RecordedSteps:
+    """Stands in for omero-py's steps against a server (none can run here)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[object, ...]] = []
+
+    def dataset_in_project(self, session_key: str, project: str, dataset: str) -> int:
+        if self.error:
+            raise self.error
+        self.calls.append(("dataset_in_project", session_key, project, dataset))
+        return 77
+
+    def annotate(
+        self,
+        session_key: str,
+        objects: Sequence[str],
+        key_values: Sequence[tuple[str, str]],
+        tags: Sequence[str],
+    ) -> None:
+        if self.error:
+            raise self.error
+        self.calls.append(("annotate", session_key, tuple(objects), tuple(key_values), tuple(tags)))
+
+
+def _planned(plan: ImportPlan) -> ImportRequest:
+    return dataclasses.replace(_req(["/drop/amy/run/a.tif"]), plan=plan)
+
+
+def test_folder_settings_choose_group_and_target_over_the_sites_fake_omero_server(fake_omero: Path) -> None:
+    sessions, steps = FakeSessions(), RecordedSteps()
+    imp = OmeroImporter(
+        "localhost", 4064, sessions, "-T Dataset:name:site --skip=all", steps=steps, session_root=None
+    )
+    result = imp(_planned(ImportPlan(dataset="Mitosis", target="Dataset:name:Mitosis", group="lab")))
+    assert result.ok, result
+    argv = json.loads(fake_omero.read_text())["argv"]
+    # The site's -T is dropped (one target, the folder's); its other options stay.
+    assert argv[-4:] == ["--skip=all", "-T", "Dataset:name:Mitosis", "/drop/amy/run/a.tif"]
+    assert "Dataset:name:site" not in argv
+    assert sessions.groups == ["lab"]
+
+    # Project + dataset: the dataset is found or created in the user's session first, then
+    # the import goes to it by id.
+    result = imp(_planned(ImportPlan(project="Cells", dataset="Day 1")))
+    assert result.ok, result
+    assert steps.calls == [("dataset_in_project", KEY, "Cells", "Day 1")]
+    assert json.loads(fake_omero.read_text())["argv"][-3:] == ["-d", "77", "/drop/amy/run/a.tif"]
+
+
+def test_folder_settings_failures_name_the_group_or_the_dataset_fake_omero_server(fake_omero: Path) -> None:
+    refused = FakeSessions(PermanentImportError("not a member of group 'other-lab'"))
+    result = OmeroImporter("localhost", 4064, refused, "", steps=RecordedSteps())(
+        _planned(ImportPlan(group="other-lab"))
+    )
+    assert not result.ok and not result.transient
+    assert "cannot log in as amy in group 'other-lab'" in result.reason and "not a member" in result.reason
+
+    down = OmeroImporter(
+        "localhost", 4064, FakeSessions(), "", steps=RecordedSteps(ConnectionError("refused"))
+    )
+    result = down(_planned(ImportPlan(project="Cells", dataset="Day 1")))
+    assert not result.ok and result.transient
+    assert "cannot find or create dataset 'Day 1' in project 'Cells'" in result.reason
+    assert not fake_omero.exists()  # nothing was imported anywhere else meanwhile
+
+    no_steps = OmeroImporter("localhost", 4064, FakeSessions(), "")
+    result = no_steps(_planned(ImportPlan(project="Cells", dataset="Day 1")))
+    assert not result.ok and not result.transient and "project and a dataset" in result.reason
+
+
+def test_annotate_attaches_in_the_users_session_in_her_group_fake_omero_server() -> None:
+    sessions, steps = FakeSessions(), RecordedSteps()
+    imp = OmeroImporter("localhost", 4064, sessions, "", steps=steps)
+    plan = ImportPlan(group="lab", key_values=(("Stain", "DAPI"),), tags=("confocal",))
+    imp.annotate("amy", plan, ["Image:1", "Image:2"])
+    assert steps.calls == [("annotate", KEY, ("Image:1", "Image:2"), (("Stain", "DAPI"),), ("confocal",))]
+    assert sessions.opened == ["amy"] and sessions.groups == ["lab"] and sessions.closed == [KEY]
+
+    with pytest.raises(AnnotationError) as info:
+        OmeroImporter(
+            "localhost", 4064, FakeSessions(PermanentImportError("no such user")), "", steps=steps
+        ).annotate("amy", plan, ["Image:1"])
+    assert info.value.final and "cannot log in as amy" in str(info.value)

@@ -207,9 +207,11 @@ def test_a_version_2_journal_is_migrated_and_its_queue_kept(tmp_path: Path) -> N
         assert j.claim_next(4102444800.0, worker="t", max_running=5).id == "later_b"  # type: ignore[union-attr]
         j.requeue("failed_b")
         assert j.after_import_pending() == []  # the version 4 table exists
+        assert j.annotations_pending() == []  # and the version 5 one
+        assert j.fileset_by_id("later_b").plan == ""  # type: ignore[union-attr]  # queued before settings
         assert j.enqueue("waiting_c", "complete") == FilesetState.WAITING
     conn = sqlite3.connect(tmp_path / journal_module.DB_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 5
     conn.close()
 
 

@@ -8,7 +8,10 @@ No OMERO server runs here, so the importer is one of three stand-ins, each named
 * ``"record"``: the in-process ``record`` importer (fast, for mass copies);
 * ``"script"``: :data:`SCRIPT_IMPORTER`, which behaves like ``omero import`` for the operator
   tests: it fails with exit 65 and a reason for names containing "bad" until :meth:`Service.allow`
-  is called, otherwise prints ``Image:<n>``; read back with :meth:`Service.imports`.
+  is called, otherwise prints ``Image:<n>``; read back with :meth:`Service.imports`;
+* ``"omero-standin"``: the real OMERO importer (``--importer omero``) with the server replaced by
+  the recorded stand-in of :mod:`tests.support.omero_standin`; read back with
+  :meth:`Service.omero_calls`.
   :meth:`Service.scripted` builds one with the operator tests' layout and timings.
 """
 
@@ -32,6 +35,7 @@ from tests.support.records import Record, read_records
 from tests.support.waiting import wait_for
 
 CLI = [sys.executable, "-m", "omero_dropbox.cli"]
+REPO = Path(__file__).resolve().parents[2]
 STARTED = "Started OMERO.fs DropBox client"
 
 RECORDER = textwrap.dedent(
@@ -155,6 +159,8 @@ class Service:
     def importer_command(self) -> list[str]:
         if self.importer == "record":
             return ["--importer", "record"]
+        if self.importer == "omero-standin":
+            return ["--importer", "omero"]
         if self.command is not None:
             return ["--importer-command", self.command]
         if self.importer == "script":
@@ -167,7 +173,10 @@ class Service:
 
     def argv(self) -> list[str]:
         props = {"watchDir": str(self.dropbox), **self.defaults, **self.props}
-        argv = [*CLI, "run", "--state-dir", str(self.state), "--log-level", self.log_level]
+        cli = (
+            [sys.executable, "-m", "tests.support.omero_standin"] if self.importer == "omero-standin" else CLI
+        )
+        argv = [*cli, "run", "--state-dir", str(self.state), "--log-level", self.log_level]
         for name, value in props.items():
             argv += ["-D", f"omero.fs.{name}={value}"]
         if self.users is not None:
@@ -178,6 +187,13 @@ class Service:
 
     def start(self, wait: bool = True) -> Service:
         env = dict(os.environ, RECORD_FILE=str(self.record), **self.env)
+        if self.importer == "omero-standin":
+            from tests.support.omero_standin import install_fake_omero
+
+            install_fake_omero(self.tmp / "bin")
+            env["PATH"] = f"{self.tmp / 'bin'}{os.pathsep}{env['PATH']}"
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+            env["OMERO_STANDIN_RECORD"] = str(self.omero_record)
         self._starts = self.text().count(STARTED)
         with open(self.log, "ab") as logf:
             # cwd: a name that a shell would run (`$(touch PWNED)`) would create its file here.
@@ -254,6 +270,15 @@ class Service:
     def records(self) -> list[Record]:
         """What the RECORDER or the ``record`` importer recorded."""
         return read_records(self.record)
+
+    @property
+    def omero_record(self) -> Path:
+        return self.tmp / "omero-standin.jsonl"
+
+    def omero_calls(self, call: str | None = None) -> list[dict[str, object]]:
+        """What the OMERO stand-in was asked (``call``: only that kind), in order."""
+        calls = [json.loads(line) for line in complete_lines(self.omero_record) if line.strip()]
+        return [c for c in calls if call is None or c.get("call") == call]
 
     def imports(self) -> list[str]:
         """The keys the script importer imported, in order."""

@@ -823,3 +823,27 @@ def test_ng_backend_notify_is_accepted() -> None:
     # notify's watcher on every OS: the adapter macOS and Windows use (README, "Backends").
     config = load_config(overrides=["omero.fs.ng.backend=Notify"])
     assert config.backend == "notify"
+
+
+def test_folder_settings_are_on_and_allow_no_import_options_by_default() -> None:
+    config = load_config()
+    assert config.folder_settings is True and config.folder_import_args == ()
+    config = load_config(overrides=["omero.fs.ng.folderImportArgs=--skip,--checksum-algorithm"])
+    assert config.folder_import_args == ("--skip", "--checksum-algorithm")
+
+
+@pytest.mark.parametrize(
+    ("value", "after", "expected"),
+    [
+        ("-T", "keep", "'-T' is not a long option name"),
+        ("--skip=all", "keep", "'--skip=all' is not a long option name"),
+        ("--transfer", "delete", "remove --transfer or set afterImport=keep"),
+    ],
+)
+def test_folder_import_args_that_could_hurt_are_refused_with_the_fix(
+    value: str, after: str, expected: str
+) -> None:
+    overrides = [f"omero.fs.ng.folderImportArgs={value}", f"omero.fs.ng.afterImport={after}"]
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    assert str(info.value).startswith("omero.fs.ng.folderImportArgs") and expected in str(info.value)

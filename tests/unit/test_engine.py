@@ -308,3 +308,23 @@ def test_a_fed_deletion_takes_a_waiting_file_out_and_a_move_brings_it_back(tmp_p
         assert not _run_until(box, lambda: len(imported) > 1, timeout=1.5)
     finally:
         box.shutdown(drain_timeout=10)
+
+
+def test_a_fileset_held_by_bad_settings_waits_with_the_reason_until_rechecked_or_settings_change() -> None:
+    s = Script()
+    fs = ics("a")
+    s.arrive(0.0, *fs.files)
+    s.group(0.0, [fs])
+    assert s.due(2.0) == ([fs.key], [])
+    # The engine found its dropbox.toml bad: back to the pool, asked again at t=62.
+    s.agg.block("amy", fs, "the folder settings cannot be used: bad", 62.0)
+    assert s.due(30.0) == ([], [])
+    [(key, n, why, until)] = s.agg.waiting("amy", 30.0, WAITS)
+    assert (key, n, until) == (fs.key, 2, 62.0) and "folder settings cannot be used" in why
+    assert s.due(62.0) == ([fs.key], [])  # the recheck
+    s.agg.block("amy", fs, "still bad", 122.0)
+    # The settings file was edited: its folder is active, the hold is lifted, and the fileset
+    # goes after the usual quiet wait rather than at the next minute.
+    s.agg.touch("amy", f"{ROOT}/dropbox.toml", ROOT, 70.0)
+    assert s.due(71.0) == ([], [])
+    assert s.due(72.0) == ([fs.key], [])

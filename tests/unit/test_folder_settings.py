@@ -17,6 +17,7 @@ from omero_dropbox.folder_settings import (
     SettingsLimits,
     parse_settings,
     plan_for,
+    without_target,
 )
 
 ALLOWED = ("--skip", "--checksum-algorithm")
@@ -190,3 +191,30 @@ def test_the_journaled_form_holds_what_was_in_force(tmp_path: Path) -> None:
     assert plan(watch, root, root).to_json() == (
         f'{{"dataset": "D", "group": "lab", "sources": ["{src}"], "target": "Dataset:name:D"}}'
     )
+
+
+def test_the_journaled_plan_reads_back_as_the_same_plan(tmp_path: Path) -> None:
+    watch, root = tree(tmp_path)
+    put(
+        root,
+        'group = "lab"\ntags = ["a", "b"]\nimport_args = ["--skip=thumbnails"]\n'
+        '[target]\nproject = "P"\ndataset = "D"\n[key_values]\nStain = "DAPI"\n',
+    )
+    p = plan(watch, root, root)
+    assert ImportPlan.from_json(p.to_json()) == p
+    assert ImportPlan.from_json("") == ImportPlan()
+    assert p.annotates and p.sets_target and p.needs_container
+
+
+@pytest.mark.parametrize(
+    ("site", "kept"),
+    [
+        (["-T", "Dataset:name:site", "--skip=all"], ["--skip=all"]),
+        (["-TDataset:name:site", "--skip", "all"], ["--skip", "all"]),
+        (["--target=Dataset:name:site", "-d", "7", "-r", "9", "--debug=WARN"], ["--debug=WARN"]),
+        (["-d7", "--checksum-algorithm=File-Size-64"], ["--checksum-algorithm=File-Size-64"]),
+        (["--depth", "4"], ["--depth", "4"]),
+    ],
+)
+def test_a_folder_target_replaces_the_sites_target_options(site: list[str], kept: list[str]) -> None:
+    assert without_target(site) == kept

@@ -28,18 +28,20 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omero_dropbox.config import DEFAULT_USER, DropBoxConfig
 from omero_dropbox.engine import UserDirectory
+from omero_dropbox.folder_settings import ImportPlan
 from omero_dropbox.ice import load_slice
 from omero_dropbox.importers import (
     BaseImporter,
     ImportRequest,
     ImportResult,
     OmeroImporter,
+    OmeroSteps,
     PermanentImportError,
     SessionProvider,
 )
@@ -151,7 +153,12 @@ class UserSessions(UserDirectory):
 
     # ---------------------------------------------------------- sessions
 
-    def open_session(self, user: str) -> str:
+    def open_session(self, user: str, group: str | None = None) -> str:
+        """A session of ``user`` in ``group`` (a folder's settings), else her default group.
+
+        OMERO refuses a group the user is not a member of; that fails the import for good,
+        with the server's reason.
+        """
         _, omero = _omero()
         if not self.exists(user):
             raise PermanentImportError(f"user unknown: there is no OMERO user named {user!r}")
@@ -159,7 +166,8 @@ class UserSessions(UserDirectory):
         def create(sf: Any) -> Any:
             principal = omero.sys.Principal()
             principal.name = user
-            principal.group = "user"  # the server maps this to the user's default group
+            # "user" is the server's name for the user's default group.
+            principal.group = group if group else "user"
             principal.eventType = "User"
             return sf.getSessionService().createSessionWithTimeouts(
                 principal, self.time_to_live_ms, self.time_to_idle_ms
@@ -168,8 +176,16 @@ class UserSessions(UserDirectory):
         try:
             session = self._call(create)
         except omero.ApiUsageException as exc:
-            raise PermanentImportError(f"cannot create a session for {user!r}: {exc.message}") from None
+            where = f" in group {group!r}" if group else ""
+            raise PermanentImportError(
+                f"cannot create a session for {user!r}{where}: {exc.message}"
+            ) from None
         except omero.SecurityViolation as exc:
+            if group:
+                raise PermanentImportError(
+                    f"OMERO refused a session for {user!r} in group {group!r} ({exc.message}); "
+                    f"is {user} a member of {group}? Fix the group in the folder's dropbox.toml"
+                ) from None
             raise PermanentImportError(
                 f"the admin session may not create sessions for {user!r} ({exc.message}); "
                 "use root or an administrator with the Sudo privilege"
@@ -333,6 +349,9 @@ class PerUserOmeroImporter(BaseImporter):
     def __call__(self, request: ImportRequest) -> ImportResult:
         return self.by_entry.get(request.user, self._fallback)(request)
 
+    def annotate(self, user: str, plan: ImportPlan, objects: Sequence[str]) -> None:
+        self.by_entry.get(user, self._fallback).annotate(user, plan, objects)
+
     @property
     def sessions(self) -> SessionProvider:
         return self._fallback.sessions
@@ -347,8 +366,15 @@ def omero_importer_for(
     *,
     omero: str | None = None,
     session_root: Path | None = None,
+    steps: OmeroSteps | None = None,
 ) -> PerUserOmeroImporter:
-    """The OMERO importer for ``config``: host, port, per-entry ``importArgs``, ``importTimeout``."""
+    """The OMERO importer for ``config``: host, port, per-entry ``importArgs``, ``importTimeout``;
+    ``steps`` (default: omero-py's, :class:`~omero_dropbox.ice.omero_steps.BlitzSteps`) resolve a
+    project's dataset and attach key-value pairs and tags for the folder settings."""
+    if steps is None:
+        from omero_dropbox.ice.omero_steps import BlitzSteps
+
+        steps = BlitzSteps(config.host, config.port)
     return PerUserOmeroImporter(
         {
             u.import_user: OmeroImporter(
@@ -359,6 +385,7 @@ def omero_importer_for(
                 omero=omero,
                 session_root=session_root,
                 timeout=config.import_timeout or None,
+                steps=steps,
             )
             for u in config.users
         }
