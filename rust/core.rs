@@ -381,6 +381,8 @@ pub struct Core {
     pending_from: HashMap<usize, (PathBuf, Instant)>,
     /// Directories renamed under notify's inotify lately (from, to, when): see [`Core::current_name`].
     renamed_dirs: Vec<(PathBuf, PathBuf, Instant)>,
+    // Directories moved under notify's recursive watch, listed again at the given time.
+    relist_after: Vec<(PathBuf, Instant)>,
     rescan_needed: bool,
     out: Vec<OutEvent>,
     logs: Vec<(u8, String)>,
@@ -609,6 +611,7 @@ impl Core {
             clock: Clock::new(Instant::now()),
             pending_from: HashMap::new(),
             renamed_dirs: Vec::new(),
+            relist_after: Vec::new(),
             rescan_needed: false,
             out: Vec::new(),
             logs: Vec::new(),
@@ -1602,11 +1605,11 @@ impl Core {
                 // read the move by the old paths until it re-watches the new ones ...
                 self.renamed_dirs
                     .push((from.to_path_buf(), to.to_path_buf(), self.now));
-                // ... and, re-watching it after handing us the move, may miss what comes
-                // meanwhile: watch it now, then list it.
-                if let Some(w) = self.native.as_mut() {
-                    let _ = w.watch(to, RecursiveMode::Recursive);
-                }
+                // ... and re-watches it only after handing us the move, so what happens in it
+                // meanwhile may never be told: list it again once notify has caught up. (Adding
+                // our own watch now races with notify removing the old name's watch, which
+                // shares the inode's descriptor, and loses events for good.)
+                self.relist_after.push((to.to_path_buf(), self.now + STALE_NAMES));
             }
             self.rewalk(to);
             return;
@@ -1618,6 +1621,40 @@ impl Core {
         self.emit(Kind::Moved, to.to_path_buf(), Some(from.to_path_buf()), true);
         // Re-watch under the new name and pick up anything created meanwhile.
         self.rewalk(to);
+    }
+
+    /// After a directory moved under notify's recursive watch: notify may drop the events
+    /// queued inside it while it re-watches it (a file deleted there right after the move),
+    /// so what is tracked below the new name but no longer on disk is forgotten, reported
+    /// deleted if it was reported. O(tracked files); only the notify backend pays it.
+    fn forget_vanished_under(&mut self, top: &Path) {
+        let gone: Vec<FileKey> = self
+            .files
+            .keys()
+            .filter(|p| p.starts_with(top) && std::fs::symlink_metadata(p).is_err())
+            .cloned()
+            .collect();
+        for f in gone {
+            self.forget_file(&f);
+        }
+    }
+
+    /// Directories moved under notify's recursive watch whose re-listing is due.
+    fn relist_moved_dirs(&mut self) {
+        if self.relist_after.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relist_after)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        self.relist_after = later;
+        for (dir, _) in due {
+            if self.dirs.contains_key(k(dir.as_path())) {
+                self.rewalk(&dir);
+                self.forget_vanished_under(&dir);
+            }
+        }
     }
 
     /// Walk a moved directory (directories known already are listed, not watched again).
@@ -2149,6 +2186,10 @@ impl Core {
             } else {
                 wait.min(UNPAIRED_RENAME)
             };
+            let wait = match self.relist_after.iter().map(|(_, at)| *at).min() {
+                Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
             let wait = match self.poller.as_ref() {
                 Some(p) => wait.min(p.due().saturating_duration_since(Instant::now())),
                 None => wait,
@@ -2206,6 +2247,7 @@ impl Core {
             }
             self.poll_if_due();
             self.expire_unpaired_renames();
+            self.relist_moved_dirs();
             if self.rescan_needed {
                 self.rescan();
             }

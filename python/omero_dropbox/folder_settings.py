@@ -451,7 +451,22 @@ def _render(template: str, *, user: str, folder: str) -> str:
         "folder": os.path.basename(folder),
         "parent": os.path.basename(os.path.dirname(folder)),
     }
+    for name, value in parts.items():
+        if f"{{{name}}}" in template and not _is_plain_text(value):
+            # A folder name is the lab user's text too: it reaches OMERO as a dataset name.
+            raise SettingsError(
+                f"{display_path(folder)}: target.template uses {{{name}}}, and that folder name "
+                "is not plain text (a control character, or bytes that are not UTF-8); rename the folder"
+            )
     return re.sub(r"\{(folder|parent|user)\}", lambda m: parts[m.group(1)], template)
+
+
+def _is_plain_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the name, kept as surrogates
+        return False
+    return not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value)
 
 
 def plan_for(

@@ -218,3 +218,16 @@ def test_the_journaled_plan_reads_back_as_the_same_plan(tmp_path: Path) -> None:
 )
 def test_a_folder_target_replaces_the_sites_target_options(site: list[str], kept: list[str]) -> None:
     assert without_target(site) == kept
+
+
+@pytest.mark.parametrize("name", [b"run\n7", b"run\x1b[31m", b"caf\xe9"])
+def test_a_template_never_renders_a_folder_name_that_is_not_plain_text(tmp_path: Path, name: bytes) -> None:
+    watch, root = tree(tmp_path)
+    put(root, '[target]\ntemplate = "Dataset:name:{folder}"\n')
+    folder = os.path.join(root, os.fsdecode(name))
+    os.makedirs(os.fsencode(folder))
+    with pytest.raises(SettingsError, match="not plain text.*rename the folder"):
+        plan(watch, root, folder)
+    # The same folder is fine when the template does not use its name.
+    put(root, '[target]\ntemplate = "Dataset:name:{user}"\n')
+    assert plan(watch, root, folder).target == "Dataset:name:amy"
