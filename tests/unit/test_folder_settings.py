@@ -226,7 +226,7 @@ def test_a_template_never_renders_a_folder_name_that_is_not_plain_text(tmp_path:
     put(root, '[target]\ntemplate = "Dataset:name:{folder}"\n')
     folder = os.path.join(root, os.fsdecode(name))
     os.makedirs(os.fsencode(folder))
-    with pytest.raises(SettingsError, match="not plain text.*rename the folder"):
+    with pytest.raises(SettingsError, match=r"not plain text.*rename the folder"):
         plan(watch, root, folder)
     # The same folder is fine when the template does not use its name.
     put(root, '[target]\ntemplate = "Dataset:name:{user}"\n')
