@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from omero_dropbox import Watcher
+from tests.support.watching import require_backend
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify semantics")
 
@@ -113,8 +114,9 @@ class WatcherProcess:
         self.proc.wait(timeout=10)
 
 
-@pytest.fixture(params=["native", "notify"])
+@pytest.fixture(params=["native", "notify", "fanotify"])
 def watch(shm_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    require_backend(request.param)
     started: list[WatcherProcess] = []
 
     def start(**options: Any) -> WatcherProcess:
