@@ -288,35 +288,58 @@ const DENSE_WDS: usize = 1 << 20;
 #[derive(Default)]
 struct WdTable {
     dense: Vec<Option<Key>>,
+    /// fanotify's pseudo descriptors (counting down from `fan::FIRST_WD`, reused), by
+    /// [`fan::wd_index`].
+    fan: Vec<Option<Key>>,
     sparse: FxHashMap<i32, Key>,
+}
+
+/// Where a descriptor lives in [`WdTable`].
+enum Slot {
+    Dense(usize),
+    Fan(usize),
+    Sparse,
+}
+
+fn slot(wd: i32) -> Slot {
+    match usize::try_from(wd) {
+        Ok(i) if i < DENSE_WDS => Slot::Dense(i),
+        _ => match fan::wd_index(wd) {
+            Some(i) if i < DENSE_WDS => Slot::Fan(i),
+            _ => Slot::Sparse,
+        },
+    }
 }
 
 impl WdTable {
     fn get(&self, wd: i32) -> Option<&Key> {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => self.dense.get(i).and_then(Option::as_ref),
-            _ => self.sparse.get(&wd),
+        match slot(wd) {
+            Slot::Dense(i) => self.dense.get(i).and_then(Option::as_ref),
+            Slot::Fan(i) => self.fan.get(i).and_then(Option::as_ref),
+            Slot::Sparse => self.sparse.get(&wd),
         }
     }
 
     fn insert(&mut self, wd: i32, dir: Key) {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => {
-                if i >= self.dense.len() {
-                    self.dense.resize(i + 1, None);
-                }
-                self.dense[i] = Some(dir);
-            }
-            _ => {
+        let (table, i) = match slot(wd) {
+            Slot::Dense(i) => (&mut self.dense, i),
+            Slot::Fan(i) => (&mut self.fan, i),
+            Slot::Sparse => {
                 self.sparse.insert(wd, dir);
+                return;
             }
+        };
+        if i >= table.len() {
+            table.resize(i + 1, None);
         }
+        table[i] = Some(dir);
     }
 
     fn remove(&mut self, wd: i32) -> Option<Key> {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => self.dense.get_mut(i).and_then(Option::take),
-            _ => self.sparse.remove(&wd),
+        match slot(wd) {
+            Slot::Dense(i) => self.dense.get_mut(i).and_then(Option::take),
+            Slot::Fan(i) => self.fan.get_mut(i).and_then(Option::take),
+            Slot::Sparse => self.sparse.remove(&wd),
         }
     }
 
@@ -327,6 +350,12 @@ impl WdTable {
             if slot.as_ref().is_some_and(|d| d.starts_with(top)) {
                 *slot = None;
                 gone.push(i as i32);
+            }
+        }
+        for (i, slot) in self.fan.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|d| d.starts_with(top)) {
+                *slot = None;
+                gone.push(fan::FIRST_WD - i as i32);
             }
         }
         self.sparse.retain(|wd, d| {
@@ -340,10 +369,12 @@ impl WdTable {
     }
 
     fn shrink_to_fit(&mut self) {
-        while self.dense.last().is_some_and(Option::is_none) {
-            self.dense.pop();
+        for table in [&mut self.dense, &mut self.fan] {
+            while table.last().is_some_and(Option::is_none) {
+                table.pop();
+            }
+            table.shrink_to_fit();
         }
-        self.dense.shrink_to_fit();
     }
 }
 
@@ -2492,6 +2523,24 @@ mod tests {
         assert!(t.remove(9).is_none());
         t.shrink_to_fit();
         assert!(t.dense.is_empty());
+    }
+
+    #[test]
+    fn wd_table_keeps_fanotify_descriptors_apart_from_inotify_ones() {
+        let mut t = WdTable::default();
+        t.insert(2, Key::new(Path::new("/r/ino")));
+        t.insert(-2, Key::new(Path::new("/r/fan")));
+        t.insert(-3, Key::new(Path::new("/r/fan/sub")));
+        assert_eq!(t.get(2).map(|k| k.to_path_buf()), Some("/r/ino".into()));
+        assert_eq!(t.get(-2).map(|k| k.to_path_buf()), Some("/r/fan".into()));
+        assert!(t.get(-1).is_none() && t.get(-4).is_none() && t.get(i32::MIN).is_none());
+        assert!(t.sparse.is_empty(), "both kinds are dense");
+        let mut gone = t.remove_under(Path::new("/r/fan"));
+        gone.sort();
+        assert_eq!(gone, vec![-3, -2]);
+        assert_eq!(t.remove(2).map(|k| k.to_path_buf()), Some("/r/ino".into()));
+        t.shrink_to_fit();
+        assert!(t.dense.is_empty() && t.fan.is_empty());
     }
 
     #[test]

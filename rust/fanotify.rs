@@ -482,22 +482,49 @@ pub use imp::{fsid_of, handle_of, open_for_writing, open_path, path_of, wait_any
 
 /// Pseudo watch descriptors for fanotify directories count down from here, so that they
 /// never meet inotify's (positive) descriptors or `NO_WD` (-1) in the core's one table.
+/// Those of forgotten directories are handed out again, so the numbers stay dense.
 pub const FIRST_WD: i32 = -2;
 
 /// How many identifiers of directories that are not ours are remembered, so that events
 /// outside the roots cost one hash lookup each rather than a system call.
 const FOREIGN_MAX: usize = 65_536;
 
+/// Identifiers up to this long (fsid + file_handle header + handle: 24 bytes on ext4, 28 on
+/// tmpfs) are kept inside the table, without an allocation of their own.
+const INLINE: usize = 40;
+
+/// A followed directory: its identifier (inline) and its pseudo descriptor.
+struct Booked {
+    len: u8,
+    fid: [u8; INLINE],
+    wd: i32,
+}
+
+impl Booked {
+    fn fid(&self) -> &[u8] {
+        &self.fid[..usize::from(self.len)]
+    }
+}
+
+/// The index of a pseudo descriptor in dense tables.
+pub fn wd_index(wd: i32) -> Option<usize> {
+    usize::try_from(i64::from(FIRST_WD) - i64::from(wd)).ok()
+}
+
 /// The fanotify group and the directories the core follows, by file handle.
 pub struct FanWatch {
     pub fan: Fanotify,
-    /// Event identifier (fsid + handle) -> the directory's pseudo descriptor.
-    by_fid: FxHashMap<Box<[u8]>, i32>,
-    fid_of: FxHashMap<i32, Box<[u8]>>,
-    next_wd: i32,
+    /// Identifier -> pseudo descriptor, hashed with `hash_fid`.
+    table: hashbrown::HashTable<Booked>,
+    /// The rare identifiers longer than [`INLINE`].
+    long: FxHashMap<Box<[u8]>, i32>,
+    /// By [`wd_index`]: the identifier's hash, to find its booking again (0: none).
+    hashes: Vec<u64>,
+    /// Pseudo descriptors of forgotten directories, handed out again first.
+    free: Vec<i32>,
     /// Mount id -> fsid of every filesystem marked so far.
     marked: FxHashMap<i32, [u8; 8]>,
-    /// One O_PATH descriptor per marked filesystem, for `open_by_handle_at`.
+    /// One descriptor per marked filesystem, for `open_by_handle_at`.
     mount_fds: Vec<([u8; 8], OwnedFd)>,
     /// Identifiers `open_by_handle_at` could not place in a followed directory.
     foreign: FxHashSet<Box<[u8]>>,
@@ -505,13 +532,20 @@ pub struct FanWatch {
     may_open_handles: bool,
 }
 
+/// Never 0, which marks a free slot in `FanWatch::hashes`.
+fn hash_fid(fid: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(fid).max(1)
+}
+
 impl FanWatch {
     pub fn new() -> io::Result<Self> {
         Ok(FanWatch {
             fan: Fanotify::new()?,
-            by_fid: FxHashMap::default(),
-            fid_of: FxHashMap::default(),
-            next_wd: FIRST_WD,
+            table: hashbrown::HashTable::new(),
+            long: FxHashMap::default(),
+            hashes: Vec::new(),
+            free: Vec::new(),
             marked: FxHashMap::default(),
             mount_fds: Vec::new(),
             foreign: FxHashSet::default(),
@@ -538,31 +572,62 @@ impl FanWatch {
         let mut fid = Vec::with_capacity(8 + handle.bytes.len());
         fid.extend_from_slice(&fsid);
         fid.extend_from_slice(&handle.bytes);
-        if let Some(wd) = self.by_fid.get(fid.as_slice()) {
-            return Ok(*wd);
+        if let Some(wd) = self.wd_of(&fid) {
+            return Ok(wd);
         }
-        let wd = self.next_wd;
-        // (Two billion directories later the count starts again; by then the first are long gone.)
-        self.next_wd = if wd == i32::MIN { FIRST_WD } else { wd - 1 };
-        let fid: Box<[u8]> = fid.into_boxed_slice();
-        self.foreign.remove(&fid);
-        self.fid_of.insert(wd, fid.clone());
-        self.by_fid.insert(fid, wd);
+        let wd = match self.free.pop() {
+            Some(wd) => wd,
+            // (i32::MIN - FIRST_WD directories at once would be needed to run out.)
+            None => FIRST_WD.saturating_sub(i32::try_from(self.hashes.len()).unwrap_or(i32::MAX)),
+        };
+        let idx = wd_index(wd).unwrap_or(0);
+        if idx >= self.hashes.len() {
+            self.hashes.resize(idx + 1, 0);
+        }
+        if !self.foreign.is_empty() {
+            self.foreign.remove(fid.as_slice());
+        }
+        let hash = hash_fid(&fid);
+        self.hashes[idx] = hash;
+        if fid.len() <= INLINE {
+            let mut booked = Booked {
+                len: fid.len() as u8,
+                fid: [0; INLINE],
+                wd,
+            };
+            booked.fid[..fid.len()].copy_from_slice(&fid);
+            self.table.insert_unique(hash, booked, |b| hash_fid(b.fid()));
+        } else {
+            self.long.insert(fid.into_boxed_slice(), wd);
+        }
         Ok(wd)
     }
 
     /// The directory went away (or out of reach): forget its handle.
     pub fn forget(&mut self, wd: i32) {
-        if let Some(fid) = self.fid_of.remove(&wd) {
-            if self.by_fid.get(&fid) == Some(&wd) {
-                self.by_fid.remove(&fid);
-            }
+        let Some(slot) = wd_index(wd).and_then(|i| self.hashes.get_mut(i)) else {
+            return;
+        };
+        let hash = std::mem::replace(slot, 0);
+        if hash == 0 {
+            return; // not booked (or forgotten already)
         }
+        match self.table.find_entry(hash, |b| b.wd == wd) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => self.long.retain(|_, w| *w != wd),
+        }
+        self.free.push(wd);
     }
 
     /// The pseudo descriptor of a followed directory.
     pub fn wd_of(&self, fid: Fid<'_>) -> Option<i32> {
-        self.by_fid.get(fid).copied()
+        if fid.len() <= INLINE {
+            self.table.find(hash_fid(fid), |b| b.fid() == fid).map(|b| b.wd)
+        } else {
+            self.long.get(fid).copied()
+        }
     }
 
     /// Where a directory we do not follow is, through `open_by_handle_at`; None (and
@@ -593,10 +658,10 @@ impl FanWatch {
         self.foreign.insert(fid.into());
     }
 
-    /// Directories followed (for tests and statistics).
+    /// Directories followed (for tests).
     #[cfg(test)]
     pub fn followed(&self) -> usize {
-        self.by_fid.len()
+        self.table.len() + self.long.len()
     }
 }
 
@@ -795,8 +860,12 @@ mod tests {
             "booking gives the event's identifier"
         );
         fw.forget(sub_wd);
+        fw.forget(sub_wd); // twice: harmless
         assert_eq!(fw.wd_of(&sub_fid), None);
         assert_eq!(fw.followed(), 1);
+        std::fs::create_dir(dir.path().join("other"))?;
+        assert_eq!(fw.book(&dir.path().join("other"))?, sub_wd, "descriptors are reused");
+        assert_eq!(fw.book(dir.path())?, wd);
         Ok(())
     }
 
