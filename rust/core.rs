@@ -196,6 +196,9 @@ struct Entry {
     /// it was moved in or had its times set, so its mtime says nothing about when it was
     /// written (see [`Entry::estimated`]).
     look: bool,
+    /// fanotify merged a write with the close-after-write (one record says both, not in
+    /// which order): when the grace ends, ask whether a writer still holds the file.
+    writers: bool,
 }
 
 impl Entry {
@@ -1448,6 +1451,7 @@ impl Core {
             deadline: Tick::NONE,
             queued: Tick::NONE,
             look: seen == Seen::MovedIn,
+            writers: false,
         };
         let key = FileKey::new(path);
         let o = &self.opts;
@@ -1526,6 +1530,23 @@ impl Core {
                 self.deadlines.push_at(deadline, path);
                 continue;
             }
+            // (A read lease is refused while anyone has the file open for writing.)
+            let held = e.phase == Phase::Closing
+                && std::mem::replace(&mut e.writers, false)
+                && fan::open_for_writing(&path) == Some(true);
+            if held {
+                // Reopened after its close and still held: wait for the next close.
+                schedule(
+                    &mut self.deadlines,
+                    self.clock,
+                    now,
+                    key,
+                    e,
+                    Phase::Writing,
+                    write_timeout,
+                );
+                continue;
+            }
             if e.phase == Phase::Closing && !e.look && grace >= MIN_GRACE_TO_ESTIMATE {
                 // Closed after writing and quiet for the grace: complete, without an lstat.
                 let bound = *estimate.get_or_insert_with(|| written_before(grace));
@@ -1550,22 +1571,12 @@ impl Core {
                     && mtime <= *quiet_bound.get_or_insert_with(|| written_before(write_timeout)));
             e.size = size;
             e.mtime = mtime;
-            let looked = std::mem::replace(&mut e.look, false);
+            e.look = false;
             let next = match phase {
                 // A new link to existing data never gets a close: settle it. Anything else
                 // has a writer that has not written yet: wait for its close.
                 Phase::Created if meta.file_type().is_symlink() || meta.nlink() > 1 => Phase::Settling,
                 Phase::Created => Phase::Writing,
-                // fanotify merged a write with the close, or times were set: the write may
-                // have come after the close, by a writer that still holds the file.
-                Phase::Closing
-                    if looked
-                        && root_index(&self.roots, &path)
-                            .is_some_and(|i| self.roots[i].backend == Backend::Fanotify)
-                        && fan::open_for_writing(&path) == Some(true) =>
-                {
-                    Phase::Writing
-                }
                 Phase::Closing => Phase::Done,
                 Phase::Settling | Phase::Writing if stable => Phase::Done,
                 other => other,
@@ -2075,11 +2086,15 @@ impl Core {
         }
         let wrote = mask & fan::MODIFY != 0;
         if mask & fan::CLOSE_WRITE != 0 {
-            // A write merged with the close may have come after it (closed, reopened,
-            // appending): `Metadata` marks the file to be looked at when its grace ends,
-            // and a file still open for writing then waits for its next close.
-            let times_set = wrote || mask & fan::ATTRIB != 0;
+            let times_set = mask & fan::ATTRIB != 0;
             self.apply(Change::ClosedWrite(path.clone()), None);
+            if wrote {
+                // The write may have come after the close (closed, reopened, appending): a
+                // file still open for writing when its grace ends waits for its next close.
+                if let Some(e) = self.files.get_mut(&fk(path.as_path())) {
+                    e.writers = e.phase == Phase::Closing;
+                }
+            }
             if times_set {
                 self.apply(Change::Metadata(path), None);
             }

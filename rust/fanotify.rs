@@ -864,7 +864,11 @@ mod tests {
         assert_eq!(fw.wd_of(&sub_fid), None);
         assert_eq!(fw.followed(), 1);
         std::fs::create_dir(dir.path().join("other"))?;
-        assert_eq!(fw.book(&dir.path().join("other"))?, sub_wd, "descriptors are reused");
+        assert_eq!(
+            fw.book(&dir.path().join("other"))?,
+            sub_wd,
+            "descriptors are reused"
+        );
         assert_eq!(fw.book(dir.path())?, wd);
         Ok(())
     }
