@@ -1530,22 +1530,22 @@ impl Core {
                 self.deadlines.push_at(deadline, path);
                 continue;
             }
-            // (A read lease is refused while anyone has the file open for writing.)
-            let held = e.phase == Phase::Closing
-                && std::mem::replace(&mut e.writers, false)
-                && fan::open_for_writing(&path) == Some(true);
-            if held {
-                // Reopened after its close and still held: wait for the next close.
-                schedule(
-                    &mut self.deadlines,
-                    self.clock,
-                    now,
-                    key,
-                    e,
-                    Phase::Writing,
-                    write_timeout,
-                );
-                continue;
+            if e.phase == Phase::Closing && std::mem::replace(&mut e.writers, false) {
+                // (A read lease is refused while anyone has the file open for writing.)
+                match fan::open_for_writing(&path) {
+                    Ok(Some(true)) => {
+                        // Reopened after its close and still held: wait for the next close.
+                        let phase = Phase::Writing;
+                        schedule(&mut self.deadlines, self.clock, now, key, e, phase, write_timeout);
+                        continue;
+                    }
+                    Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        // Unlinked meanwhile: its close can be merged behind the delete's record.
+                        gone.push(path);
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             if e.phase == Phase::Closing && !e.look && grace >= MIN_GRACE_TO_ESTIMATE {
                 // Closed after writing and quiet for the grace: complete, without an lstat.

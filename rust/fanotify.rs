@@ -403,9 +403,10 @@ mod imp {
     }
 
     /// Whether anyone has `path` open for writing (or mapped writable): a read lease is
-    /// refused then (EAGAIN). None when it cannot be told (leases disabled, not a file).
-    pub fn open_for_writing(path: &Path) -> Option<bool> {
-        let c = cpath(path).ok()?;
+    /// refused then (EAGAIN). None when it cannot be told (leases disabled, not a regular
+    /// file); an error when the file cannot be opened (ENOENT: it is gone).
+    pub fn open_for_writing(path: &Path) -> io::Result<Option<bool>> {
+        let c = cpath(path)?;
         // SAFETY: `c` is NUL-terminated; the result is checked.
         let fd = unsafe {
             libc::open(
@@ -414,19 +415,19 @@ mod imp {
             )
         };
         if fd < 0 {
-            return None;
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor; closing it also drops the lease.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: plain fcntl on our own descriptor.
         let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
         if rc == 0 {
-            return Some(false);
+            return Ok(Some(false));
         }
-        match io::Error::last_os_error().raw_os_error() {
+        Ok(match io::Error::last_os_error().raw_os_error() {
             Some(libc::EAGAIN) => Some(true),
             _ => None,
-        }
+        })
     }
 }
 
@@ -473,8 +474,8 @@ mod imp {
     pub fn path_of(_mount: &OwnedFd, _fid: Fid<'_>) -> io::Result<PathBuf> {
         Err(unsupported())
     }
-    pub fn open_for_writing(_path: &Path) -> Option<bool> {
-        None
+    pub fn open_for_writing(_path: &Path) -> io::Result<Option<bool>> {
+        Ok(None)
     }
 }
 
@@ -878,15 +879,20 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f");
         let file = std::fs::File::create(&path)?;
-        if open_for_writing(&path).is_none() {
+        if open_for_writing(&path)?.is_none() {
             eprintln!("skipped: leases are not available here");
             return Ok(());
         }
-        assert_eq!(open_for_writing(&path), Some(true));
+        assert_eq!(open_for_writing(&path)?, Some(true));
         drop(file);
-        assert_eq!(open_for_writing(&path), Some(false));
+        assert_eq!(open_for_writing(&path)?, Some(false));
         let _reader = std::fs::File::open(&path)?;
-        assert_eq!(open_for_writing(&path), Some(false), "readers do not count");
+        assert_eq!(open_for_writing(&path)?, Some(false), "readers do not count");
+        std::fs::remove_file(&path)?;
+        assert_eq!(
+            open_for_writing(&path).map_err(|e| e.kind()),
+            Err(io::ErrorKind::NotFound)
+        );
         Ok(())
     }
 }
