@@ -766,3 +766,27 @@ def test_fanotify_drops_events_outside_the_roots(shm_dir: Path) -> None:
         stats = w.stats()
     assert [(e.kind, e.path) for e in events] == [("created", str(root / "mine.tif"))]
     assert stats["raw_events"] > 20, "the outside events were not even seen"
+
+
+@pytest.mark.needs_root
+def test_fanotify_marks_a_filesystem_mounted_inside_a_root_too(shm_dir: Path) -> None:
+    # A filesystem mark covers one filesystem: another one mounted below a root needs its own.
+    require_backend("fanotify")
+    inner = shm_dir / "inner"
+    inner.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(inner)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (inner / "deep").mkdir()
+        with Watcher(shm_dir, backend="fanotify", settle=0.2) as w:
+            write(inner / "deep" / "a.tif")
+            write(shm_dir / "b.tif")
+            events = collect(w, until=2, quiet=0.3)
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+    assert sorted(e.path for e in events if e.kind == "created") == sorted(
+        [str(inner / "deep" / "a.tif"), str(shm_dir / "b.tif")]
+    )
