@@ -2032,24 +2032,29 @@ impl Core {
         if name.is_empty() {
             return None;
         }
-        let fw = self.fanotify.as_mut()?;
-        let dir: Key = match fw.wd_of(fid) {
-            Some(wd) => self.wd_dirs.get(wd)?.clone(),
-            None => {
-                let found = fw.resolve(fid)?;
-                match self.dirs.get_key_value(k(&found)) {
-                    Some((dir, _)) => dir.clone(),
-                    None => {
-                        fw.note_foreign(fid);
-                        return None;
-                    }
-                }
-            }
-        };
+        let dir = self.fan_dir(fid)?;
         let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
         path.push(&*dir);
         path.push(name);
         Some(path)
+    }
+
+    /// The followed directory with identifier `fid` (see [`Core::fan_path`]).
+    fn fan_dir(&mut self, fid: fan::Fid<'_>) -> Option<Key> {
+        let fw = self.fanotify.as_mut()?;
+        match fw.wd_of(fid) {
+            Some(wd) => self.wd_dirs.get(wd).cloned(),
+            None => {
+                let found = fw.resolve(fid)?;
+                match self.dirs.get_key_value(k(&found)) {
+                    Some((dir, _)) => Some(dir.clone()),
+                    None => {
+                        fw.note_foreign(fid);
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// Apply one fanotify record. The kernel merges the queued events of one object into
@@ -2074,8 +2079,18 @@ impl Core {
             }
             return;
         }
-        // Events about a directory itself (no name: DELETE_SELF, MOVE_SELF) are skipped:
-        // its parent's events say the same.
+        if rec.name == "." {
+            // An event on a directory itself (not on an entry in it) names it as ".": its
+            // DELETE_SELF / MOVE_SELF say what the parent's records say, but a chmod is how
+            // a directory we could not read becomes readable.
+            if mask & fan::ATTRIB != 0 {
+                if let Some(dir) = rec.dir.and_then(|fid| self.fan_dir(fid)) {
+                    self.apply(Change::Metadata(dir.to_path_buf()), None);
+                }
+            }
+            return;
+        }
+        // (Records without a name, about a file itself, are skipped the same way.)
         let Some(path) = rec.dir.and_then(|fid| self.fan_path(fid, rec.name)) else {
             return;
         };
@@ -2419,13 +2434,19 @@ impl Core {
                 None => wait,
             };
             self.now = Instant::now();
-            let kernel_fds: Vec<i32> = self
-                .inotify
-                .as_ref()
-                .map(|i| i.raw_fd())
-                .into_iter()
-                .chain(self.fanotify.as_ref().map(|f| f.fan.raw_fd()))
-                .collect();
+            let mut fds = [-1; 2];
+            let mut n_fds = 0;
+            for fd in [
+                self.inotify.as_ref().map(|i| i.raw_fd()),
+                self.fanotify.as_ref().map(|f| f.fan.raw_fd()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fds[n_fds] = fd;
+                n_fds += 1;
+            }
+            let kernel_fds = &fds[..n_fds];
             if !kernel_fds.is_empty() {
                 // notify's threads (polling) cannot wake a poll(2) on our descriptor: look at
                 // their channel at least every MIXED_WAIT.
@@ -2434,7 +2455,7 @@ impl Core {
                 } else {
                     wait
                 };
-                match fan::wait_any(&kernel_fds, step).map(|ready| ready.contains(&true)) {
+                match fan::wait_any(kernel_fds, step).map(|ready| ready.contains(&true)) {
                     Ok(true) => {
                         let before = self.stats.raw_events;
                         for _ in 0..DRAIN_READS {

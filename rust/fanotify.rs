@@ -829,6 +829,9 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub"))?;
         // A directory nobody booked still reports (no watch to place first) ...
         std::fs::write(dir.path().join("sub/c.tif"), b"y")?;
+        // (An event on a directory itself names it as ".".)
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("sub"), std::fs::Permissions::from_mode(0o700))?;
         let got = read_all(&fw)?;
         let ours: Vec<_> = got
             .iter()
@@ -853,6 +856,9 @@ mod tests {
             .ok_or_else(|| io::Error::other("no event for sub/c.tif"))?;
         let sub_fid = sub_fid.clone().unwrap_or_default();
         assert_eq!(fw.wd_of(&sub_fid), None);
+        assert!(got
+            .iter()
+            .any(|(m, d, n, _)| *m == ATTRIB | ONDIR && n == "." && d.as_deref() == Some(&sub_fid[..])));
         assert_eq!(fw.resolve(&sub_fid), Some(dir.path().join("sub")));
         let sub_wd = fw.book(&dir.path().join("sub"))?;
         assert_eq!(
