@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Side-by-side benchmark of our native watcher against watchfiles, watchdog and pyinotify.
 
-    python benches/bench_watchers.py [--runs N] [--scale S] [--libs ours,watchfiles,...]
+    python benches/bench_watchers.py [--runs N] [--scale S] [--libs ours,watchfiles,...] [--ref LIB]
+
+``ours`` is our inotify backend (``native``); ``ours-fanotify`` our fanotify backend (root only),
+e.g. ``--libs ours,ours-fanotify --ref ours --scenarios tree``.
 
 Scenarios (full scale, S=1; every tree lives on tmpfs under ``--base``, default /dev/shm):
 
@@ -364,7 +367,8 @@ METRICS = [
 ]
 
 
-def summarize(results: dict[str, Any], libs: list[str], scale: float) -> str:
+def summarize(results: dict[str, Any], libs: list[str], scale: float, ref_lib: str = "watchfiles") -> str:
+    """The table of medians; ratios are against `ref_lib`."""
     n2 = max(1, round(100 * scale)) * 100 * 10
     n3 = max(1, round(5000 * scale))
     runs = results["runs"]
@@ -399,10 +403,10 @@ def summarize(results: dict[str, Any], libs: list[str], scale: float) -> str:
             if errs:
                 cell += f" ({len(errs)} run(s) failed)"
             cells.append(cell)
-        ref = meds.get("watchfiles")
+        ref = meds.get(ref_lib)
         for i, lib in enumerate(libs):
             m = meds[lib]
-            if key != "missed" and m is not None and ref and lib != "watchfiles":
+            if key != "missed" and m is not None and ref and lib != ref_lib:
                 cells[i] += f" ({m / ref:.2f}x)"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
     return "\n".join(lines)
@@ -454,6 +458,7 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=180.0, help="hard limit per burst")
     ap.add_argument("--json", default=str(HERE / "bench_watchers_results.json"))
     ap.add_argument("--report", metavar="JSON", help="only print the table of an earlier run")
+    ap.add_argument("--ref", default="watchfiles", help="the library ratios are given against")
     args = ap.parse_args()
     if args.report:
         old = json.loads(Path(args.report).read_text())
@@ -462,7 +467,7 @@ def main() -> None:
             f"{old['command']}\n{old['machine']}\nversions: {old['versions']}; "
             f"ours with settle={old['ours_settle']}"
         )
-        print(summarize(old, libs, old["scale"]))
+        print(summarize(old, libs, old["scale"], args.ref))
         return
     libs = [lib for lib in args.libs.split(",") if lib]
     scenarios = args.scenarios.split(",")
@@ -515,7 +520,7 @@ def main() -> None:
                     ex = r.get("extra") or r.get("ready_extra") or {}
                     print(
                         f"run {run + 1} {sc:6s} {lib:10s} {time.monotonic() - t:6.1f}s "
-                        f"{short} {ex if lib in ('ours', 'pyinotify') else ''}",
+                        f"{short} {ex if lib in ('ours', 'ours-fanotify', 'pyinotify') else ''}",
                         flush=True,
                     )
             results["runs"].append(res)
@@ -527,7 +532,7 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(results, indent=1))
     print()
     print(f"versions: {versions}; ours with settle={A.Ours.SETTLE}")
-    print(summarize(results, libs, args.scale))
+    print(summarize(results, libs, args.scale, args.ref))
     print(f"\nraw results: {args.json}; child stderr: {log_path}; total {results['total_s']:.0f} s")
 
 

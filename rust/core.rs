@@ -21,6 +21,7 @@ use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::deadlines::{Clock, Deadlines, Tick};
+use crate::fanotify::{self as fan, FanWatch};
 use crate::filter::Filter;
 use crate::fsinfo::network_fs_name;
 use crate::inotify::{self as ino, EventBuf, Inotify};
@@ -46,6 +47,8 @@ pub enum BackendChoice {
     /// and Windows use for `Native`, run where CI can reach it.
     Notify,
     Poll,
+    /// One fanotify filesystem mark (Linux, CAP_SYS_ADMIN): see fanotify.rs.
+    Fanotify,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,7 @@ enum Backend {
     Native,
     Notify,
     Poll,
+    Fanotify,
 }
 
 impl Backend {
@@ -61,6 +65,7 @@ impl Backend {
             Backend::Native => "native",
             Backend::Notify => "notify",
             Backend::Poll => "poll",
+            Backend::Fanotify => "fanotify",
         }
     }
 }
@@ -191,6 +196,9 @@ struct Entry {
     /// it was moved in or had its times set, so its mtime says nothing about when it was
     /// written (see [`Entry::estimated`]).
     look: bool,
+    /// fanotify merged a write with the close-after-write (one record says both, not in
+    /// which order): when the grace ends, ask whether a writer still holds the file.
+    writers: bool,
 }
 
 impl Entry {
@@ -283,35 +291,58 @@ const DENSE_WDS: usize = 1 << 20;
 #[derive(Default)]
 struct WdTable {
     dense: Vec<Option<Key>>,
+    /// fanotify's pseudo descriptors (counting down from `fan::FIRST_WD`, reused), by
+    /// [`fan::wd_index`].
+    fan: Vec<Option<Key>>,
     sparse: FxHashMap<i32, Key>,
+}
+
+/// Where a descriptor lives in [`WdTable`].
+enum Slot {
+    Dense(usize),
+    Fan(usize),
+    Sparse,
+}
+
+fn slot(wd: i32) -> Slot {
+    match usize::try_from(wd) {
+        Ok(i) if i < DENSE_WDS => Slot::Dense(i),
+        _ => match fan::wd_index(wd) {
+            Some(i) if i < DENSE_WDS => Slot::Fan(i),
+            _ => Slot::Sparse,
+        },
+    }
 }
 
 impl WdTable {
     fn get(&self, wd: i32) -> Option<&Key> {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => self.dense.get(i).and_then(Option::as_ref),
-            _ => self.sparse.get(&wd),
+        match slot(wd) {
+            Slot::Dense(i) => self.dense.get(i).and_then(Option::as_ref),
+            Slot::Fan(i) => self.fan.get(i).and_then(Option::as_ref),
+            Slot::Sparse => self.sparse.get(&wd),
         }
     }
 
     fn insert(&mut self, wd: i32, dir: Key) {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => {
-                if i >= self.dense.len() {
-                    self.dense.resize(i + 1, None);
-                }
-                self.dense[i] = Some(dir);
-            }
-            _ => {
+        let (table, i) = match slot(wd) {
+            Slot::Dense(i) => (&mut self.dense, i),
+            Slot::Fan(i) => (&mut self.fan, i),
+            Slot::Sparse => {
                 self.sparse.insert(wd, dir);
+                return;
             }
+        };
+        if i >= table.len() {
+            table.resize(i + 1, None);
         }
+        table[i] = Some(dir);
     }
 
     fn remove(&mut self, wd: i32) -> Option<Key> {
-        match usize::try_from(wd) {
-            Ok(i) if i < DENSE_WDS => self.dense.get_mut(i).and_then(Option::take),
-            _ => self.sparse.remove(&wd),
+        match slot(wd) {
+            Slot::Dense(i) => self.dense.get_mut(i).and_then(Option::take),
+            Slot::Fan(i) => self.fan.get_mut(i).and_then(Option::take),
+            Slot::Sparse => self.sparse.remove(&wd),
         }
     }
 
@@ -322,6 +353,12 @@ impl WdTable {
             if slot.as_ref().is_some_and(|d| d.starts_with(top)) {
                 *slot = None;
                 gone.push(i as i32);
+            }
+        }
+        for (i, slot) in self.fan.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|d| d.starts_with(top)) {
+                *slot = None;
+                gone.push(fan::FIRST_WD - i as i32);
             }
         }
         self.sparse.retain(|wd, d| {
@@ -335,10 +372,12 @@ impl WdTable {
     }
 
     fn shrink_to_fit(&mut self) {
-        while self.dense.last().is_some_and(Option::is_none) {
-            self.dense.pop();
+        for table in [&mut self.dense, &mut self.fan] {
+            while table.last().is_some_and(Option::is_none) {
+                table.pop();
+            }
+            table.shrink_to_fit();
         }
-        self.dense.shrink_to_fit();
     }
 }
 
@@ -362,6 +401,9 @@ pub struct Core {
     /// Our own inotify (Linux): one watch per directory.
     inotify: Option<Inotify>,
     inotify_buf: EventBuf,
+    /// Our fanotify group and the directories it follows by handle (backend `fanotify`).
+    fanotify: Option<FanWatch>,
+    fanotify_buf: fan::EventBuf,
     /// Our poller (poll.rs): one per core, for every polled directory of every root.
     poller: Option<Poller>,
     roots: Vec<Root>,
@@ -460,6 +502,21 @@ fn schedule(
     }
     e.queued = at;
     deadlines.push_after(now, after, key.clone());
+}
+
+/// Whether a backend reports close-after-write (our inotify, fanotify).
+fn closing(backend: Backend) -> bool {
+    (backend == Backend::Native && cfg!(target_os = "linux")) || backend == Backend::Fanotify
+}
+
+/// The longest root `path` lies under (roots may nest).
+fn root_index(roots: &[Root], path: &Path) -> Option<usize> {
+    roots
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| path.starts_with(&r.path))
+        .max_by_key(|(_, r)| r.path.as_os_str().len())
+        .map(|(i, _)| i)
 }
 
 /// Queue an event for Python if the options ask for its kind.
@@ -600,6 +657,8 @@ impl Core {
             native: None,
             inotify: None,
             inotify_buf: EventBuf::default(),
+            fanotify: None,
+            fanotify_buf: fan::EventBuf::default(),
             poller: None,
             roots: Vec::new(),
             dirs: hashbrown::HashMap::default(),
@@ -638,8 +697,11 @@ impl Core {
         let roots = self.opts.roots.clone();
         for (idx, root) in roots.iter().enumerate() {
             let backend = self.choose_backend(root)?;
-            let per_dir =
-                backend == Backend::Poll || (backend == Backend::Native && cfg!(target_os = "linux"));
+            // (fanotify has no per-directory watch, but the core follows and books each
+            // directory by its handle the same way.)
+            let per_dir = backend == Backend::Poll
+                || backend == Backend::Fanotify
+                || (backend == Backend::Native && cfg!(target_os = "linux"));
             self.roots.push(Root {
                 path: root.clone(),
                 backend,
@@ -712,6 +774,15 @@ impl Core {
                     .map_err(|e| format!("native file watching is unavailable: {e}"))?;
                 Ok(Backend::Native)
             }
+            BackendChoice::Fanotify => {
+                self.ensure_fanotify(root).map_err(|e| {
+                    format!(
+                        "fanotify is unavailable for {} ({e}); it needs CAP_SYS_ADMIN, Linux 5.17 and a filesystem that reports file handles",
+                        root.display()
+                    )
+                })?;
+                Ok(Backend::Fanotify)
+            }
             BackendChoice::Auto => {
                 if let Some(fs) = network_fs_name(root) {
                     self.log(
@@ -723,6 +794,16 @@ impl Core {
                         ),
                     );
                     return Ok(Backend::Poll);
+                }
+                match self.ensure_fanotify(root) {
+                    Ok(()) => return Ok(Backend::Fanotify),
+                    Err(e) => self.log(
+                        LOG_INFO,
+                        format!(
+                            "fanotify is unavailable for {} ({e}); using inotify",
+                            root.display()
+                        ),
+                    ),
                 }
                 match self.ensure_native() {
                     Ok(()) => Ok(Backend::Native),
@@ -751,6 +832,24 @@ impl Core {
         self.ensure_notify()
     }
 
+    /// The fanotify group (made once) with `root`'s filesystem marked. Fails without
+    /// CAP_SYS_ADMIN (EPERM), before Linux 5.17 (EINVAL), on filesystems that cannot report
+    /// file handles (EOPNOTSUPP, ENODEV, EXDEV).
+    fn ensure_fanotify(&mut self, root: &Path) -> Result<(), String> {
+        if !cfg!(target_os = "linux") {
+            return Err("fanotify is Linux only".into());
+        }
+        if self.fanotify.is_none() {
+            self.fanotify = Some(FanWatch::new().map_err(|e| format!("fanotify_init failed: {e}"))?);
+        }
+        let Some(fw) = self.fanotify.as_mut() else {
+            return Err("no fanotify group".into());
+        };
+        fw.book(root)
+            .map(|_| ())
+            .map_err(|e| format!("cannot mark its filesystem: {e}"))
+    }
+
     /// notify's recommended watcher (FSEvents, Windows, kqueue; inotify on Linux), made once.
     fn ensure_notify(&mut self) -> Result<(), String> {
         if self.native.is_none() {
@@ -775,8 +874,8 @@ impl Core {
                     .map(|w| w as &mut dyn Watcher)
                     .ok_or_else(|| "no native watcher".into())
             }
-            // Polled directories are watched one by one ([`Core::add_watch`]).
-            Backend::Poll => Err("polling has no recursive watcher".into()),
+            // Polled and fanotify directories are followed one by one ([`Core::add_watch`]).
+            Backend::Poll | Backend::Fanotify => Err("no recursive watcher".into()),
         }
     }
 
@@ -858,6 +957,13 @@ impl Core {
                 return Err(WatchFail::Other("no inotify instance".into()));
             };
             let wd = inotify.add(&dir).map_err(|e| classify_io(&e))?;
+            self.book_watch(wd, dir);
+            return Ok(());
+        } else if backend == Backend::Fanotify {
+            let Some(fw) = self.fanotify.as_mut() else {
+                return Err(WatchFail::Other("no fanotify group".into()));
+            };
+            let wd = fw.book(&dir).map_err(|e| classify_io(&e))?;
             self.book_watch(wd, dir);
             return Ok(());
         } else if per_dir {
@@ -968,11 +1074,8 @@ impl Core {
         }
         let wds = self.wd_dirs.remove_under(top);
         self.stats.watches = self.stats.watches.saturating_sub(wds.len() as u64);
-        if let Some(inotify) = self.inotify.as_mut() {
-            // The kernel drops watches of deleted directories itself; EINVAL then is expected.
-            for wd in wds {
-                inotify.remove(wd);
-            }
+        for wd in wds {
+            self.release_wd(wd);
         }
         if let Some(idx) = self.root_of(top) {
             if self.counted_without_wd(idx) {
@@ -1000,10 +1103,7 @@ impl Core {
                     self.wd_dirs.remove(wd);
                 }
                 self.stats.watches = self.stats.watches.saturating_sub(1);
-                if let Some(inotify) = self.inotify.as_mut() {
-                    // The kernel drops watches of deleted directories itself; EINVAL then is expected.
-                    inotify.remove(wd);
-                }
+                self.release_wd(wd);
                 continue;
             }
             let Some(idx) = self.root_of(d) else { continue };
@@ -1018,14 +1118,23 @@ impl Core {
         }
     }
 
+    /// Give back a directory's descriptor: an inotify watch (positive) or a fanotify handle
+    /// booking (below `NO_WD`).
+    fn release_wd(&mut self, wd: i32) {
+        if wd > 0 {
+            if let Some(inotify) = self.inotify.as_mut() {
+                // The kernel drops watches of deleted directories itself; EINVAL then is expected.
+                inotify.remove(wd);
+            }
+        } else if wd < NO_WD {
+            if let Some(fw) = self.fanotify.as_mut() {
+                fw.forget(wd);
+            }
+        }
+    }
+
     fn root_of(&self, path: &Path) -> Option<usize> {
-        // The longest matching root wins (roots may nest).
-        self.roots
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| path.starts_with(&r.path))
-            .max_by_key(|(_, r)| r.path.as_os_str().len())
-            .map(|(i, _)| i)
+        root_index(&self.roots, path)
     }
 
     /// Whether root `idx`'s directories count as watches without an inotify descriptor of ours
@@ -1035,8 +1144,9 @@ impl Core {
         !r.per_dir || r.backend == Backend::Poll
     }
 
+    /// The backend reports close-after-write (our inotify, fanotify).
     fn closes(&self, idx: usize) -> bool {
-        self.roots[idx].backend == Backend::Native && cfg!(target_os = "linux")
+        closing(self.roots[idx].backend)
     }
 
     // ------------------------------------------------------------------ walk
@@ -1130,27 +1240,36 @@ impl Core {
     /// watches (see walk.rs), otherwise [`Core::walk`].
     fn setup_walk(&mut self, idx: usize, seen: Seen) {
         let root = self.roots[idx].path.clone();
+        let backend = self.roots[idx].backend;
         let parallel = self.opts.mode != Mode::Flat
             && self.roots[idx].per_dir
-            && self.roots[idx].backend == Backend::Native;
-        let inotify = if parallel { self.inotify.take() } else { None };
-        let Some(inotify) = inotify else {
+            && (backend == Backend::Native || backend == Backend::Fanotify);
+        // fanotify's mark covers every directory already: the walk only lists, and
+        // `take_listed` books each directory's handle.
+        let inotify = if parallel && backend == Backend::Native {
+            self.inotify.take()
+        } else {
+            None
+        };
+        if !parallel || (backend == Backend::Native && inotify.is_none()) {
             self.walk(idx, root, seen, false);
             return;
-        };
+        }
         let filter = self.opts.filter.clone();
         let descend = move |p: &Path| filter.child_dir_allowed(p);
         let shared = self.shared.clone();
         let mut limit: Option<String> = None;
         walk_parallel(
             &root,
-            Some(&inotify),
+            inotify.as_ref(),
             walk_threads(),
             &descend,
             &shared.stop,
             |listed| self.take_listed(idx, listed, seen, &mut limit),
         );
-        self.inotify = Some(inotify);
+        if inotify.is_some() {
+            self.inotify = inotify;
+        }
         if let Some(msg) = limit {
             if self.opts.backend == BackendChoice::Auto {
                 self.fall_back_to_poll(idx, &msg);
@@ -1174,20 +1293,27 @@ impl Core {
         for sub in skipped {
             self.note_ignored_dir(&sub);
         }
-        match watch {
-            None => {}
-            Some(Ok(wd)) => self.book_watch(wd, Key::new(&dir)),
-            Some(Err(e)) => {
-                match classify_io(&e) {
-                    WatchFail::Denied => self.note_denied(idx, &dir),
-                    WatchFail::Gone => {}
-                    WatchFail::Limit(msg) => *limit = Some(msg),
-                    WatchFail::Other(msg) => {
-                        self.log(LOG_WARNING, format!("cannot watch {}: {msg}", dir.display()))
-                    }
-                }
-                return;
+        let fail = match watch {
+            None if self.roots[idx].backend == Backend::Fanotify && dir != self.roots[idx].path => {
+                self.add_watch(idx, &dir).err()
             }
+            None => None,
+            Some(Ok(wd)) => {
+                self.book_watch(wd, Key::new(&dir));
+                None
+            }
+            Some(Err(e)) => Some(classify_io(&e)),
+        };
+        if let Some(fail) = fail {
+            match fail {
+                WatchFail::Denied => self.note_denied(idx, &dir),
+                WatchFail::Gone => {}
+                WatchFail::Limit(msg) => *limit = Some(msg),
+                WatchFail::Other(msg) => {
+                    self.log(LOG_WARNING, format!("cannot watch {}: {msg}", dir.display()))
+                }
+            }
+            return;
         }
         match listing {
             Ok(files) => {
@@ -1328,6 +1454,7 @@ impl Core {
             deadline: Tick::NONE,
             queued: Tick::NONE,
             look: seen == Seen::MovedIn,
+            writers: false,
         };
         let key = FileKey::new(path);
         let o = &self.opts;
@@ -1405,6 +1532,23 @@ impl Core {
                 e.queued = e.deadline;
                 self.deadlines.push_at(deadline, path);
                 continue;
+            }
+            if e.phase == Phase::Closing && std::mem::replace(&mut e.writers, false) {
+                // (A read lease is refused while anyone has the file open for writing.)
+                match fan::open_for_writing(&path) {
+                    Ok(Some(true)) => {
+                        // Reopened after its close and still held: wait for the next close.
+                        let phase = Phase::Writing;
+                        schedule(&mut self.deadlines, self.clock, now, key, e, phase, write_timeout);
+                        continue;
+                    }
+                    Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        // Unlinked meanwhile: its close can be merged behind the delete's record.
+                        gone.push(path);
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             if e.phase == Phase::Closing && !e.look && grace >= MIN_GRACE_TO_ESTIMATE {
                 // Closed after writing and quiet for the grace: complete, without an lstat.
@@ -1592,8 +1736,14 @@ impl Core {
     }
 
     fn rename_dir(&mut self, from: &Path, to: &Path) {
-        let kernel = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| core.closes(i));
-        if kernel(self, from) && kernel(self, to) {
+        // Both sides under the same kernel backend: its watches (inotify) or handles
+        // (fanotify) follow the directory, so only the names change.
+        let kernel = |core: &Self, p: &Path| {
+            core.root_of(p)
+                .filter(|&i| core.closes(i))
+                .map(|i| core.roots[i].backend)
+        };
+        if kernel(self, from).is_some() && kernel(self, from) == kernel(self, to) {
             return self.move_tree(from, to);
         }
         let recursive = |core: &Self, p: &Path| core.root_of(p).is_some_and(|i| !core.roots[i].per_dir);
@@ -1886,6 +2036,136 @@ impl Core {
         }
         self.inotify_buf = buf;
         got
+    }
+
+    /// Read and apply what our fanotify group has queued; false when it had nothing.
+    fn read_fanotify(&mut self) -> bool {
+        let Some(fw) = self.fanotify.as_ref() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut self.fanotify_buf);
+        let got = match fw.fan.read(&mut buf) {
+            Ok(got) => got,
+            Err(e) => {
+                self.log(LOG_ERROR, format!("reading fanotify events failed: {e}"));
+                false
+            }
+        };
+        if got {
+            self.now = Instant::now();
+            for rec in buf.iter() {
+                self.stats.raw_events += 1;
+                self.fanotify_record(&rec);
+            }
+        }
+        self.fanotify_buf = buf;
+        got
+    }
+
+    /// `name` in the directory with identifier `fid`, if that is a directory we follow.
+    /// Identifiers we never booked are asked of the kernel (`open_by_handle_at`, when
+    /// allowed) once; those that are not ours (events outside the roots) are remembered.
+    fn fan_path(&mut self, fid: fan::Fid<'_>, name: &OsStr) -> Option<PathBuf> {
+        if name.is_empty() {
+            return None;
+        }
+        let dir = self.fan_dir(fid)?;
+        let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+        path.push(&*dir);
+        path.push(name);
+        Some(path)
+    }
+
+    /// The followed directory with identifier `fid` (see [`Core::fan_path`]).
+    fn fan_dir(&mut self, fid: fan::Fid<'_>) -> Option<Key> {
+        let fw = self.fanotify.as_mut()?;
+        match fw.wd_of(fid) {
+            Some(wd) => self.wd_dirs.get(wd).cloned(),
+            None => {
+                let found = fw.resolve(fid)?;
+                match self.dirs.get_key_value(k(&found)) {
+                    Some((dir, _)) => Some(dir.clone()),
+                    None => {
+                        fw.note_foreign(fid);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply one fanotify record. The kernel merges the queued events of one object into
+    /// one record, so a mask is a set: a create, writes and the close of a file usually
+    /// come as one record, a delete after them ends it.
+    fn fanotify_record(&mut self, rec: &fan::Record<'_>) {
+        let mask = rec.mask;
+        if mask & fan::Q_OVERFLOW != 0 {
+            self.apply(Change::Rescan, None);
+            return;
+        }
+        let is_dir = mask & fan::ONDIR != 0;
+        if mask & fan::RENAME != 0 {
+            // Never merged with other events: both places, in one record.
+            let from = rec.old.and_then(|(fid, name)| self.fan_path(fid, name));
+            let to = rec.new.and_then(|(fid, name)| self.fan_path(fid, name));
+            match (from, to) {
+                (Some(from), Some(to)) => self.on_rename(from, to, Some(is_dir)),
+                (Some(from), None) => self.apply(Change::Removed(from), None),
+                (None, Some(to)) => self.on_appeared(to, Seen::MovedIn),
+                (None, None) => {}
+            }
+            return;
+        }
+        if rec.name == "." {
+            // An event on a directory itself (not on an entry in it) names it as ".": its
+            // DELETE_SELF / MOVE_SELF say what the parent's records say, but a chmod is how
+            // a directory we could not read becomes readable.
+            if mask & fan::ATTRIB != 0 {
+                if let Some(dir) = rec.dir.and_then(|fid| self.fan_dir(fid)) {
+                    self.apply(Change::Metadata(dir.to_path_buf()), None);
+                }
+            }
+            return;
+        }
+        // (Records without a name, about a file itself, are skipped the same way.)
+        let Some(path) = rec.dir.and_then(|fid| self.fan_path(fid, rec.name)) else {
+            return;
+        };
+        if mask & fan::DELETE != 0 {
+            // Whatever else was merged came before the delete (a name is unlinked last).
+            self.apply(Change::Removed(path), None);
+            return;
+        }
+        let wrote = mask & fan::MODIFY != 0;
+        if mask & fan::CLOSE_WRITE != 0 {
+            let times_set = mask & fan::ATTRIB != 0;
+            self.apply(Change::ClosedWrite(path.clone()), None);
+            if wrote {
+                // The write may have come after the close (closed, reopened, appending): a
+                // file still open for writing when its grace ends waits for its next close.
+                if let Some(e) = self.files.get_mut(&fk(path.as_path())) {
+                    e.writers = e.phase == Phase::Closing;
+                }
+            }
+            if times_set {
+                self.apply(Change::Metadata(path), None);
+            }
+            return;
+        }
+        if wrote {
+            self.apply(Change::Written(path.clone()), None);
+        } else if mask & fan::CREATE != 0 {
+            self.apply(
+                Change::Created {
+                    path: path.clone(),
+                    is_dir: Some(is_dir),
+                },
+                None,
+            );
+        }
+        if mask & fan::ATTRIB != 0 {
+            self.apply(Change::Metadata(path), None);
+        }
     }
 
     /// The common case of a burst, without allocating: a file created, written or closed
@@ -2195,7 +2475,20 @@ impl Core {
                 None => wait,
             };
             self.now = Instant::now();
-            if let Some(inotify) = self.inotify.as_ref() {
+            let mut fds = [-1; 2];
+            let mut n_fds = 0;
+            for fd in [
+                self.inotify.as_ref().map(|i| i.raw_fd()),
+                self.fanotify.as_ref().map(|f| f.fan.raw_fd()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fds[n_fds] = fd;
+                n_fds += 1;
+            }
+            let kernel_fds = &fds[..n_fds];
+            if !kernel_fds.is_empty() {
                 // notify's threads (polling) cannot wake a poll(2) on our descriptor: look at
                 // their channel at least every MIXED_WAIT.
                 let step = if self.native.is_some() {
@@ -2203,11 +2496,14 @@ impl Core {
                 } else {
                     wait
                 };
-                match inotify.wait(step) {
+                match fan::wait_any(kernel_fds, step).map(|ready| ready.contains(&true)) {
                     Ok(true) => {
                         let before = self.stats.raw_events;
                         for _ in 0..DRAIN_READS {
-                            if !self.read_inotify() {
+                            // (Both reads are non-blocking: one without events costs a syscall.)
+                            let from_inotify = self.read_inotify();
+                            let from_fanotify = self.read_fanotify();
+                            if !from_inotify && !from_fanotify {
                                 break;
                             }
                         }
@@ -2220,7 +2516,7 @@ impl Core {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        self.log(LOG_ERROR, format!("waiting for inotify events failed: {e}"));
+                        self.log(LOG_ERROR, format!("waiting for kernel events failed: {e}"));
                         std::thread::sleep(step);
                     }
                 }
@@ -2272,6 +2568,7 @@ impl Core {
         // Dropping the watchers stops their threads and closes the inotify descriptor.
         self.native = None;
         self.inotify = None;
+        self.fanotify = None;
         self.poller = None;
         self.refresh_counts();
         self.flush();
@@ -2304,6 +2601,24 @@ mod tests {
         assert!(t.remove(9).is_none());
         t.shrink_to_fit();
         assert!(t.dense.is_empty());
+    }
+
+    #[test]
+    fn wd_table_keeps_fanotify_descriptors_apart_from_inotify_ones() {
+        let mut t = WdTable::default();
+        t.insert(2, Key::new(Path::new("/r/ino")));
+        t.insert(-2, Key::new(Path::new("/r/fan")));
+        t.insert(-3, Key::new(Path::new("/r/fan/sub")));
+        assert_eq!(t.get(2).map(|k| k.to_path_buf()), Some("/r/ino".into()));
+        assert_eq!(t.get(-2).map(|k| k.to_path_buf()), Some("/r/fan".into()));
+        assert!(t.get(-1).is_none() && t.get(-4).is_none() && t.get(i32::MIN).is_none());
+        assert!(t.sparse.is_empty(), "both kinds are dense");
+        let mut gone = t.remove_under(Path::new("/r/fan"));
+        gone.sort();
+        assert_eq!(gone, vec![-3, -2]);
+        assert_eq!(t.remove(2).map(|k| k.to_path_buf()), Some("/r/ino".into()));
+        t.shrink_to_fit();
+        assert!(t.dense.is_empty() && t.fan.is_empty());
     }
 
     #[test]

@@ -89,7 +89,6 @@ mod imp {
     use super::*;
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::time::Duration;
 
     pub struct Inotify {
         fd: OwnedFd,
@@ -105,6 +104,10 @@ mod imp {
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             Ok(Inotify { fd })
+        }
+
+        pub fn raw_fd(&self) -> i32 {
+            self.fd.as_raw_fd()
         }
 
         /// Watch one directory (not its subdirectories); returns the watch descriptor.
@@ -131,8 +134,10 @@ mod imp {
             }
         }
 
-        /// Wait until events are readable or `timeout` passes.
-        pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        /// Wait until events are readable or `timeout` passes. (The core waits on all its
+        /// kernel descriptors at once: `fanotify::wait_any`.)
+        #[cfg(test)]
+        pub fn wait(&self, timeout: std::time::Duration) -> io::Result<bool> {
             let mut pfd = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -182,7 +187,6 @@ mod imp {
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use super::*;
-    use std::time::Duration;
 
     /// Other platforms use notify's own backends; this stub is never constructed.
     pub struct Inotify;
@@ -201,9 +205,8 @@ mod imp {
             ))
         }
         pub fn remove(&mut self, _wd: i32) {}
-        pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-            std::thread::sleep(timeout);
-            Ok(false)
+        pub fn raw_fd(&self) -> i32 {
+            -1
         }
         pub fn read(&self, _buf: &mut EventBuf) -> io::Result<bool> {
             Ok(false)

@@ -2,6 +2,7 @@
 
 mod core;
 mod deadlines;
+mod fanotify;
 mod filter;
 mod fsinfo;
 mod inotify;
@@ -188,8 +189,9 @@ fn parse_backend(backend: &str) -> PyResult<BackendChoice> {
         "native" => Ok(BackendChoice::Native),
         "notify" => Ok(BackendChoice::Notify),
         "poll" | "polling" => Ok(BackendChoice::Poll),
+        "fanotify" => Ok(BackendChoice::Fanotify),
         _ => Err(PyValueError::new_err(format!(
-            "backend: unknown backend '{backend}'; allowed: 'auto', 'native', 'notify', 'poll'"
+            "backend: unknown backend '{backend}'; allowed: 'auto', 'native', 'notify', 'poll', 'fanotify'"
         ))),
     }
 }
@@ -518,7 +520,7 @@ impl NativeWatcher {
             .any(|root| self.filter.reaches_file(root, &path, self.recursive)))
     }
 
-    /// The backend serving each root: a list of (root, "native" | "notify" | "poll").
+    /// The backend serving each root: a list of (root, "native" | "notify" | "poll" | "fanotify").
     fn backends(&self) -> Vec<(std::ffi::OsString, &'static str)> {
         self.shared
             .lock()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.watching import WATCH_BACKENDS, WatchBackend
+from tests.support.watching import WATCH_BACKENDS, WatchBackend, require_backend
 
 
 @pytest.fixture
@@ -35,5 +35,7 @@ def shm_dir() -> Iterator[Path]:
 
 @pytest.fixture(params=sorted(WATCH_BACKENDS))
 def backend(request: pytest.FixtureRequest) -> WatchBackend:
-    """Each watcher backend in turn: native (our inotify), notify (notify's watcher), poll."""
+    """Each watcher backend in turn: native (our inotify), notify (notify's watcher), poll,
+    fanotify (skipped, with the reason, where the process lacks CAP_SYS_ADMIN)."""
+    require_backend(request.param)
     return WATCH_BACKENDS[request.param]

@@ -27,7 +27,7 @@ __version__: str
 # The spellings documented here; the core also accepts them in any case (and "polling").
 _PathMode = Literal["flat", "recurse", "follow"]
 _EventType = Literal["creation", "modification", "deletion", "all"]
-_Backend = Literal["auto", "native", "notify", "poll"]
+_Backend = Literal["auto", "native", "notify", "poll", "fanotify"]
 _EventKind = Literal["created", "modified", "deleted", "moved"]
 # A path argument: PyO3 reads it as a PathBuf, as os.fspath would.
 _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -97,8 +97,8 @@ class NativeWatcher:
     def roots(self) -> list[str]: ...
     def reports(self, path: _Path) -> bool:
         """Whether a file at ``path`` would be reported once complete, by its path alone."""
-    def backends(self) -> list[tuple[str, Literal["native", "notify", "poll"]]]:
-        """(root, "native" | "notify" | "poll") for each root."""
+    def backends(self) -> list[tuple[str, Literal["native", "notify", "poll", "fanotify"]]]:
+        """(root, "native" | "notify" | "poll" | "fanotify") for each root."""
     def stats(self) -> dict[str, int]:
         """raw_events, overflows, rescans, watches, reported, pending, tracked, denied, poll_roots."""
 

@@ -24,9 +24,10 @@ __all__ = [
 PathMode = Literal["flat", "recurse", "follow"]
 """Upstream ``PathMode``: the root only; the subdirectories that exist at start; also new ones."""
 
-Backend = Literal["auto", "native", "notify", "poll"]
+Backend = Literal["auto", "native", "notify", "poll", "fanotify"]
 """``omero.fs.ng.backend``: kernel events, notify's watcher (what macOS and Windows use; on Linux for
-testing that path), polling (NFS/SMB), or kernel events unless polling is needed."""
+testing that path), polling (NFS/SMB), one fanotify filesystem mark (Linux, CAP_SYS_ADMIN), or
+the best of these that works unless polling is needed."""
 
 AfterImport = Literal["keep", "move", "delete"]
 """``omero.fs.ng.afterImport``: what happens to a fileset's files once its import is journaled."""

@@ -796,8 +796,9 @@ PROPERTIES: tuple[Property, ...] = (
         "backend",
         Choice(BACKENDS, "backend"),
         "auto",
-        "Watch backend: native kernel events, polling (NFS/SMB), auto, or notify (the watcher macOS and "
-        "Windows use; on Linux only to test that path, prefer native).",
+        "Watch backend: native kernel events, polling (NFS/SMB), auto, notify (the watcher macOS and "
+        "Windows use; on Linux only to test that path, prefer native), or fanotify (one filesystem "
+        "mark instead of a watch per directory; needs CAP_SYS_ADMIN, which auto uses when held).",
     ),
     _ng(
         "pollInterval",

@@ -81,8 +81,10 @@ class Watcher:
         close_grace: seconds after close-after-write before READY (absorbs reopen-and-append writers).
         write_timeout: seconds after the last event before a file held open is READY anyway,
             provided its size and mtime did not change meanwhile.
-        backend: ``"auto"`` (native, polling for network filesystems or when the native
-            watch cannot serve), ``"native"`` (our own inotify on Linux, notify's watcher
+        backend: ``"auto"`` (fanotify where the process holds CAP_SYS_ADMIN and the filesystem
+            reports file handles, else native; polling for network filesystems or when the native
+            watch cannot serve), ``"fanotify"`` (one fanotify filesystem mark, Linux),
+            ``"native"`` (our own inotify on Linux, notify's watcher
             elsewhere), ``"notify"`` (notify's watcher on every OS: the path macOS and
             Windows take, which Linux then runs too; on Linux prefer ``"native"``) or
             ``"poll"``.
@@ -182,8 +184,8 @@ class Watcher:
         """
         return self._native.reports(os.fsdecode(path))
 
-    def backends(self) -> list[tuple[str, Literal["native", "notify", "poll"]]]:
-        """(root, "native" | "notify" | "poll") for each root."""
+    def backends(self) -> list[tuple[str, Literal["native", "notify", "poll", "fanotify"]]]:
+        """(root, "native" | "notify" | "poll" | "fanotify") for each root."""
         return self._native.backends()
 
     def __enter__(self) -> Watcher:

@@ -21,7 +21,7 @@ import pytest
 from omero_dropbox import Watcher
 from omero_dropbox.watcher import system_file_rules
 from tests.support.processes import sigint_as_a_terminal_sends_it
-from tests.support.watching import WatchBackend, collect, created, write
+from tests.support.watching import WatchBackend, collect, created, require_backend, write
 
 # ------------------------------------------------------------------ basics
 
@@ -278,16 +278,19 @@ def _watcher_with_a_tiny_queue(root: Path, backend: str = "native") -> Watcher:
     """A watcher whose kernel queue holds 64 events, so that a burst really overflows it."""
     if os.geteuid() != 0:
         pytest.skip("lowering fs.inotify.max_queued_events needs root")
-    # The kernel reads the limit when the inotify instance is created: lower it only for that moment.
-    old = _set_sysctl("fs.inotify.max_queued_events", "64")
+    require_backend(backend)
+    # The kernel reads the limit when the inotify instance (fanotify group) is created: lower
+    # it only for that moment.
+    sysctl = "fs.fanotify.max_queued_events" if backend == "fanotify" else "fs.inotify.max_queued_events"
+    old = _set_sysctl(sysctl, "64")
     try:
         return Watcher(root, settle=0.2, backend=backend)
     finally:
-        _set_sysctl("fs.inotify.max_queued_events", old)
+        _set_sysctl(sysctl, old)
 
 
 @pytest.mark.needs_root
-@pytest.mark.parametrize("kernel", ["native", "notify"])
+@pytest.mark.parametrize("kernel", ["native", "notify", "fanotify"])
 def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path, kernel: str) -> None:
     # (notify's inotify passes the overflow on as its Rescan flag.)
     for i in range(50):
@@ -684,3 +687,106 @@ def test_watch_limit_falls_back_to_polling_with_one_clear_log_line(shm_dir: Path
     fallback = [m for m in logs if "fs.inotify.max_user_watches" in m]
     assert len(fallback) == 1, logs
     assert "falling back to polling" in fallback[0]
+
+
+# ------------------------------------------------------------------ fanotify
+
+
+@pytest.mark.needs_root
+def test_auto_chooses_fanotify_where_the_process_may_mark_the_filesystem(shm_dir: Path) -> None:
+    require_backend("fanotify")
+    with Watcher(shm_dir, backend="auto", settle=0.2) as w:
+        assert w.backends() == [(str(shm_dir), "fanotify")]
+        write(shm_dir / "deep" / "er" / "a.tif")
+        events = collect(w, until=1, quiet=0.3)
+    assert [e.path for e in events if e.kind == "created"] == [str(shm_dir / "deep" / "er" / "a.tif")]
+
+
+@pytest.mark.needs_root
+def test_auto_falls_back_to_inotify_without_cap_sys_admin_and_says_so(shm_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the watcher as another user")
+    os.chmod(shm_dir, 0o755)
+    root = shm_dir / "box"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    actions = f"with open({str(root / 'a.tif')!r}, 'wb') as fh: fh.write(b'x')\n"
+    # User nobody holds no capabilities: fanotify_init refuses (EPERM).
+    events, logs, backends = _run_as_nobody(root, actions, expect=1, backend="auto")
+    assert backends == [[str(root), "native"]]
+    assert events == [str(root / "a.tif")]
+    assert any("fanotify is unavailable" in m and "using inotify" in m for m in logs), logs
+
+
+@pytest.mark.needs_root
+def test_backend_fanotify_without_cap_sys_admin_fails_naming_what_it_needs(shm_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the watcher as another user")
+    os.chmod(shm_dir, 0o755)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                Watcher(shm_dir, backend="fanotify").close()
+                message = "no error"
+            except OSError as e:
+                message = f"{type(e).__name__}: {e}"
+            os.write(write_fd, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    message = b"".join(chunks).decode()
+    # (fanotify_init works unprivileged since Linux 5.13; the filesystem mark is refused.)
+    assert message.startswith("WatcherError: fanotify is unavailable for"), message
+    assert "Operation not permitted" in message and "CAP_SYS_ADMIN" in message
+
+
+def test_fanotify_drops_events_outside_the_roots(shm_dir: Path) -> None:
+    # The mark covers the whole filesystem: everything else on it must stay out.
+    require_backend("fanotify")
+    root, outside = shm_dir / "root", shm_dir / "outside"
+    root.mkdir()
+    outside.mkdir()
+    with Watcher(root, backend="fanotify", settle=0.2) as w:
+        for i in range(20):
+            write(outside / f"d{i % 4}" / f"f{i}.tif")
+        (outside / "d0").rename(outside / "d9")
+        write(root / "mine.tif")
+        events = collect(w, until=1, quiet=0.5)
+        stats = w.stats()
+    assert [(e.kind, e.path) for e in events] == [("created", str(root / "mine.tif"))]
+    assert stats["raw_events"] > 20, "the outside events were not even seen"
+
+
+@pytest.mark.needs_root
+def test_fanotify_marks_a_filesystem_mounted_inside_a_root_too(shm_dir: Path) -> None:
+    # A filesystem mark covers one filesystem: another one mounted below a root needs its own.
+    require_backend("fanotify")
+    inner = shm_dir / "inner"
+    inner.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(inner)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (inner / "deep").mkdir()
+        with Watcher(shm_dir, backend="fanotify", settle=0.2) as w:
+            write(inner / "deep" / "a.tif")
+            write(shm_dir / "b.tif")
+            events = collect(w, until=2, quiet=0.3)
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+    assert sorted(e.path for e in events if e.kind == "created") == sorted(
+        [str(inner / "deep" / "a.tif"), str(shm_dir / "b.tif")]
+    )

@@ -214,12 +214,15 @@ def parallel_write(
 
 @contextlib.contextmanager
 def small_inotify_queue(events: int) -> Iterator[None]:
-    """Lower fs.inotify.max_queued_events; the kernel reads it when an inotify instance is created,
-    so restore it as soon as the service has placed its watches (needs root)."""
-    path = Path("/proc/sys/fs/inotify/max_queued_events")
-    old = path.read_text().strip()
-    path.write_text(str(events))
+    """Lower fs.inotify.max_queued_events, and fs.fanotify's (backend `auto` takes fanotify when
+    run as root); the kernel reads it when an inotify instance (fanotify group) is created, so
+    restore it as soon as the service has placed its watches (needs root)."""
+    paths = [Path(f"/proc/sys/fs/{kind}/max_queued_events") for kind in ("inotify", "fanotify")]
+    old = {p: p.read_text().strip() for p in paths if p.exists()}
+    for p in old:
+        p.write_text(str(events))
     try:
         yield
     finally:
-        path.write_text(old)
+        for p, value in old.items():
+            p.write_text(value)

@@ -3,12 +3,17 @@ the backends the guarantee suite runs on."""
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from omero_dropbox import Event, Watcher
 
@@ -47,7 +52,7 @@ def write(path: Path, data: bytes = b"x" * 100) -> None:
 class WatchBackend:
     """One backend the guarantee suite runs on, with the options that keep its tests quick.
 
-    `closes`: the backend turns close-after-write into READY (our own inotify). The others
+    `closes`: the backend turns close-after-write into READY (our own inotify, fanotify). The others
     (notify, as on macOS and Windows; poll) go by quiet time alone: a writer pausing longer than
     `settle` has its file reported early, so their tests choose a `settle` above the pauses.
     """
@@ -60,9 +65,31 @@ class WatchBackend:
         return Watcher(roots, **{**self.options, **options})
 
 
+@functools.cache
+def fanotify_unavailable() -> str | None:
+    """Why backend "fanotify" cannot run here (it needs CAP_SYS_ADMIN), or None when it can."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    probe = tempfile.mkdtemp(prefix="odb-fanotify-probe-", dir=base)
+    try:
+        with Watcher(probe, backend="fanotify"):
+            return None
+    except OSError as e:
+        return f"backend fanotify is unavailable here (needs root / CAP_SYS_ADMIN): {e}"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def require_backend(name: str) -> None:
+    """Skip the calling test, with the reason, when backend `name` cannot run here."""
+    if name == "fanotify" and (why := fanotify_unavailable()):
+        pytest.skip(why)
+
+
 WATCH_BACKENDS = {
     "native": WatchBackend("native", {"backend": "native"}, closes=True),
     "notify": WatchBackend("notify", {"backend": "notify"}),
+    # One filesystem mark; close-after-write like our inotify (skipped where it cannot run).
+    "fanotify": WatchBackend("fanotify", {"backend": "fanotify"}, closes=True),
     # A rewrite in place is found by a full sweep only: keep it short here.
     "poll": WatchBackend("poll", {"backend": "poll", "poll_interval": 0.05, "full_sweep": 0.3}),
 }

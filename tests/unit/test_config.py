@@ -344,7 +344,7 @@ def test_toml_unknown_key_suggests(tmp_path: Path, text: str, bad: str, suggesti
         ("event_types = []", "omero.fs.eventTypes", "Creation, Modification"),
         ("require_owner = 'perhaps'", "omero.fs.ng.requireOwner", "true, false, yes, no"),
         ("import_users = 3", "omero.fs.importUsers", "an array of user names"),
-        ("backend = 'inotify'", "omero.fs.ng.backend", "auto, native, notify, poll"),
+        ("backend = 'inotify'", "omero.fs.ng.backend", "auto, native, notify, poll, fanotify"),
     ],
 )
 def test_toml_bad_values(tmp_path: Path, line: str, prop: str, allowed: str) -> None:
@@ -707,7 +707,7 @@ def test_ng_settings_via_overrides() -> None:
 @pytest.mark.parametrize(
     ("override", "allowed"),
     [
-        ("omero.fs.ng.backend=inotify", "auto, native, notify, poll"),
+        ("omero.fs.ng.backend=inotify", "auto, native, notify, poll, fanotify"),
         ("omero.fs.ng.pollInterval=0", "a number of seconds more than 0"),
         ("omero.fs.ng.maxConcurrentImports=0", "a whole number from 1"),
         ("omero.fs.ng.maxAttempts=x", "a whole number from 1"),
@@ -817,6 +817,12 @@ def test_property_reference_markdown() -> None:
     )
     assert "Notes (differences from upstream and why):" in text
     assert "- `omero.fs.ng.completeWait`:" in text
+
+
+def test_ng_backend_fanotify_is_accepted() -> None:
+    # One fanotify filesystem mark (Linux, CAP_SYS_ADMIN; README, "Backends").
+    config = load_config(overrides=["omero.fs.ng.backend=fanotify"])
+    assert config.backend == "fanotify"
 
 
 def test_ng_backend_notify_is_accepted() -> None:
