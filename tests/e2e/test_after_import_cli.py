@@ -4,8 +4,10 @@ restart, unsafe combinations refused at start-up, failed imports never touched."
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from tests.support.service import Service, run_cli
@@ -96,3 +98,43 @@ def test_delete_with_an_in_place_import_is_refused_at_start_up(tmp_path: Path) -
     assert s.proc is not None
     assert s.proc.wait(timeout=60) != 0
     assert "would break the image in OMERO" in s.text()
+
+
+def test_a_service_killed_mid_move_finishes_the_move_after_restart_without_reimporting(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the service while it copies an imported file to an area on another
+    filesystem: the restart finishes the move from the journal; nothing is lost or imported twice."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        area = Path(shm) / "Imported"
+        s = service(tmp_path, **{"ng.afterImport": "move", "ng.importedArea": str(area)})
+        big = s.dropbox / "amy" / "run" / "big.tif"
+        big.parent.mkdir()
+        with open(big, "wb") as fh:  # 256 MiB: the copy to tmpfs takes long enough to be caught
+            for _ in range(256):
+                fh.write(b"II*\0" + os.urandom((1 << 20) - 4))
+        digest = _sha256(big)
+        partial = area / "amy" / "run" / ".big.tif.partial"
+        s.start()
+        try:
+            caught = wait_for(partial.exists, 120, interval=0.001)
+            s.kill9()
+        finally:
+            if s.alive():
+                s.kill9()
+        assert caught, s.tail()
+        with s:
+            moved = area / "amy" / "run" / "big.tif"
+            assert wait_for(lambda: [st for st, _ in _after_import_rows(s.state)] == ["done"], 120), s.tail()
+            assert moved.exists() and not big.exists()
+            assert _sha256(moved) == digest
+            assert not partial.exists()
+            assert len(s.records()) == 1  # the import ran once; only the move was resumed
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
