@@ -52,8 +52,6 @@ const INFO_NEW_DFID_NAME: u8 = 12;
 const META_LEN: usize = 24;
 /// The metadata version this parser knows (FANOTIFY_METADATA_VERSION).
 const METADATA_VERSION: u8 = 3;
-/// Room for a few thousand events per read(2).
-const BUF_BYTES: usize = 256 * 1024;
 /// Longest file handle the kernel hands out (MAX_HANDLE_SZ).
 const MAX_HANDLE: usize = 128;
 
@@ -265,27 +263,8 @@ mod imp {
 
         /// Read what is queued now (one read(2)) into `buf`; false when nothing is queued.
         pub fn read(&self, buf: &mut EventBuf) -> io::Result<bool> {
-            buf.len = 0;
-            if buf.bytes.len() < BUF_BYTES {
-                buf.bytes.resize(BUF_BYTES, 0);
-            }
-            // SAFETY: the buffer is valid for its whole length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    buf.bytes.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.bytes.len(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                    _ => Err(e),
-                };
-            }
-            buf.len = (n as usize).min(buf.bytes.len());
-            Ok(n > 0)
+            buf.len = crate::inotify::read_queued(self.fd.as_raw_fd(), &mut buf.bytes)?;
+            Ok(buf.len > 0)
         }
     }
 

@@ -159,28 +159,27 @@ mod imp {
 
         /// Read what is queued now (one read(2)) into `buf`; false when nothing is queued.
         pub fn read(&self, buf: &mut EventBuf) -> io::Result<bool> {
-            buf.len = 0;
-            if buf.bytes.len() < BUF_BYTES {
-                buf.bytes.resize(BUF_BYTES, 0);
-            }
-            // SAFETY: the buffer is valid for its whole length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    buf.bytes.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.bytes.len(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                    _ => Err(e),
-                };
-            }
-            buf.len = n as usize;
-            Ok(n > 0)
+            buf.len = read_queued(self.fd.as_raw_fd(), &mut buf.bytes)?;
+            Ok(buf.len > 0)
         }
+    }
+
+    /// One read(2) of a non-blocking kernel event queue (inotify, fanotify) into `bytes`,
+    /// sized to BUF_BYTES on first use: the bytes read, 0 when nothing is queued.
+    pub fn read_queued(fd: std::os::fd::RawFd, bytes: &mut Vec<u8>) -> io::Result<usize> {
+        if bytes.len() < BUF_BYTES {
+            bytes.resize(BUF_BYTES, 0);
+        }
+        // SAFETY: the buffer is valid for its whole length.
+        let n = unsafe { libc::read(fd, bytes.as_mut_ptr().cast::<libc::c_void>(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok((n as usize).min(bytes.len()))
     }
 }
 
@@ -214,6 +213,8 @@ mod imp {
     }
 }
 
+#[cfg(target_os = "linux")]
+pub use imp::read_queued;
 pub use imp::Inotify;
 
 #[cfg(all(test, target_os = "linux"))]
