@@ -1801,6 +1801,19 @@ class Journal:
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def annotations_unfinished(self, fileset_ids: Iterable[str]) -> dict[str, str]:
+        """``{fileset id: reason}`` of those of ``fileset_ids`` whose annotations are not
+        attached yet (pending or failed), read in one transaction."""
+        out: dict[str, str] = {}
+        with self._read() as c:
+            for fid in fileset_ids:
+                row = c.execute(
+                    "SELECT reason FROM annotations WHERE fileset_id = ? AND state != 'done'", (fid,)
+                ).fetchone()
+                if row is not None:
+                    out[fid] = str(row[0])
+        return out
+
     def annotations_retry(self, fileset_id: str, actor: str) -> bool:
         """An operator's retry of failed annotations (False: none failed); the history says
         who asked.  A running service attaches them within seconds, else the next start."""

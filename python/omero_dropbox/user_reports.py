@@ -94,6 +94,9 @@ class UserReports:
         ]
         records = self.journal.filesets_of_user(user, self.max_entries)
         objects = self.journal.objects_of([r.id for r in records]) if self.omero_web else {}
+        unattached = self.journal.annotations_unfinished(
+            r.id for r in records if r.plan and r.state == FilesetState.IMPORTED
+        )
         for rec in records:
             state = _SHOWN.get(rec.state)
             if state is None:
@@ -103,10 +106,8 @@ class UserReports:
                 links = [omero_web_link(self.omero_web, o) for o in objects.get(rec.id, [])]
                 link = next((x for x in links if x), None)
             reason = rec.last_error if state == "failed" else ""
-            if state == "imported" and rec.plan:
-                attached = self.journal.annotations_state(rec.id)
-                if attached is not None and attached[0] != "done":
-                    reason = attached[1] or "key-value pairs and tags: not attached yet"
+            if rec.id in unattached:
+                reason = unattached[rec.id] or "key-value pairs and tags: not attached yet"
             entries.append(ReportEntry(state, rec.key, len(rec.members), rec.updated, reason, link=link))
         try:
             write_report(user, entries, trusted=trusted, root=root, now=wall)
