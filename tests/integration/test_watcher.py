@@ -21,7 +21,7 @@ import pytest
 from omero_dropbox import Watcher
 from omero_dropbox.watcher import system_file_rules
 from tests.support.processes import sigint_as_a_terminal_sends_it
-from tests.support.watching import WatchBackend, collect, created, require_backend, write
+from tests.support.watching import WatchBackend, collect, created, reader_starved, require_backend, write
 
 # ------------------------------------------------------------------ basics
 
@@ -298,8 +298,9 @@ def test_queue_overflow_is_rescanned_without_losses_or_duplicates(shm_dir: Path,
     w = _watcher_with_a_tiny_queue(shm_dir, kernel)
     total = 3000
     with w:
-        for i in range(total):
-            write(shm_dir / f"dir{i % 50}" / f"f{i}.tif")
+        with reader_starved():
+            for i in range(total):
+                write(shm_dir / f"dir{i % 50}" / f"f{i}.tif")
         events = collect(w, until=total, timeout=60, quiet=1.0)
         stats = w.stats()
     seen = created(events)
@@ -330,12 +331,13 @@ def test_files_reported_before_an_overflow_are_quiet_in_its_rescan_unless_rewrit
         os.utime(shm_dir / "later_future.tif", (now + day, now + day))
         collect(w, quiet=0.3)
         overflows = w.stats()["overflows"]
-        for i in range(3000):
-            write(flood / f"f{i}.tif")
-        with open(shm_dir / "rewritten.tif", "ab") as fh:
-            fh.write(b"more")
-        for i in range(3000, 6000):
-            write(flood / f"f{i}.tif")
+        with reader_starved():
+            for i in range(3000):
+                write(flood / f"f{i}.tif")
+            with open(shm_dir / "rewritten.tif", "ab") as fh:
+                fh.write(b"more")
+            for i in range(3000, 6000):
+                write(flood / f"f{i}.tif")
         events = collect(w, until=6001, timeout=60, quiet=1.0)
         assert w.stats()["overflows"] > overflows, "the test did not force an overflow"
     again = Counter(e.path for e in events if not e.path.startswith(str(flood)))
