@@ -9,9 +9,8 @@ after a back-off (``retry_every`` doubling per attempt, at most an hour), up to
 ``max_attempts``; the import itself is never repeated for it. ``omero-dropbox retry`` on the
 fileset tries a failed attaching again.
 
-Attaching after a lost reply may attach twice (OMERO gives no way to ask "did that
-transaction commit?" without a marker of our own); that is the accepted trade, as with
-interrupted imports.
+Attaching again after a lost reply attaches nothing twice: the omero-py steps link only what is
+not linked yet and reuse a map annotation with the same pairs already on the objects.
 """
 
 from __future__ import annotations
