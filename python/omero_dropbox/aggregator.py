@@ -152,14 +152,23 @@ class Aggregator:
         for key, (reason, _until) in list(pool.blocked.items()):
             pool.blocked[key] = (reason, 0.0)  # ask again at the next due
 
-    def block(self, user: str, fs: Fileset, reason: str, until: float) -> None:
+    def block(self, user: str, fs: Fileset, reason: str, until: float) -> bool:
         """A due fileset that may not go yet (``reason``): back to the pool until ``until``, or
-        until :meth:`touch` says its folder's settings changed."""
+        until :meth:`touch` says its folder's settings changed. True when the reason is new
+        (not the one it was held for last time), so that it is said once, not at every check."""
         pool = self.pool(user)
         pool.files.update(fs.files)
         if fs not in pool.filesets:
             pool.filesets.append(fs)
+        before = pool.blocked.get(fs.key)
         pool.blocked[fs.key] = (reason, until)
+        return before is None or before[0] != reason
+
+    def unblock(self, user: str, key: str) -> None:
+        """The fileset of ``key`` may go now (its settings were fixed): forget why it was held."""
+        pool = self.pools.get(user)
+        if pool is not None:
+            pool.blocked.pop(key, None)
 
     def take_grouping(
         self,
@@ -207,7 +216,9 @@ class Aggregator:
             blocked = pool.blocked.get(fs.key)
             if blocked is not None and now < blocked[1]:
                 continue
-            pool.blocked.pop(fs.key, None)  # asked again by whoever takes it
+            # Its block (if any) stays until the taker says: `block` again (the reason it
+            # compares with, so that it is said once) or `unblock`. A fileset whose files vanish
+            # leaves the grouping, and take_grouping drops its block with it.
             pool.held_since.pop(fs.key, None)
             pool.filesets.remove(fs)
             for f in fs.files:

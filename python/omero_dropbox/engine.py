@@ -290,8 +290,6 @@ class DropBox:
             # it needs an operator; the import it follows is done and safe meanwhile.
             max_attempts=max(12, config.max_attempts),
         )
-        # The last reason each fileset key was held for, so that it is logged once, not per check.
-        self._settings_said: dict[str, str] = {}
         # Settings files read for the batch being submitted (emptied before each batch).
         self._settings_cache: dict[str, FolderSettings | None] = {}
 
@@ -753,12 +751,10 @@ class DropBox:
             reason = (
                 f"the folder settings cannot be used: {exc}; it waits until that file is fixed or removed"
             )
-            if self._settings_said.get(fs.key) != reason:
+            if self.aggregator.block(user, fs, reason, time.monotonic() + _SETTINGS_RECHECK):
                 log.warning("Not importing %s yet: %s", display_path(fs.key), exc)
-                self._settings_said[fs.key] = reason
-            self.aggregator.block(user, fs, reason, time.monotonic() + _SETTINGS_RECHECK)
             return None
-        self._settings_said.pop(fs.key, None)
+        self.aggregator.unblock(user, fs.key)
         return plan
 
     def _prepare(self, user: str, fs: Fileset) -> _Prepared | None:

@@ -207,6 +207,33 @@ def test_a_grouping_of_an_older_copy_keeps_only_filesets_wholly_in_the_pool() ->
     assert s.agg.pools["amy"].filesets == [a]
 
 
+def test_a_held_fileset_is_said_once_per_reason_and_forgotten_when_fixed_or_gone() -> None:
+    # A bad dropbox.toml holds a fileset: its reason is logged when new, not at every re-check
+    # (every 60 s, for days), and nothing is kept for a fileset that is released or deleted.
+    s = Script()
+    a, b = ics("a"), ics("b")
+    s.arrive(0.0, *a.files, *b.files)
+    s.group(0.0, [a, b])
+    assert s.due(3.0) == ([a.key, b.key], [])
+    assert s.agg.block("amy", a, "bad toml: line 1", 63.0) is True
+    assert s.agg.block("amy", b, "bad toml: line 1", 63.0) is True
+    assert s.due(10.0) == ([], [])  # held until the re-check
+    assert [w[2] for w in s.agg.waiting("amy", 10.0, WAITS)] == ["bad toml: line 1"] * 2
+    assert s.due(63.0) == ([a.key, b.key], [])
+    assert s.agg.block("amy", a, "bad toml: line 1", 123.0) is False  # same reason: said already
+    assert s.agg.block("amy", b, "bad toml: line 2", 123.0) is True  # a new reason is said
+    s.agg.touch("amy", f"{ROOT}/dropbox.toml", ROOT, 70.0)  # the file was edited: ask at once
+    assert s.due(80.0) == ([a.key, b.key], [])
+    s.agg.unblock("amy", a.key)  # fixed: a goes
+    assert s.agg.block("amy", b, "bad toml: line 2", 140.0) is False
+    assert set(s.agg.pools["amy"].blocked) == {b.key}
+    for f in b.files:  # b deleted while held: its block goes with it
+        s.agg.drop(f, 90.0)
+    s.group(90.0, [])
+    assert s.agg.pools["amy"].blocked == {}
+    assert s.agg.block("amy", b, "bad toml: line 2", 150.0) is True  # a new copy is said again
+
+
 def test_put_back_files_wait_again_and_are_regrouped() -> None:
     s = Script()
     a = ics("a")
