@@ -472,3 +472,37 @@ def test_a_server_restart_while_four_workers_hold_claims_loses_nothing(
     claimed = Counter(fid for fid, _ in workers.said("claim"))
     assert set(claimed.values()) == {1} and set(held) <= {fid for (fid,) in workers.said("done")}
     assert workers.said("stale") == []
+
+
+# --- the worker pool on it ---------------------------------------------------------------------
+
+
+def test_the_import_queue_runs_on_the_postgresql_store(store: PgQueueStore) -> None:
+    from omero_dropbox.import_queue import ImportQueue
+    from omero_dropbox.importers import ImportRequest, ImportResult
+
+    ids = add_many(store, 20, users=3)
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def importer(request: ImportRequest) -> ImportResult:
+        with lock:
+            seen.append((request.fileset_id, request.attempt))
+        if request.fileset_id == "f003" and request.attempt == 1:
+            return ImportResult.failure("server busy", transient=True)
+        if request.fileset_id == "f007":
+            return ImportResult.failure("corrupt file", transient=False)
+        return ImportResult.success()
+
+    queue = ImportQueue(store, importer, max_concurrent=3, backoff_initial=0.05, backoff_max=0.05)
+    assert sorted(queue.start()) == ids
+    try:
+        assert queue.wait_idle(120)
+    finally:
+        queue.drain(30)
+    assert sorted(seen) == sorted([(fid, 1) for fid in ids] + [("f003", 2)])
+    failed = store.filesets(FilesetState.FAILED)
+    assert [r.id for r in failed] == ["f007"] and failed[0].last_error.startswith("corrupt file")
+    f003 = store.fileset_by_id("f003")
+    assert f003 is not None and f003.state == FilesetState.IMPORTED and f003.attempts == 2
+    assert len(store.filesets(FilesetState.IMPORTED)) == 19
