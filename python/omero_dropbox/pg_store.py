@@ -57,11 +57,14 @@ PG_SCHEMA = "omero_dropbox"
 PG_SCHEMA_VERSION = 1
 
 CONNECT_TIMEOUT = 10  # seconds; libpq's connect_timeout
-STATEMENT_TIMEOUT = "30s"  # no statement of ours scans more than one user's queue head
-LOCK_TIMEOUT = "10s"  # a row lock held longer than this is an operator's stuck session
-# A client that dies inside a transaction (claims hold the counter row) must not stall the
-# other hosts' claims for longer than this.
-IDLE_IN_TRANSACTION_TIMEOUT = "60s"
+# Seconds.  Our statements take milliseconds: a slower one is an overloaded server, and a
+# lock held longer than LOCK_TIMEOUT is someone else's stuck session; either way the call fails
+# (JournalBusyError) instead of hanging the worker.
+STATEMENT_TIMEOUT = 30.0
+LOCK_TIMEOUT = 10.0
+# A client frozen inside a transaction (a claim holds the counter row) is cut off by the server
+# after this, so that it cannot stall the other hosts' claims for longer.
+IDLE_IN_TRANSACTION_TIMEOUT = 60.0
 # How many users' queue heads one claim tries when the first ones are locked by others.
 _CANDIDATES = 8
 # Advisory lock key taken while creating the schema, so that hosts starting together do not
@@ -206,15 +209,18 @@ class PgQueueStore:
     """The import queue (and the fileset records it hands out) in a PostgreSQL database.
 
     ``dsn``: a libpq connection string or ``postgresql://`` URL.  ``lease``: seconds a claim
-    stays a worker's without a :meth:`heartbeat`.  The tables are created at the first
-    connection, in the schema :data:`PG_SCHEMA`.
+    stays a worker's without a :meth:`heartbeat`.  ``lock_timeout``: seconds a call waits for a
+    row another session holds before :class:`~omero_dropbox.journal.JournalBusyError`.  The
+    tables are created at the first connection, in the schema :data:`PG_SCHEMA`.
     """
 
-    def __init__(self, dsn: str, *, lease: float = 60.0) -> None:
-        if not lease >= 0 or math.isinf(lease):
-            raise ValueError(f"lease={lease!r}: give a number of seconds, 0 or more")
+    def __init__(self, dsn: str, *, lease: float = 60.0, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        for name, value in (("lease", lease), ("lock_timeout", lock_timeout)):
+            if not value >= 0 or math.isinf(value):
+                raise ValueError(f"{name}={value!r}: give a number of seconds, 0 or more")
         self.dsn = dsn
         self.lease = float(lease)
+        self.lock_timeout = float(lock_timeout)
         self.shown_dsn = redact_dsn(dsn)
         self._lock = threading.RLock()
         self._conn: _Connection | None = None
@@ -265,12 +271,12 @@ class PgQueueStore:
             raise self._connect_error(e) from None
         try:
             with conn.cursor() as cur:
-                for name, value in (
+                for name, seconds in (
                     ("statement_timeout", STATEMENT_TIMEOUT),
-                    ("lock_timeout", LOCK_TIMEOUT),
+                    ("lock_timeout", self.lock_timeout),
                     ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT),
                 ):
-                    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+                    cur.execute("SELECT set_config(%s, %s, false)", (name, f"{round(seconds * 1000)}ms"))
                 if not self._ready:
                     self._setup(cur)
             conn.commit()

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 import omero_dropbox
-from omero_dropbox.journal import JournalError, StaleClaimError
+from omero_dropbox.journal import JournalBusyError, JournalError, StaleClaimError
 from omero_dropbox.pg_store import (
     PG_SCHEMA,
     PG_SCHEMA_VERSION,
@@ -223,7 +223,7 @@ def test_heartbeats_keep_a_claim_past_its_lease(pg_dsn: str) -> None:
 
 WORKER = """
 import os, sys, time
-from omero_dropbox.journal import JournalError, StaleClaimError
+from omero_dropbox.journal import JournalBusyError, JournalError, StaleClaimError
 from omero_dropbox.pg_store import PgQueueStore
 
 name, mode = sys.argv[1], sys.argv[2]
@@ -506,3 +506,17 @@ def test_the_import_queue_runs_on_the_postgresql_store(store: PgQueueStore) -> N
     f003 = store.fileset_by_id("f003")
     assert f003 is not None and f003.state == FilesetState.IMPORTED and f003.attempts == 2
     assert len(store.filesets(FilesetState.IMPORTED)) == 19
+
+
+def test_a_session_stuck_holding_the_claim_lock_makes_claims_fail_not_hang(pg_dsn: str) -> None:
+    with PgQueueStore(pg_dsn, lock_timeout=0.5) as store:
+        add_many(store, 2)
+        # A client frozen in the middle of a claim: it holds the token counter's row.
+        with psycopg.connect(pg_dsn) as frozen:
+            frozen.execute(f"SELECT last_token FROM {PG_SCHEMA}.queue_clock FOR UPDATE")
+            with pytest.raises(JournalBusyError, match=r"lock timeout.*another session holds a lock"):
+                store.claim_next(time.time(), worker="w", max_running=5)
+            assert store.queue_counts(time.time()) == (2, 0)  # reads need no lock
+            frozen.rollback()
+        c = store.claim_next(time.time(), worker="w", max_running=5)  # the same store, at once
+        assert c is not None and c.token == 1
