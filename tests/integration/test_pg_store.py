@@ -20,8 +20,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
-import psycopg
 import pytest
+
+try:
+    import psycopg
+except ImportError:
+    pytest.skip("psycopg 3 is not installed (pip install 'psycopg[binary]')", allow_module_level=True)
 
 import omero_dropbox
 from omero_dropbox.journal import JournalBusyError, JournalError, StaleClaimError

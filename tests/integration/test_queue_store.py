@@ -15,15 +15,20 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from omero_dropbox import journal as journal_module
 from omero_dropbox.identity import FileIdentity
 from omero_dropbox.journal import INTERRUPTED_REASON, FilesetRecord, Journal, JournalError, StaleClaimError
-from omero_dropbox.pg_store import PgQueueStore
 from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.states import FilesetState
+
+if TYPE_CHECKING:  # psycopg is only needed where the PostgreSQL store runs
+    from omero_dropbox.pg_store import PgQueueStore
+
+    Store = Journal | PgQueueStore
 
 FIXTURE_V2 = Path(__file__).parents[1] / "fixtures" / "journal_v2.sql"
 
@@ -38,15 +43,15 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 # The behaviour below is the QueueStore contract: every store must pass it.  The PostgreSQL
 # store runs against a private server (tests/support/postgres.py); tests/integration/
 # test_pg_store.py has what only a shared, multi-host store does (leases, reclaims).
-Store = Journal | PgQueueStore
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s: Store
     if request.param == "sqlite":
         s = Journal(tmp_path / "state")
     else:
+        pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]')")
+        from omero_dropbox.pg_store import PgQueueStore
+
         s = PgQueueStore(request.getfixturevalue("pg_dsn"))
     yield s
     s.close()
