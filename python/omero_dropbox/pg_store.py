@@ -469,14 +469,14 @@ class PgQueueStore:
         members: Sequence[str],
         fmt: str,
         *,
-        plan: str = "",
+        plan: str | None = None,
         queue: bool = False,
         reason: str = "complete; queued for import",
     ) -> FilesetRecord:
         """Record a fileset as ``waiting`` (with ``queue``, straight into the queue).
 
         Idempotent on the fileset id (its content identity): a fileset not yet started takes
-        the new key, members, format and plan; one already importing or finished is returned
+        the new key, members, format and ``plan`` (if given); one already importing or finished is returned
         unchanged, so sending it twice never imports it twice.
         """
         if not members:
@@ -492,7 +492,8 @@ class PgQueueStore:
                 f"INSERT INTO {PG_SCHEMA}.filesets(id, owner, key, format, state, created, updated, plan)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, key = EXCLUDED.key,"
-                " format = EXCLUDED.format, plan = EXCLUDED.plan, updated = EXCLUDED.updated"
+                " format = EXCLUDED.format, updated = EXCLUDED.updated,"
+                f" plan = COALESCE(%s::text, {PG_SCHEMA}.filesets.plan)"
                 f" WHERE {PG_SCHEMA}.filesets.state IN (%s, %s)"
                 " RETURNING (xmax = 0) AS inserted",
                 (
@@ -503,6 +504,7 @@ class PgQueueStore:
                     FilesetState.WAITING.value,
                     now,
                     now,
+                    plan or "",
                     plan,
                     FilesetState.WAITING.value,
                     _Q,

@@ -128,6 +128,8 @@ def test_member_paths_are_kept_as_bytes(store: PgQueueStore) -> None:
     rec = store.fileset_by_id("f")
     assert rec is not None and rec.key == key and rec.members == (key, other)
     assert rec.state == FilesetState.QUEUED and rec.plan == '{"dataset": "x"}'
+    revised = store.add_fileset("f", "amy", key, [other, key], "OMETiff")  # no plan given: kept
+    assert revised.plan == '{"dataset": "x"}' and revised.members == (other, key)
     with psycopg.connect(store.dsn) as conn:
         row = conn.execute(f"SELECT key FROM {PG_SCHEMA}.filesets WHERE id = 'f'").fetchone()
         assert row == (b"/drop/amy/caf\xe9/scan\xff.ome.tif",)
