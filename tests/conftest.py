@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import pg_dsn, postgres_server  # noqa: F401  (fixtures)
 from tests.support.watching import WATCH_BACKENDS, WatchBackend, require_backend
 
 

@@ -1,9 +1,11 @@
-"""The journal as the import queue: claims in SQL (round robin, back-off, concurrency),
-fencing tokens, recovery after a crash, the schema 2 -> 3 migration, and several processes
-sharing one queue.  All on real SQLite files."""
+"""The import queue's stores: claims in SQL (round robin, back-off, concurrency), fencing
+tokens, recovery after a crash, for the SQLite journal and the PostgreSQL store alike (on real
+SQLite files and a private PostgreSQL server); then the journal's schema 2 -> 3 migration and
+several processes sharing one journal."""
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import subprocess
@@ -13,14 +15,20 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from omero_dropbox import journal as journal_module
 from omero_dropbox.identity import FileIdentity
-from omero_dropbox.journal import INTERRUPTED_REASON, Journal, JournalError, StaleClaimError
+from omero_dropbox.journal import INTERRUPTED_REASON, FilesetRecord, Journal, JournalError, StaleClaimError
 from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.states import FilesetState
+
+if TYPE_CHECKING:  # psycopg is only needed where the PostgreSQL store runs
+    from omero_dropbox.pg_store import PgQueueStore
+
+    Store = Journal | PgQueueStore
 
 FIXTURE_V2 = Path(__file__).parents[1] / "fixtures" / "journal_v2.sql"
 
@@ -32,21 +40,48 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
-def add(j: Journal, fid: str, user: str = "amy", queue: bool = True) -> str:
+# The behaviour below is the QueueStore contract: every store must pass it.  The PostgreSQL
+# store runs against a private server (tests/support/postgres.py); tests/integration/
+# test_pg_store.py has what only a shared, multi-host store does (leases, reclaims).
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store
+    if request.param == "sqlite":
+        s = Journal(tmp_path / "state")
+    else:
+        pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]')")
+        from omero_dropbox.pg_store import PgQueueStore
+
+        s = PgQueueStore(request.getfixturevalue("pg_dsn"))
+    yield s
+    s.close()
+
+
+def add(j: Store, fid: str, user: str = "amy", queue: bool = True) -> str:
     key = f"/drop/{user}/{fid}.tif"
-    j.record_file(key, user, FileIdentity(1, abs(hash(key)), 1, fid))
-    j.upsert_fileset(fid, user, key, [key], "Fake")
+    if isinstance(j, Journal):
+        j.record_file(key, user, FileIdentity(1, abs(hash(key)), 1, fid))
+        j.upsert_fileset(fid, user, key, [key], "Fake")
+    else:  # the PostgreSQL store holds filesets, not files
+        j.add_fileset(fid, user, key, [key], "Fake")
     if queue:
         assert j.enqueue(fid, "complete; queued for import") == FilesetState.WAITING
     return fid
 
 
-def claim(j: Journal, now: float | None = None, max_running: int = 100, **kw: object) -> Claim | None:
+def restart(j: Store) -> list[FilesetRecord]:
+    """What a restart of the one service does: every claim is a dead process's."""
+    if isinstance(j, Journal):
+        return j.recover_interrupted()
+    return j.recover_interrupted(now=math.inf)  # shared: only expired leases, so expire them all
+
+
+def claim(j: Store, now: float | None = None, max_running: int = 100, **kw: object) -> Claim | None:
     when = time.time() + 1 if now is None else now
     return j.claim_next(when, worker="test", max_running=max_running, **kw)  # type: ignore[arg-type]
 
 
-def drain_order(j: Journal) -> list[str]:
+def drain_order(j: Store) -> list[str]:
     """Claim and finish everything due, one at a time: the order the queue serves."""
     order = []
     while (c := claim(j)) is not None:
@@ -55,129 +90,129 @@ def drain_order(j: Journal) -> list[str]:
     return order
 
 
-def test_the_journal_is_a_queue_store(journal: Journal) -> None:
-    store: QueueStore = journal  # the protocol the worker pool depends on; mypy checks it
-    assert store.next_due_at() is None and store.queue_counts(time.time()) == (0, 0)
+def test_the_store_is_a_queue_store(store: Store) -> None:
+    protocol: QueueStore = store  # the protocol the worker pool depends on; mypy checks it
+    assert protocol.next_due_at() is None and protocol.queue_counts(time.time()) == (0, 0)
 
 
-def test_claims_serve_users_in_turn_and_each_users_filesets_in_order(journal: Journal) -> None:
+def test_claims_serve_users_in_turn_and_each_users_filesets_in_order(store: Store) -> None:
     for i in range(6):
-        add(journal, f"a{i}", "alice")
+        add(store, f"a{i}", "alice")
     for i in range(2):
-        add(journal, f"b{i}", "bob")
-    add(journal, "c0", "carol")
-    order = drain_order(journal)
+        add(store, f"b{i}", "bob")
+    add(store, "c0", "carol")
+    order = drain_order(store)
     # alice queued first; bob and carol never had a turn, so they come next; then alternate.
     assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4", "a5"]
     # a user arriving later goes before the user who had the last turn
     for i in range(3):
-        add(journal, f"a{i + 6}", "alice")
-    first = claim(journal)
+        add(store, f"a{i + 6}", "alice")
+    first = claim(store)
     assert first is not None and first.id == "a6"
-    add(journal, "d0", "dave")
-    second = claim(journal)
+    add(store, "d0", "dave")
+    second = claim(store)
     assert second is not None and second.id == "d0"
 
 
-def test_a_fileset_in_back_off_is_not_claimed_before_its_time(journal: Journal) -> None:
+def test_a_fileset_in_back_off_is_not_claimed_before_its_time(store: Store) -> None:
     base = time.time()
-    add(journal, "f")
-    c = claim(journal)
+    add(store, "f")
+    c = claim(store)
     assert c is not None
-    journal.finish("f", c.token, FilesetState.QUEUED, "server down", next_attempt_at=base + 60)
-    add(journal, "g", "bob")
-    assert journal.next_due_at() is not None
-    got = claim(journal)
+    store.finish("f", c.token, FilesetState.QUEUED, "server down", next_attempt_at=base + 60)
+    add(store, "g", "bob")
+    assert store.next_due_at() is not None
+    got = claim(store)
     assert got is not None and got.id == "g"
-    journal.finish("g", got.token, FilesetState.IMPORTED)
-    assert claim(journal, now=base + 59) is None
-    assert journal.next_due_at() == base + 60
-    assert journal.queue_counts(base + 59) == (0, 1) and journal.queue_counts(base + 60) == (1, 0)
-    later = claim(journal, now=base + 60)
+    store.finish("g", got.token, FilesetState.IMPORTED)
+    assert claim(store, now=base + 59) is None
+    assert store.next_due_at() == base + 60
+    assert store.queue_counts(base + 59) == (0, 1) and store.queue_counts(base + 60) == (1, 0)
+    later = claim(store, now=base + 60)
     assert later is not None and later.id == "f" and later.record.attempts == 2
     assert later.record.last_error == "server down"
 
 
-def test_no_claim_beyond_the_concurrency_cap(journal: Journal) -> None:
+def test_no_claim_beyond_the_concurrency_cap(store: Store) -> None:
     for i in range(4):
-        add(journal, f"a{i}", "alice")
-    add(journal, "b0", "bob")
-    first, second = claim(journal, max_running=2), claim(journal, max_running=2)
+        add(store, f"a{i}", "alice")
+    add(store, "b0", "bob")
+    first, second = claim(store, max_running=2), claim(store, max_running=2)
     assert first is not None and second is not None
-    assert claim(journal, max_running=2) is None  # two importing: the cap
-    journal.finish(first.id, first.token, FilesetState.IMPORTED)
-    third = claim(journal, max_running=2)
-    assert third is not None and claim(journal, max_running=2) is None
-    assert len(journal.filesets(FilesetState.IMPORTING)) == 2
+    assert claim(store, max_running=2) is None  # two importing: the cap
+    store.finish(first.id, first.token, FilesetState.IMPORTED)
+    third = claim(store, max_running=2)
+    assert third is not None and claim(store, max_running=2) is None
+    assert len(store.filesets(FilesetState.IMPORTING)) == 2
 
 
-def test_no_claim_beyond_the_per_user_limit(journal: Journal) -> None:
+def test_no_claim_beyond_the_per_user_limit(store: Store) -> None:
     for i in range(3):
-        add(journal, f"a{i}", "alice")
-    add(journal, "b0", "bob")
-    got = [claim(journal, per_user_limit=1) for _ in range(3)]
+        add(store, f"a{i}", "alice")
+    add(store, "b0", "bob")
+    got = [claim(store, per_user_limit=1) for _ in range(3)]
     assert [c.id if c else None for c in got] == ["a0", "b0", None]  # alice has one importing
     assert got[0] is not None
-    journal.finish("a0", got[0].token, FilesetState.IMPORTED)
-    nxt = claim(journal, per_user_limit=1)
+    store.finish("a0", got[0].token, FilesetState.IMPORTED)
+    nxt = claim(store, per_user_limit=1)
     assert nxt is not None and nxt.id == "a1"
 
 
-def test_a_stale_claim_cannot_record_its_result(journal: Journal) -> None:
-    add(journal, "f")
-    old = claim(journal)
+def test_a_stale_claim_cannot_record_its_result(store: Store) -> None:
+    add(store, "f")
+    old = claim(store)
     assert old is not None
-    journal.recover_interrupted()  # a restart took it back
-    new = claim(journal)
+    restart(store)  # a restart took it back
+    new = claim(store)
     assert new is not None and new.token > old.token
     with pytest.raises(StaleClaimError, match=rf"claim {old.token} is no longer current"):
-        journal.finish("f", old.token, FilesetState.FAILED, "late result")
-    rec = journal.fileset_by_id("f")
+        store.finish("f", old.token, FilesetState.FAILED, "late result")
+    rec = store.fileset_by_id("f")
     assert rec is not None and rec.state == FilesetState.IMPORTING
-    journal.finish("f", new.token, FilesetState.IMPORTED)
+    store.finish("f", new.token, FilesetState.IMPORTED)
     with pytest.raises(StaleClaimError):
-        journal.finish("f", new.token, FilesetState.IMPORTED)  # twice: the claim is over
+        store.finish("f", new.token, FilesetState.IMPORTED)  # twice: the claim is over
     with pytest.raises(StaleClaimError, match="gone"):
-        journal.finish("nope", 1, FilesetState.IMPORTED)
+        store.finish("nope", 1, FilesetState.IMPORTED)
 
 
-def test_enqueue_is_idempotent_and_the_one_way_in(journal: Journal) -> None:
-    add(journal, "f", queue=False)
-    assert journal.enqueue("f", "complete") == FilesetState.WAITING
-    assert journal.enqueue("f", "complete") == FilesetState.QUEUED
-    assert journal.queued_ids() == ["f"]
-    c = claim(journal)
+def test_enqueue_is_idempotent_and_the_one_way_in(store: Store) -> None:
+    add(store, "f", queue=False)
+    assert store.enqueue("f", "complete") == FilesetState.WAITING
+    assert store.enqueue("f", "complete") == FilesetState.QUEUED
+    assert store.queued_ids() == ["f"]
+    c = claim(store)
     assert c is not None
-    assert journal.enqueue("f", "again") == FilesetState.IMPORTING
-    journal.finish("f", c.token, FilesetState.FAILED, "corrupt")
-    assert journal.enqueue("f", "again") == FilesetState.FAILED  # not without an operator
-    assert journal.fileset_by_id("f").state == FilesetState.FAILED  # type: ignore[union-attr]
-    assert journal.enqueue("f", "retry requested by ann", requeue=True) == FilesetState.FAILED
-    rec = journal.fileset_by_id("f")
+    assert store.enqueue("f", "again") == FilesetState.IMPORTING
+    store.finish("f", c.token, FilesetState.FAILED, "corrupt")
+    assert store.enqueue("f", "again") == FilesetState.FAILED  # not without an operator
+    assert store.fileset_by_id("f").state == FilesetState.FAILED  # type: ignore[union-attr]
+    assert store.enqueue("f", "retry requested by ann", requeue=True) == FilesetState.FAILED
+    rec = store.fileset_by_id("f")
     assert rec is not None and rec.state == FilesetState.QUEUED and rec.attempts == 0
-    moves = [(h.old_state, h.new_state) for h in journal.history_of("f")]
+    moves = [(h.old_state, h.new_state) for h in store.history_of("f")]
     assert moves.count(("waiting", "queued")) == 1 and moves.count(("failed", "queued")) == 1
     with pytest.raises(JournalError, match="unknown fileset"):
-        journal.enqueue("nope", "x")
+        store.enqueue("nope", "x")
 
 
-def test_recover_interrupted_puts_back_a_dead_process_claims(journal: Journal) -> None:
-    add(journal, "f")
-    add(journal, "g", "bob")
-    c = claim(journal)
+def test_recover_interrupted_puts_back_a_dead_process_claims(store: Store) -> None:
+    add(store, "f")
+    add(store, "g", "bob")
+    c = claim(store)
     assert c is not None and c.id == "f"
-    back = journal.recover_interrupted()
+    back = restart(store)
     assert [r.id for r in back] == ["f"] and back[0].state == FilesetState.QUEUED
     assert back[0].attempts == 1 and back[0].last_error == INTERRUPTED_REASON  # the count goes on
-    assert journal.recover_interrupted() == []
-    assert sorted(journal.queued_ids()) == ["f", "g"]
+    assert restart(store) == []
+    assert sorted(store.queued_ids()) == ["f", "g"]
     # a fileset that crashed the service max_attempts times is given up, untried
-    assert [r.id for r in journal.exhausted(1)] == ["f"] and journal.exhausted(2) == []
-    assert journal.give_up("f", "gave up after 1 attempt(s); last: interrupted")
-    assert not journal.give_up("f", "twice")
-    rec = journal.fileset_by_id("f")
+    assert [r.id for r in store.exhausted(1)] == ["f"] and store.exhausted(2) == []
+    assert store.give_up("f", "gave up after 1 attempt(s); last: interrupted")
+    assert not store.give_up("f", "twice")
+    rec = store.fileset_by_id("f")
     assert rec is not None and rec.state == FilesetState.FAILED and rec.attempts == 1
-    again = claim(journal)
+    again = claim(store)
     assert again is not None and again.id == "g"
 
 
