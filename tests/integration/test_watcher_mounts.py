@@ -127,9 +127,10 @@ def test_a_share_mounted_inside_the_folder_is_polled_and_sees_other_hosts_writes
     require_backend("fanotify" if backend == "auto" else backend)
     mount = disk_folder / "microscope"
     caplog.set_level(logging.INFO, logger=LOGGER)
-    with sshfs(mount) as share, Watcher(
-        disk_folder, backend=backend, poll_interval=POLL, settle=SETTLE, full_sweep=3.0
-    ) as w:
+    with (
+        sshfs(mount) as share,
+        Watcher(disk_folder, backend=backend, poll_interval=POLL, settle=SETTLE, full_sweep=3.0) as w,
+    ):
         root_backend = "fanotify" if backend == "auto" else backend
         assert w.backends() == [(str(disk_folder), root_backend), (str(mount), "poll")]
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

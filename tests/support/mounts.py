@@ -104,7 +104,16 @@ def sshfs(at: Path) -> Iterator[Share]:
         )
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
         sshd = subprocess.Popen(
-            [SSHD, "-D", "-f", str(base / "sshd_config"), "-o", "StrictModes=no", "-E", str(base / "sshd.log")]
+            [
+                SSHD,
+                "-D",
+                "-f",
+                str(base / "sshd_config"),
+                "-o",
+                "StrictModes=no",
+                "-E",
+                str(base / "sshd.log"),
+            ]
         )
         assert wait_for(lambda: _accepts(port), timeout=10), (base / "sshd.log").read_text()
         subprocess.run(
