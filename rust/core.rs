@@ -1570,8 +1570,8 @@ impl Core {
         let mut left: Vec<usize> = (0..self.roots.len())
             .filter(|&i| self.roots[i].live && self.roots[i].mount && !now.contains(&self.roots[i].path))
             .collect();
-        // Innermost first (an outer one's leaving re-walks what lies below it).
-        left.sort_by_key(|&i| std::cmp::Reverse(self.roots[i].path.components().count()));
+        // Outermost first: leaving one leaves those below it too, and re-walks what is there.
+        left.sort_by_key(|&i| self.roots[i].path.components().count());
         self.boundaries = now;
         for sub in left {
             if self.roots[sub].live {
@@ -2488,7 +2488,7 @@ impl Core {
     /// and in scope, and IN_ISDIR that it is no directory, so the checks the general path
     /// makes with two more lookups are skipped. The path is assembled in `scratch`.
     fn burst_event(&mut self, wd: i32, mask: u32, name: &OsStr, scratch: &mut Vec<u8>) -> bool {
-        if name.is_empty() || mask & ino::ISDIR != 0 || self.roots.len() != 1 {
+        if name.is_empty() || mask & ino::ISDIR != 0 {
             return false;
         }
         let seen = if mask & ino::CLOSE_WRITE != 0 {
@@ -2503,14 +2503,23 @@ impl Core {
         let Some(path) = self.event_path(wd, name, scratch) else {
             return false;
         };
-        if self.on_known_file(0, path, seen, None) {
+        // (Several roots, or mounts inside one followed as roots of their own: its root.)
+        let idx = if self.roots.len() == 1 {
+            0
+        } else {
+            match self.root_of(path) {
+                Some(idx) => idx,
+                None => return false,
+            }
+        };
+        if self.on_known_file(idx, path, seen, None) {
             return true;
         }
         if mask & ino::CREATE == 0 {
             return false; // written to a file we did not know: the general path decides
         }
         if self.file_allowed(path) {
-            self.on_new_file(0, path, seen, None);
+            self.on_new_file(idx, path, seen, None);
         }
         true
     }

@@ -35,6 +35,8 @@ SETTLE = 1.0
 ATTR_CACHE = 1.0
 # What a loaded 2-core machine may add to any deadline here.
 SLACK = 4.0
+# A polled file is seen by the next poll and READY once unchanged for `settle` plus two polls.
+POLLED_READY = 3 * POLL + SETTLE + ATTR_CACHE + SLACK
 
 
 def _needs_tmpfs() -> None:
@@ -142,7 +144,7 @@ def test_a_share_mounted_inside_the_folder_is_polled_and_sees_other_hosts_writes
         write(share.server / "by-other-host.tif", b"h" * 3000)
         events, took = _first(w, mount / "by-other-host.tif", timeout=30)
         assert _kinds(events) == [("created", str(mount / "by-other-host.tif"))]
-        assert took < POLL + SETTLE + ATTR_CACHE + SLACK
+        assert took < POLLED_READY
         # Written through the mount: reported once, not by kernel events and polling both.
         write(mount / "through-mount.tif", b"m" * 3000)
         write(mount / "exp1" / "deep.tif", b"d" * 3000)
@@ -226,7 +228,35 @@ def test_a_share_mounted_while_watching_is_polled(disk_folder: Path) -> None:
             write(share.server / "by-other-host.tif", b"h" * 3000)
             events, took = _first(w, mount / "by-other-host.tif", timeout=30)
             assert _kinds(events) == [("created", str(mount / "by-other-host.tif"))]
-            assert took < POLL + SETTLE + ATTR_CACHE + SLACK
+            assert took < POLLED_READY
         assert wait_for(lambda: _mounts_listed(w) == [], timeout=10), w.backends()
         events = collect(w, until=1, timeout=15, quiet=0.5)
         assert _kinds(events) == [("deleted", str(mount / "by-other-host.tif"))]
+
+
+def test_a_mount_inside_a_mount_takes_the_backend_of_the_subtree_it_is_in(disk_folder: Path) -> None:
+    # ramfs cannot be marked: its subtree gets inotify, and so does a tmpfs mounted inside it
+    # (fanotify could mark that one, but everything below a mount point inherits its choice).
+    _needs_tmpfs()
+    require_backend("fanotify")
+    ram = disk_folder / "ram"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True, timeout=30)
+    try:
+        with tmpfs(ram / "inner") as inner, Watcher(disk_folder, backend="fanotify", settle=SETTLE) as w:
+            assert w.backends() == [
+                (str(disk_folder), "fanotify"),
+                (str(ram), "native"),
+                (str(inner), "native"),
+            ]
+            write(disk_folder / "top.tif")
+            write(ram / "a.tif")
+            write(inner / "deep" / "b.tif")
+            events = collect(w, until=3, timeout=15, quiet=1.0)
+            assert _kinds(events) == [
+                ("created", str(ram / "a.tif")),
+                ("created", str(inner / "deep" / "b.tif")),
+                ("created", str(disk_folder / "top.tif")),
+            ]
+    finally:
+        subprocess.run(["umount", "-l", str(ram)], check=False, timeout=30)
