@@ -218,11 +218,13 @@ def test_a_tmpfs_mounted_and_unmounted_while_watching_is_followed(disk_folder: P
         assert _kinds(events) == [("created", str(scratch / "after.tif"))]
 
 
-def test_a_share_mounted_while_watching_is_polled(disk_folder: Path) -> None:
+@pytest.mark.parametrize("backend", ["auto", "native", "fanotify"])
+def test_a_share_mounted_while_watching_is_polled(disk_folder: Path, backend: str) -> None:
     _needs_sshfs()
+    require_backend("fanotify" if backend == "auto" else backend)
     mount = disk_folder / "microscope"
     mount.mkdir()
-    with Watcher(disk_folder, backend="auto", poll_interval=POLL, settle=SETTLE, full_sweep=3.0) as w:
+    with Watcher(disk_folder, backend=backend, poll_interval=POLL, settle=SETTLE, full_sweep=3.0) as w:
         with sshfs(mount) as share:
             assert wait_for(lambda: _mounts_listed(w) == [(str(mount), "poll")], timeout=10), w.backends()
             write(share.server / "by-other-host.tif", b"h" * 3000)
