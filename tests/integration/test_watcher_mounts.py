@@ -262,3 +262,29 @@ def test_a_mount_inside_a_mount_takes_the_backend_of_the_subtree_it_is_in(disk_f
             ]
     finally:
         subprocess.run(["umount", "-l", str(ram)], check=False, timeout=30)
+
+
+def test_the_services_start_up_line_names_the_backend_of_a_mount_in_a_users_folder(
+    disk_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _needs_tmpfs()
+    from omero_dropbox.config import load_config
+    from omero_dropbox.engine import DropBox
+    from omero_dropbox.ownership import UserList
+
+    dropbox = disk_folder / "DropBox"
+    scratch = dropbox / "amy" / "scratch"
+    settings = {"watchDir": str(dropbox), "ng.backend": "native", "throttleImport": "0"}
+    config = load_config(overrides=[f"omero.fs.{k}={v}" for k, v in settings.items()])
+    caplog.set_level(logging.INFO)
+    with tmpfs(scratch):
+        box = DropBox(config, lambda request: True, state_dir=disk_folder / "state", users=UserList(["amy"]))
+        try:
+            box.start()
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Monitor for user")]
+            assert lines == [
+                f"Monitor for user default watching {dropbox} "
+                f"(mode=follow, backend=native, native for mount {scratch})"
+            ]
+        finally:
+            box.shutdown(drain_timeout=10)
