@@ -5,7 +5,7 @@
 //! `Entry` (writing / settling / closing / done) -> deadline heap -> `Outbox`.
 //! Python only ever sees the `Outbox`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -23,7 +23,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use crate::deadlines::{Clock, Deadlines, Tick};
 use crate::fanotify::{self as fan, FanWatch};
 use crate::filter::Filter;
-use crate::fsinfo::network_fs_name;
+use crate::fsinfo::{network_fs_name, MountTable};
 use crate::inotify::{self as ino, EventBuf, Inotify};
 use crate::keys::{fk, k, FileKey, Key};
 use crate::poll::{default_full_sweep, PollChange, Poller};
@@ -141,7 +141,8 @@ pub struct Outbox {
     pub finished: bool,
     pub setup: Option<Result<(), String>>,
     pub stats: Stats,
-    /// (root, "native" | "poll") for every root.
+    /// (root, backend name) for every root, then (mount point, backend name) for every mount
+    /// inside a root that is followed as a subtree of its own.
     pub backends: Vec<(PathBuf, &'static str)>,
     /// Wake the consumer once this many events wait (its block size; 0 = only the first event).
     /// A consumer with events pending waits on its own debounce timer, so every other flush
@@ -381,11 +382,27 @@ impl WdTable {
     }
 }
 
+/// What became of a mount point met by a walk.
+enum Entered {
+    /// Followed as a root of its own: its index.
+    Own(usize),
+    /// Left to its parent's backend (a polled or recursive parent: nothing would do better).
+    Parent,
+    /// Could not be watched (said in the log): not followed.
+    Unwatched,
+}
+
 struct Root {
     path: PathBuf,
     backend: Backend,
     /// One watch per directory (inotify, polling) rather than one recursive watch (FSEvents, Windows).
     per_dir: bool,
+    /// A mount point inside a root, followed as a root of its own with the backend chosen for
+    /// its filesystem (see [`Core::enter_mount`]); not one of the roots asked for.
+    mount: bool,
+    /// False once a mount's subtree is left (unmounted): its slot stays, unused, so that the
+    /// indices of the others hold.
+    live: bool,
 }
 
 type NotifyResult = notify::Result<Event>;
@@ -435,6 +452,12 @@ pub struct Core {
     now: Instant,
     /// Where event paths are assembled for a lookup.
     scratch: Vec<u8>,
+    /// The mount table, followed for mounts inside the roots (None: not Linux, no /proc).
+    mount_table: Option<MountTable>,
+    /// Mount points inside the roots whose filesystem differs from their parent directory's:
+    /// the boundaries where a subtree gets a backend of its own.
+    boundaries: HashSet<PathBuf>,
+    last_mount_check: Instant,
 }
 
 const DENIED_RETRY: Duration = Duration::from_secs(5);
@@ -459,6 +482,9 @@ const MIN_GRACE_TO_ESTIMATE: Duration = Duration::from_millis(20);
 /// A deadline this close is due: waking again for a few milliseconds of a 100 ms grace costs
 /// more than it is worth (a create and its close often come in different reads).
 const DUE_SLACK: Duration = Duration::from_millis(5);
+/// How often the mount table is asked whether anything was mounted or unmounted (one
+/// poll(2) without waiting; the table is read only when it changed).
+const MOUNT_CHECK: Duration = Duration::from_secs(1);
 
 fn classify_io(e: &io::Error) -> WatchFail {
     match e.raw_os_error() {
@@ -509,12 +535,12 @@ fn closing(backend: Backend) -> bool {
     (backend == Backend::Native && cfg!(target_os = "linux")) || backend == Backend::Fanotify
 }
 
-/// The longest root `path` lies under (roots may nest).
+/// The longest root `path` lies under (roots may nest, and mounts inside roots are roots).
 fn root_index(roots: &[Root], path: &Path) -> Option<usize> {
     roots
         .iter()
         .enumerate()
-        .filter(|(_, r)| path.starts_with(&r.path))
+        .filter(|(_, r)| r.live && path.starts_with(&r.path))
         .max_by_key(|(_, r)| r.path.as_os_str().len())
         .map(|(i, _)| i)
 }
@@ -679,6 +705,9 @@ impl Core {
             setting_up: true,
             now: Instant::now(),
             scratch: Vec::new(),
+            mount_table: None,
+            boundaries: HashSet::new(),
+            last_mount_check: Instant::now(),
         }
     }
 
@@ -695,7 +724,13 @@ impl Core {
     /// Place the watches and do the start-up walk. Errors name the path and the fix.
     pub fn setup(&mut self) -> Result<(), String> {
         let roots = self.opts.roots.clone();
-        for (idx, root) in roots.iter().enumerate() {
+        if self.opts.mode != Mode::Flat {
+            self.mount_table = MountTable::open().ok();
+            self.boundaries = self.find_boundaries();
+        }
+        for root in roots.iter() {
+            // (Mounts inside earlier roots may have taken slots already.)
+            let idx = self.roots.len();
             let backend = self.choose_backend(root)?;
             // (fanotify has no per-directory watch, but the core follows and books each
             // directory by its handle the same way.)
@@ -706,6 +741,8 @@ impl Core {
                 path: root.clone(),
                 backend,
                 per_dir,
+                mount: false,
+                live: true,
             });
             if backend == Backend::Poll {
                 self.stats.poll_roots += 1;
@@ -754,6 +791,7 @@ impl Core {
                 Seen::Baseline
             };
             self.setup_walk(idx, seen);
+            self.enter_mounts_below(idx, seen);
         }
         self.setting_up = false;
         self.wd_dirs.shrink_to_fit();
@@ -930,7 +968,23 @@ impl Core {
             LOG_WARNING,
             format!("{text}; falling back to polling for {}", root_path.display()),
         );
-        let moved = self.remove_watches_under(&root_path);
+        let mounts_below = self
+            .roots
+            .iter()
+            .any(|r| r.live && r.mount && r.path != root_path && r.path.starts_with(&root_path));
+        let moved = if mounts_below {
+            // Only this root's own directories: the mounts inside it keep their backends.
+            let mine: Vec<Key> = self
+                .dirs
+                .keys()
+                .filter(|d| d.starts_with(&root_path) && self.root_of(d) == Some(idx))
+                .cloned()
+                .collect();
+            self.unwatch(&mine);
+            mine
+        } else {
+            self.remove_watches_under(&root_path)
+        };
         if let Some(native) = self.native.as_mut() {
             for d in &moved {
                 let _ = native.unwatch(d);
@@ -938,7 +992,9 @@ impl Core {
         }
         self.roots[idx].backend = Backend::Poll;
         self.roots[idx].per_dir = true;
-        self.stats.poll_roots += 1;
+        if !self.roots[idx].mount {
+            self.stats.poll_roots += 1;
+        }
         for d in moved {
             let _ = self.add_watch(idx, &d);
         }
@@ -1154,14 +1210,15 @@ impl Core {
     /// Watch `start` and every allowed directory below it (as the mode permits) and
     /// register every file found with `seen`. Watches are placed before the listing,
     /// so a file created meanwhile is either listed or produces an event.
+    /// A mount point met on the way is entered as a root of its own ([`Core::enter_mount`]);
+    /// what lies below it is walked with its index.
     fn walk(&mut self, idx: usize, start: PathBuf, seen: Seen, emit_dirs: bool) {
-        let root = self.roots[idx].path.clone();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
+        let mut stack = vec![(idx, start)];
+        while let Some((idx, dir)) = stack.pop() {
             if self.stopped() {
                 return;
             }
-            let is_root = dir == root;
+            let is_root = dir == self.roots[idx].path;
             if !is_root {
                 if !self.opts.filter.child_dir_allowed(&dir) {
                     self.note_ignored_dir(&dir);
@@ -1175,6 +1232,16 @@ impl Core {
                 };
                 if !follow {
                     continue;
+                }
+                if !self.boundaries.is_empty() && self.boundaries.contains(&dir) {
+                    match self.enter_mount(idx, &dir) {
+                        Entered::Own(sub) => {
+                            stack.push((sub, dir));
+                            continue;
+                        }
+                        Entered::Unwatched => continue,
+                        Entered::Parent => {}
+                    }
                 }
                 match self.add_watch(idx, &dir) {
                     Ok(()) => {}
@@ -1209,7 +1276,7 @@ impl Core {
             let flat = self.opts.mode == Mode::Flat;
             let mut files = Vec::new();
             let listing = read_entries(&dir, |found| match found {
-                Found::Dir(path) if !flat => stack.push(path),
+                Found::Dir(path) if !flat => stack.push((idx, path)),
                 Found::Dir(_) => {}
                 Found::File(path, stat) => files.push((path, stat)),
             });
@@ -1256,7 +1323,10 @@ impl Core {
             return;
         }
         let filter = self.opts.filter.clone();
-        let descend = move |p: &Path| filter.child_dir_allowed(p);
+        // Mounts inside the root are entered afterwards, each with its own backend
+        // ([`Core::enter_mounts_below`]).
+        let boundaries = self.boundaries.clone();
+        let descend = move |p: &Path| filter.child_dir_allowed(p) && !boundaries.contains(p);
         let shared = self.shared.clone();
         let mut limit: Option<String> = None;
         walk_parallel(
@@ -1279,6 +1349,246 @@ impl Core {
             }
             // Cover what the failed watches left out (already-known directories cost nothing).
             self.walk(idx, root, seen, false);
+        }
+    }
+
+    // ---------------------------------------------------------------- mounts
+
+    /// Mount points inside the roots whose device differs from their parent directory's
+    /// (a bind mount of the same filesystem is an ordinary directory here). Roots given
+    /// through symbolic links are matched by their real paths.
+    fn find_boundaries(&mut self) -> HashSet<PathBuf> {
+        let mut found = HashSet::new();
+        let Some(table) = self.mount_table.as_mut() else {
+            return found;
+        };
+        let points = match table.mount_points() {
+            Ok(points) => points,
+            Err(e) => {
+                self.log(
+                    LOG_WARNING,
+                    format!("cannot read the mount table ({e}); mounts inside the roots are watched with their root's backend"),
+                );
+                return found;
+            }
+        };
+        for root in &self.opts.roots {
+            let real = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+            for point in &points {
+                let Ok(rel) = point.strip_prefix(&real) else {
+                    continue;
+                };
+                if rel.as_os_str().is_empty() {
+                    continue; // the root itself
+                }
+                let path = root.join(rel);
+                let Some(parent) = path.parent() else { continue };
+                let dev = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.dev());
+                match (dev(&path), dev(parent)) {
+                    (Some(a), Some(b)) if a != b => {
+                        found.insert(path);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+
+    /// After the start-up walk of root `idx`: enter the mounts below it that the walk left
+    /// out, outermost first, where their parent directory is followed.
+    fn enter_mounts_below(&mut self, idx: usize, seen: Seen) {
+        let root = self.roots[idx].path.clone();
+        let mut under: Vec<PathBuf> = self
+            .boundaries
+            .iter()
+            .filter(|b| b.starts_with(&root) && **b != root)
+            .cloned()
+            .collect();
+        under.sort_by_key(|b| b.components().count());
+        for b in under {
+            if self.mount_index(&b).is_some() {
+                continue; // entered by a walk already
+            }
+            let Some(parent) = b.parent() else { continue };
+            if !self.dirs.contains_key(k(parent)) {
+                continue; // not followed: filtered, unreadable, or the mode says no
+            }
+            if let Some(pidx) = self.root_of(&b) {
+                self.walk(pidx, b, seen, false);
+            }
+        }
+    }
+
+    /// The live mount root at exactly `path`.
+    fn mount_index(&self, path: &Path) -> Option<usize> {
+        self.roots
+            .iter()
+            .position(|r| r.live && r.mount && r.path == path)
+    }
+
+    /// Start following mount point `dir` (inside root `parent`) as a root of its own, with
+    /// the backend its filesystem needs (see [`Entered`]).
+    fn enter_mount(&mut self, parent: usize, dir: &Path) -> Entered {
+        if let Some(sub) = self.mount_index(dir) {
+            return Entered::Own(sub);
+        }
+        let parent_backend = self.roots[parent].backend;
+        if !self.roots[parent].per_dir || !matches!(parent_backend, Backend::Native | Backend::Fanotify) {
+            return Entered::Parent;
+        }
+        // What was followed at this path before the mount covered it is gone from view.
+        self.detach_tree(dir);
+        let backend = self.choose_for_mount(parent_backend, dir);
+        let root = Root {
+            path: dir.to_path_buf(),
+            backend,
+            per_dir: true,
+            mount: true,
+            live: true,
+        };
+        let sub = match self.roots.iter().position(|r| !r.live && r.path == dir) {
+            Some(slot) => {
+                self.roots[slot] = root;
+                slot
+            }
+            None => {
+                self.roots.push(root);
+                self.roots.len() - 1
+            }
+        };
+        match self.add_watch(sub, dir) {
+            Ok(()) => Entered::Own(sub),
+            Err(fail) => {
+                self.roots[sub].live = false;
+                match fail {
+                    WatchFail::Denied => self.note_denied(parent, dir),
+                    WatchFail::Gone => {}
+                    WatchFail::Limit(msg) | WatchFail::Other(msg) => {
+                        self.log(LOG_WARNING, format!("cannot watch {}: {msg}", dir.display()))
+                    }
+                }
+                Entered::Unwatched
+            }
+        }
+    }
+
+    /// The backend for a mount inside a root served by `parent` (our inotify or fanotify):
+    /// a network filesystem is polled, a filesystem fanotify cannot mark gets inotify.
+    fn choose_for_mount(&mut self, parent: Backend, dir: &Path) -> Backend {
+        if let Some(fs) = network_fs_name(dir) {
+            self.log(
+                LOG_WARNING,
+                format!(
+                    "{} is a mount of a network filesystem ({fs}) inside a watched folder; kernel events miss writes from other hosts, so it is polled every {:.1}s",
+                    dir.display(),
+                    self.opts.poll_interval.as_secs_f64()
+                ),
+            );
+            return Backend::Poll;
+        }
+        if parent == Backend::Native {
+            return Backend::Native;
+        }
+        let why = match self.fanotify.as_mut().map(|fw| fw.book(dir)) {
+            Some(Ok(_)) => return Backend::Fanotify,
+            Some(Err(e)) => e.to_string(),
+            None => "no fanotify group".into(),
+        };
+        match self.ensure_native() {
+            Ok(()) => {
+                self.log(
+                    LOG_INFO,
+                    format!(
+                        "fanotify cannot mark the filesystem mounted at {} ({why}); watching it with inotify",
+                        dir.display()
+                    ),
+                );
+                Backend::Native
+            }
+            Err(e) => {
+                self.log(
+                    LOG_WARNING,
+                    format!(
+                        "fanotify cannot mark the filesystem mounted at {} ({why}) and inotify is unavailable ({e}); polling it every {:.1}s",
+                        dir.display(),
+                        self.opts.poll_interval.as_secs_f64()
+                    ),
+                );
+                Backend::Poll
+            }
+        }
+    }
+
+    /// Stop following `top` and everything below it, without a word about the directories:
+    /// files reported before are reported deleted, mounts below are left.
+    fn detach_tree(&mut self, top: &Path) {
+        let (dirs, files) = self.tree_under(top);
+        self.unwatch(&dirs);
+        for f in files {
+            self.forget_file(&f);
+        }
+        self.denied.retain(|d, _| !d.starts_with(top));
+        self.stats.denied = self.denied.len() as u64;
+        for r in self
+            .roots
+            .iter_mut()
+            .filter(|r| r.mount && r.path.starts_with(top))
+        {
+            r.live = false;
+        }
+    }
+
+    /// Mount `sub` is gone (unmounted): what it showed is gone, and the directory it covered
+    /// is followed again with its parent's backend.
+    fn leave_mount(&mut self, sub: usize) {
+        let path = self.roots[sub].path.clone();
+        self.detach_tree(&path);
+        self.log(
+            LOG_INFO,
+            format!(
+                "{} is no longer a mount point; watching it as part of its parent",
+                path.display()
+            ),
+        );
+        if self.root_of(&path).is_some() && path.parent().is_some_and(|p| self.dirs.contains_key(k(p))) {
+            self.rewalk(&path);
+        }
+    }
+
+    /// Follow mounts and unmounts inside the roots: asked of the mount table every
+    /// [`MOUNT_CHECK`], read only when it changed (or `force`d, at a rescan).
+    fn check_mounts(&mut self, force: bool) {
+        self.last_mount_check = Instant::now();
+        let Some(table) = self.mount_table.as_ref() else {
+            return;
+        };
+        if !table.changed() && !force {
+            return;
+        }
+        let now = self.find_boundaries();
+        let mut left: Vec<usize> = (0..self.roots.len())
+            .filter(|&i| self.roots[i].live && self.roots[i].mount && !now.contains(&self.roots[i].path))
+            .collect();
+        // Outermost first: leaving one leaves those below it too, and re-walks what is there.
+        left.sort_by_key(|&i| self.roots[i].path.components().count());
+        self.boundaries = now;
+        for sub in left {
+            if self.roots[sub].live {
+                self.leave_mount(sub);
+            }
+        }
+        let mut new: Vec<PathBuf> = self
+            .boundaries
+            .iter()
+            .filter(|b| self.mount_index(b).is_none())
+            .cloned()
+            .collect();
+        new.sort_by_key(|b| b.components().count());
+        for b in new {
+            if self.mount_index(&b).is_none() && b.parent().is_some_and(|p| self.dirs.contains_key(k(p))) {
+                self.rewalk(&b);
+            }
         }
     }
 
@@ -1886,7 +2196,12 @@ impl Core {
             LOG_WARNING,
             "event queue overflowed or the backend asked for a rescan; rescanning all roots".into(),
         );
+        // Mounts and unmounts first: the walks enter the mounts inside the roots.
+        self.check_mounts(true);
         for idx in 0..self.roots.len() {
+            if self.roots[idx].mount || !self.roots[idx].live {
+                continue;
+            }
             let root = self.roots[idx].path.clone();
             self.walk(idx, root, Seen::Scanned, !self.opts.ignore_dir_events);
         }
@@ -2173,7 +2488,7 @@ impl Core {
     /// and in scope, and IN_ISDIR that it is no directory, so the checks the general path
     /// makes with two more lookups are skipped. The path is assembled in `scratch`.
     fn burst_event(&mut self, wd: i32, mask: u32, name: &OsStr, scratch: &mut Vec<u8>) -> bool {
-        if name.is_empty() || mask & ino::ISDIR != 0 || self.roots.len() != 1 {
+        if name.is_empty() || mask & ino::ISDIR != 0 {
             return false;
         }
         let seen = if mask & ino::CLOSE_WRITE != 0 {
@@ -2188,14 +2503,23 @@ impl Core {
         let Some(path) = self.event_path(wd, name, scratch) else {
             return false;
         };
-        if self.on_known_file(0, path, seen, None) {
+        // (Several roots, or mounts inside one followed as roots of their own: its root.)
+        let idx = if self.roots.len() == 1 {
+            0
+        } else {
+            match self.root_of(path) {
+                Some(idx) => idx,
+                None => return false,
+            }
+        };
+        if self.on_known_file(idx, path, seen, None) {
             return true;
         }
         if mask & ino::CREATE == 0 {
             return false; // written to a file we did not know: the general path decides
         }
         if self.file_allowed(path) {
-            self.on_new_file(0, path, seen, None);
+            self.on_new_file(idx, path, seen, None);
         }
         true
     }
@@ -2371,7 +2695,8 @@ impl Core {
                 }
             }
             Change::Removed(path) => {
-                if !self.roots.iter().any(|r| r.path == path) {
+                // (A mount point removed after its unmount is an ordinary directory's removal.)
+                if !self.roots.iter().any(|r| r.live && !r.mount && r.path == path) {
                     self.on_removed(&path);
                 }
             }
@@ -2410,9 +2735,9 @@ impl Core {
     fn flush(&mut self) {
         let mut out = self.shared.lock();
         out.stats = self.stats;
-        out.backends = self
-            .roots
-            .iter()
+        // The roots asked for, then the mounts inside them that are followed on their own.
+        out.backends = (self.roots.iter().filter(|r| !r.mount))
+            .chain(self.roots.iter().filter(|r| r.mount && r.live))
             .map(|r| (r.path.clone(), r.backend.name()))
             .collect();
         let mut wake = !self.logs.is_empty();
@@ -2542,6 +2867,9 @@ impl Core {
                 }
             }
             self.poll_if_due();
+            if self.mount_table.is_some() && self.last_mount_check.elapsed() >= MOUNT_CHECK {
+                self.check_mounts(false);
+            }
             self.expire_unpaired_renames();
             self.relist_moved_dirs();
             if self.rescan_needed {

@@ -1,6 +1,6 @@
 //! Filesystem facts the backend choice depends on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The name of the network filesystem `path` lives on, if it is one.
 ///
@@ -68,4 +68,125 @@ pub fn network_fs_name(path: &Path) -> Option<&'static str> {
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn network_fs_name(_path: &Path) -> Option<&'static str> {
     None
+}
+
+/// The mount table of this process's mount namespace (`/proc/self/mountinfo`), kept open so
+/// that a mount or unmount anywhere can be noticed cheaply: the kernel flags the open file
+/// with a priority event (POLLPRI) when the table changes.
+#[cfg(target_os = "linux")]
+pub struct MountTable {
+    file: std::fs::File,
+}
+
+#[cfg(target_os = "linux")]
+impl MountTable {
+    pub fn open() -> std::io::Result<Self> {
+        Ok(MountTable {
+            file: std::fs::File::open("/proc/self/mountinfo")?,
+        })
+    }
+
+    /// Whether a mount or unmount happened since the last call (or since opening); never
+    /// waits. Errors count as a change (the caller then reads the table again).
+    pub fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n != 0 && (n < 0 || pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0)
+    }
+
+    /// Every mount point in the table (a path mounted over twice appears twice).
+    pub fn mount_points(&mut self) -> std::io::Result<Vec<PathBuf>> {
+        use std::io::{Read, Seek};
+        let mut text = Vec::new();
+        self.file.rewind()?;
+        self.file.read_to_end(&mut text)?;
+        Ok(parse_mountinfo(&text))
+    }
+}
+
+/// Not Linux: no mount table is followed (mounts inside a root are watched like any directory).
+#[cfg(not(target_os = "linux"))]
+pub struct MountTable;
+
+#[cfg(not(target_os = "linux"))]
+impl MountTable {
+    pub fn open() -> std::io::Result<Self> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+    pub fn changed(&self) -> bool {
+        false
+    }
+    pub fn mount_points(&mut self) -> std::io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The mount points (fifth field) of `/proc/self/mountinfo` text, with the kernel's octal
+/// escapes (`\040` for a space, `\011`, `\012`, `\134`) undone.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .filter(|field| field.first() == Some(&b'/'))
+        .map(|field| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(field))))
+        .collect()
+}
+
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let digits = field.get(i + 1..i + 4);
+        let octal = digits.filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (field[i], octal) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mountinfo;
+    use std::path::PathBuf;
+
+    #[test]
+    fn mountinfo_mount_points_are_read_with_their_escapes_undone() {
+        let text = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            40 22 0:35 / /data/Drop\\040Box/amy/micro\\134scope rw - fuse.sshfs host:/x rw\n\
+            41 22 0:36 / /tmp/a\\011b rw - tmpfs tmpfs rw\n\
+            \n";
+        assert_eq!(
+            parse_mountinfo(text),
+            vec![
+                PathBuf::from("/"),
+                PathBuf::from("/data/Drop Box/amy/micro\\scope"),
+                PathBuf::from("/tmp/a\tb"),
+            ]
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_mount_table_of_this_process_lists_the_root() {
+        let Ok(mut table) = super::MountTable::open() else {
+            return; // no /proc here
+        };
+        let points = table.mount_points().unwrap_or_default();
+        assert!(points.iter().any(|p| p == std::path::Path::new("/")));
+    }
 }

@@ -520,7 +520,8 @@ impl NativeWatcher {
             .any(|root| self.filter.reaches_file(root, &path, self.recursive)))
     }
 
-    /// The backend serving each root: a list of (root, "native" | "notify" | "poll" | "fanotify").
+    /// The backend serving each root: a list of (root, "native" | "notify" | "poll" | "fanotify"),
+    /// then (mount point, backend) for each mount inside a root followed as a subtree of its own.
     fn backends(&self) -> Vec<(std::ffi::OsString, &'static str)> {
         self.shared
             .lock()

@@ -98,7 +98,11 @@ class NativeWatcher:
     def reports(self, path: _Path) -> bool:
         """Whether a file at ``path`` would be reported once complete, by its path alone."""
     def backends(self) -> list[tuple[str, Literal["native", "notify", "poll", "fanotify"]]]:
-        """(root, "native" | "notify" | "poll" | "fanotify") for each root."""
+        """(root, "native" | "notify" | "poll" | "fanotify") for each root, in the order given, then
+        (mount point, backend) for each mount inside a root that is followed as a subtree of its own:
+        a network filesystem mounted in the tree is "poll", a filesystem fanotify cannot mark is
+        "native" (inotify). Mounts come and go with the mount table while the watcher runs.
+        """
     def stats(self) -> dict[str, int]:
         """raw_events, overflows, rescans, watches, reported, pending, tracked, denied, poll_roots."""
 

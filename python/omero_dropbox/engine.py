@@ -320,7 +320,10 @@ class DropBox:
                 initial_scan=True,
             )
             self._watchers.append(watcher)
-            backends = ", ".join(f"{b}" for _, b in watcher.backends())
+            # The root's backend, then each mount inside it that has one of its own.
+            backends = ", ".join(
+                b if i == 0 else f"{b} for mount {p}" for i, (p, b) in enumerate(watcher.backends())
+            )
             log.info(
                 "Monitor for user %s watching %s (mode=%s, backend=%s)",
                 user_cfg.import_user,

@@ -185,7 +185,11 @@ class Watcher:
         return self._native.reports(os.fsdecode(path))
 
     def backends(self) -> list[tuple[str, Literal["native", "notify", "poll", "fanotify"]]]:
-        """(root, "native" | "notify" | "poll" | "fanotify") for each root."""
+        """(root, "native" | "notify" | "poll" | "fanotify") for each root, in the order given, then
+        (mount point, backend) for each mount inside a root that is followed as a subtree of its own:
+        a network filesystem mounted in the tree is "poll", a filesystem fanotify cannot mark is
+        "native" (inotify). Mounts come and go with the mount table while the watcher runs.
+        """
         return self._native.backends()
 
     def __enter__(self) -> Watcher:
