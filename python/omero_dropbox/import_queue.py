@@ -102,6 +102,7 @@ class ImportQueue:
         backoff_factor: float = 2.0,
         backoff_max: float = 3600.0,
         on_done: OnDone | None = None,
+        name: str | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, not {max_concurrent!r}")
@@ -117,10 +118,13 @@ class ImportQueue:
         self.throttle = throttle
         self.on_done = on_done
         # Names this process's claims in the journal (claimed_by).
-        self._name = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
+        self._name = name or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
 
         self._cond = threading.Condition()
         self._running: dict[str, Claim] = {}
+        # Claims a shared store said are no longer ours (heartbeat refused): nothing more is
+        # started for them, and their result is refused by the store anyway.
+        self._lost: set[tuple[str, int]] = set()
         self._claiming = False  # one claim at a time here, so that the throttle holds
         self._wakes = 0  # counts submits and finished imports: an idle worker looks again
         self._idle_until = 0.0  # monotonic: nothing to claim before then, unless woken
@@ -294,6 +298,18 @@ class ImportQueue:
         with self._cond:
             return frozenset(self._running)
 
+    def running_claims(self) -> list[Claim]:
+        """The claims this process's workers hold now (for heartbeats)."""
+        with self._cond:
+            return list(self._running.values())
+
+    def lose(self, claim: Claim) -> None:
+        """The store no longer knows ``claim`` as current (its lease ran out and it was taken
+        back): if its import has not started yet, it is not started."""
+        with self._cond:
+            if self._running.get(claim.id) is claim:
+                self._lost.add((claim.id, claim.token))
+
     def snapshot(self) -> dict[str, int]:
         """Counts for status pages: ready, delayed (retry back-off) and running (here)."""
         ready, delayed = self.store.queue_counts(time.time())
@@ -375,6 +391,7 @@ class ImportQueue:
             finally:
                 with self._cond:
                     self._running.pop(claim.id, None)
+                    self._lost.discard((claim.id, claim.token))
                     self._wakes += 1  # a slot is free
                     self._cond.notify_all()
 
@@ -411,6 +428,17 @@ class ImportQueue:
             interrupted=rec.last_error == INTERRUPTED_REASON,
             plan=_journaled_plan(rec.plan),
         )
+        with self._cond:
+            lost = (fid, claim.token) in self._lost
+        if lost:
+            log.warning(
+                "Not importing %s (fileset=%s): claim %d was taken back before its import started "
+                "(its lease ran out); another worker imports it",
+                display(rec.key),
+                fid,
+                claim.token,
+            )
+            return
         try:
             if request.plan is None:
                 raise PermanentImportError(
@@ -471,7 +499,12 @@ class ImportQueue:
                     )
                 return True
             except StaleClaimError as e:
-                log.warning("Not recording the result of fileset %s: %s", fid, e)
+                log.warning(
+                    "Not recording the result of fileset %s: %s. Its claim was taken back (a lease "
+                    "that ran out, or a restart), so the fileset's current claim decides its outcome",
+                    fid,
+                    e,
+                )
                 return False
             except (JournalFullError, JournalBusyError) as e:
                 # The outcome is known but cannot be written: hold it (and this worker) until

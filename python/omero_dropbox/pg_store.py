@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -50,7 +51,14 @@ from omero_dropbox.queue_store import Claim
 from omero_dropbox.states import FILESET_STATES, TERMINAL_STATES, TRANSITIONS, FilesetState, sql_list
 from omero_dropbox.stored_text import blob_path, column_text, path_blob, stored_reason
 
-__all__ = ["PG_SCHEMA", "PG_SCHEMA_VERSION", "PgQueueStore", "StoreUnavailableError", "redact_dsn"]
+__all__ = [
+    "PG_SCHEMA",
+    "PG_SCHEMA_VERSION",
+    "PgQueueStore",
+    "RemoteState",
+    "StoreUnavailableError",
+    "redact_dsn",
+]
 
 #: The PostgreSQL schema that holds every table: the database may be shared with others.
 PG_SCHEMA = "omero_dropbox"
@@ -79,6 +87,16 @@ _I = FilesetState.IMPORTING.value
 _T = TypeVar("_T")
 _Cursor = psycopg.Cursor[tuple[Any, ...]]
 _Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """A fileset's state in the shared queue, as :meth:`PgQueueStore.outcomes` reads it."""
+
+    state: FilesetState
+    last_error: str
+    next_attempt_at: float | None
+    claimed_by: str  # the worker of the last claim ("" if never claimed)
 
 
 class StoreUnavailableError(JournalBusyError):
@@ -822,6 +840,23 @@ class PgQueueStore:
             return float(row[0])
 
         return self._run("reading the server's clock", body)
+
+    def outcomes(self, fileset_ids: Sequence[str]) -> dict[str, RemoteState]:
+        """Where each of ``fileset_ids`` is in the shared queue, in one query: what a watcher
+        node polls to mirror its own filesets in its journal.  Ids not in the store are absent."""
+        wanted = list(fileset_ids)
+
+        def body(cur: _Cursor) -> dict[str, RemoteState]:
+            cur.execute(
+                "SELECT id, state, last_error, next_attempt_at, claimed_by"
+                f" FROM {PG_SCHEMA}.filesets WHERE id = ANY(%s)",
+                (wanted,),
+            )
+            return {
+                r[0]: RemoteState(FilesetState(r[1]), r[2] or "", r[3], r[4] or "") for r in cur.fetchall()
+            }
+
+        return self._run("reading the filesets' states", body) if wanted else {}
 
     def ids_in(self, states: Iterable[str]) -> dict[str, str]:
         """``{fileset id: state}`` of the filesets in ``states``."""
