@@ -79,12 +79,12 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _state_arg(parser: argparse.ArgumentParser) -> None:
+def _state_arg(parser: argparse.ArgumentParser, what: str = "the journal lives") -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(os.environ.get("OMERO_DROPBOX_STATE_DIR", DEFAULT_STATE_DIR)),
-        help="where the journal lives (default: $OMERO_DROPBOX_STATE_DIR or %(default)s)",
+        help=f"where {what} (default: $OMERO_DROPBOX_STATE_DIR or %(default)s)",
     )
 
 
@@ -149,7 +149,7 @@ def _queue_args(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         metavar="SECONDS",
         help="with --queue: a claim not kept alive (heartbeats every lease/3) for this long is taken "
-        "back and imported elsewhere (default %(default)g)",
+        "back and imported elsewhere (default 60)",
     )
     parser.add_argument(
         "--max-running",
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_args(wk)
-    _state_arg(wk)
+    _state_arg(wk, "the record importer's imports.jsonl and OMERO sessions live")
     _importer_args(wk)
     _log_args(wk)
     _queue_args(wk)

@@ -53,6 +53,7 @@ from omero_dropbox.journal import (
     JournalError,
     JournalFullError,
     StaleClaimError,
+    StoreUnreachableError,
 )
 from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.retry_policy import RetryPolicy
@@ -75,6 +76,9 @@ POLL = 1.0
 
 # At most one "Cannot start import" error per this many seconds (the rest go to debug).
 JOURNAL_ERROR_LOG_EVERY = 60.0
+#: Longest pause between two claims that failed (a store that cannot be reached): the pause
+#: doubles from max(retryBackoff, 1 s) up to this.
+MAX_CLAIM_PAUSE = 30.0
 
 
 class ImportQueue:
@@ -144,6 +148,8 @@ class ImportQueue:
         # one message per JOURNAL_ERROR_LOG_EVERY, with a count of the ones not shown.
         self._journal_error_logged_at: float | None = None
         self._journal_errors_not_logged = 0
+        # Claims failed in a row (the store unreachable): the pause between tries doubles.
+        self._claim_failures = 0
 
     @property
     def max_attempts(self) -> int:
@@ -365,13 +371,27 @@ class ImportQueue:
         """The next fileset from the store, or None and how long nothing is due."""
         try:
             claim = self.store.claim_next(time.time(), worker=self._name, max_running=self.max_running)
-            if claim is not None:
-                return claim, 0.0
-            due = self.store.next_due_at()
+            if claim is None:
+                due = self.store.next_due_at()
         except JournalError as e:
+            with self._cond:
+                self._claim_failures += 1
+                failures = self._claim_failures
             delay = max(self.policy.backoff_initial, 1.0)
+            if isinstance(e, StoreUnreachableError):
+                # Each try may cost a connect timeout: back off.  A local journal (a full disk,
+                # another process's lock) is cheap to look at again every time.
+                delay = min(delay * 2 ** min(failures - 1, 16), max(delay, MAX_CLAIM_PAUSE))
             self._log_journal_error(e, delay)
             return None, delay
+        with self._cond:
+            failures, self._claim_failures = self._claim_failures, 0
+            if failures:
+                self._journal_error_logged_at = None  # the next outage is said at once
+        if failures:
+            log.warning("The queue can be read again after %d failed tries; claiming again", failures)
+        if claim is not None:
+            return claim, 0.0
         now = time.time()
         if due is None or due <= now:
             # Nothing queued, or due but every slot taken: a finish here wakes us, another

@@ -44,6 +44,8 @@ class LeaseStore(Protocol):
 
     def heartbeat(self, fileset_id: str, token: int) -> bool: ...
 
+    def server_time(self) -> float: ...
+
     def reclaim_expired(self, now: float | None = None) -> list[str]: ...
 
 
@@ -78,17 +80,25 @@ class LeaseKeeper:
         while not self._stop.is_set():
             try:
                 self.beat()
+                if self._outage_since is not None:
+                    self._answered()
+                    # Every host was likely cut off too (a server restart): their leases ran out
+                    # meanwhile.  One lease before taking any back gives their workers time to
+                    # heartbeat again, so that a live import is not run a second time.
+                    next_reclaim = time.monotonic() + self.reclaim_every
                 if self.reclaim and time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.reclaim_every
                     self.take_back()
-                self._answered()
             except JournalError as e:
                 self._unreachable(e)
             self._stop.wait(self.every)
 
     def beat(self) -> None:
         """One heartbeat for each running claim; a refused one is lost to the queue."""
-        for claim in self.queue.running_claims():
+        claims = self.queue.running_claims()
+        if not claims and self._outage_since is not None:
+            self.store.server_time()  # nothing to keep alive: is the database back?
+        for claim in claims:
             if not self.store.heartbeat(claim.id, claim.token):
                 log.warning(
                     "Lost the claim on fileset %s (claim %d): its lease of %g s ran out and it was "
@@ -126,9 +136,11 @@ class LeaseKeeper:
             log.debug("Still cannot reach the queue database: %s", error)
 
     def _answered(self) -> None:
-        if self._outage_since is not None:
-            log.warning(
-                "The queue database answers again after %.0f s; claims are kept alive again",
-                time.monotonic() - self._outage_since,
-            )
-            self._outage_since = None
+        assert self._outage_since is not None
+        log.warning(
+            "The queue database answers again after %.0f s; claims are kept alive again, and expired "
+            "ones are taken back from one lease (%g s) on",
+            time.monotonic() - self._outage_since,
+            self.store.lease,
+        )
+        self._outage_since = None

@@ -46,6 +46,7 @@ from omero_dropbox.journal import (
     JournalBusyError,
     JournalError,
     StaleClaimError,
+    StoreUnreachableError,
 )
 from omero_dropbox.queue_store import Claim
 from omero_dropbox.states import FILESET_STATES, TERMINAL_STATES, TRANSITIONS, FilesetState, sql_list
@@ -99,7 +100,7 @@ class RemoteState:
     claimed_by: str  # the worker of the last claim ("" if never claimed)
 
 
-class StoreUnavailableError(JournalBusyError):
+class StoreUnavailableError(StoreUnreachableError):
     """The PostgreSQL server cannot be reached (down, restarting, network cut).
 
     A :class:`~omero_dropbox.journal.JournalBusyError`: nothing is lost, keep the work and try
