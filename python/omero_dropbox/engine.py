@@ -40,7 +40,7 @@ from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, Groupin
 from omero_dropbox.grouping.oracle import UsedFilesOracle
 from omero_dropbox.identity import FileIdentity, fd_identity, fileset_id
 from omero_dropbox.import_queue import ImportQueue
-from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
+from omero_dropbox.importers import Importer, ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
     FilesetRecord,
     Journal,
@@ -287,9 +287,12 @@ class DropBox:
                 self.journal.close()  # and its state-directory lock: a retry may start at once
                 raise
         store: QueueStore = self._shared_link.store if self._shared_link else self.journal
+        importer_run: Importer = InstrumentedImporter(self._checked_import, self.metrics)
+        if self._shared_link is not None:
+            importer_run = self._shared_link.noting(importer_run)
         self.queue = ImportQueue(
             store,
-            InstrumentedImporter(self._checked_import, self.metrics),
+            importer_run,
             max_concurrent=config.max_concurrent_imports,
             max_running=(shared.max_running or UNCAPPED) if shared else None,
             throttle=min((u.throttle_import for u in config.users), default=0.0),
@@ -299,9 +302,7 @@ class DropBox:
             on_done=self._shared_done if shared else self._import_done,
             name=(shared.worker_name or None) if shared else None,
         )
-        # Results of this node's own imports, until the sync records them here (their output
-        # names the OMERO objects for annotations).
-        self._own_results: dict[str, ImportResult] = {}
+
         self.user_reports = UserReports(
             self.journal, self.ownership, self._waiting_of, enabled=config.user_report and not dry_run
         )
@@ -925,16 +926,14 @@ class DropBox:
             self._shared_link.sync.wake()
 
     def _shared_done(self, fid: str, result: ImportResult) -> None:
-        """A local worker's import from the shared queue ended: keep its result for the sync."""
-        if result.ok and self.journal.fileset_by_id(fid) is not None:
-            self._own_results[fid] = result
+        """A local worker's import from the shared queue ended: let the sync learn it now."""
         if self._shared_link is not None:
             self._shared_link.sync.wake()
 
-    def _shared_imported(self, fid: str) -> None:
-        """The sync recorded ``fid`` imported here (by any worker): the single-host follow-ups."""
-        result = self._own_results.pop(fid) if fid in self._own_results else None
-        self._import_done(fid, result or ImportResult.success(returncode=None))
+    def _shared_imported(self, fid: str, objects: Sequence[str]) -> None:
+        """The sync recorded ``fid`` imported here (by any worker): the single-host follow-ups,
+        with the OMERO objects its worker noted in the shared queue."""
+        self._import_done(fid, replace(ImportResult.success(returncode=None), objects=tuple(objects)))
 
     def _import_done(self, fid: str, result: ImportResult) -> None:
         if not result.ok:

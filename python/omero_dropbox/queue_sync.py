@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from omero_dropbox.journal import FilesetRecord, InvalidTransitionError, Journal, JournalError
@@ -71,15 +71,15 @@ class SharedStore(Protocol):
 class QueueSync:
     """Keeps ``journal``'s unfinished filesets in step with ``store``; see the module docstring.
 
-    ``on_imported(fileset_id)`` runs after a fileset is recorded imported here (annotations,
-    after-import actions).
+    ``on_imported(fileset_id, objects)`` runs after a fileset is recorded imported here, with
+    the OMERO objects its worker noted (annotations, after-import actions).
     """
 
     def __init__(
         self,
         journal: Journal,
         store: SharedStore,
-        on_imported: Callable[[str], None],
+        on_imported: Callable[[str, Sequence[str]], None],
         *,
         every: float = EVERY,
     ) -> None:
@@ -191,7 +191,7 @@ class QueueSync:
         elif state == FilesetState.IMPORTED:
             self._claimed(rec, by)
             self.journal.transition(fid, FilesetState.IMPORTED, reason=f"imported{by}")
-            self.on_imported(fid)
+            self.on_imported(fid, remote.objects)
         elif rec.state == _Q and rec.finished is not None:
             # Failed or skipped there, queued here after an earlier end: an operator's retry.
             self._shared(self.store.enqueue, fid, "retry requested on the watcher node", requeue=True)

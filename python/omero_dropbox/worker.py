@@ -23,6 +23,7 @@ from omero_dropbox.importers import ImportRequest
 from omero_dropbox.leases import LeaseKeeper
 from omero_dropbox.pg_store import PgQueueStore
 from omero_dropbox.queue_store import UNCAPPED
+from omero_dropbox.shared_queue import NotingObjects
 
 __all__ = ["Worker", "WorkerSettings", "default_worker_name"]
 
@@ -71,7 +72,7 @@ class Worker:
             raise
         self.queue = ImportQueue(
             self.store,
-            importer,
+            NotingObjects(importer, self.store),
             max_concurrent=settings.concurrency,
             max_running=settings.max_running or UNCAPPED,
             throttle=settings.throttle,
