@@ -76,8 +76,8 @@ POLL = 1.0
 
 # At most one "Cannot start import" error per this many seconds (the rest go to debug).
 JOURNAL_ERROR_LOG_EVERY = 60.0
-#: Longest pause between two claims that failed (a store that cannot be reached): the pause
-#: doubles from max(retryBackoff, 1 s) up to this.
+#: Longest pause between two claims that failed because the shared store cannot be reached:
+#: the pause doubles from 1 s up to this.
 MAX_CLAIM_PAUSE = 30.0
 
 
@@ -379,9 +379,10 @@ class ImportQueue:
                 failures = self._claim_failures
             delay = max(self.policy.backoff_initial, 1.0)
             if isinstance(e, StoreUnreachableError):
-                # Each try may cost a connect timeout: back off.  A local journal (a full disk,
-                # another process's lock) is cheap to look at again every time.
-                delay = min(delay * 2 ** min(failures - 1, 16), max(delay, MAX_CLAIM_PAUSE))
+                # Each try may cost a connect timeout: back off, from 1 s so that a restarted
+                # server is used again soon.  A local journal (a full disk, another process's
+                # lock) is cheap to look at again every time.
+                delay = min(2.0 ** min(failures - 1, 16), MAX_CLAIM_PAUSE)
             self._log_journal_error(e, delay)
             return None, delay
         with self._cond:
