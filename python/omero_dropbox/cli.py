@@ -662,7 +662,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     log.info("Importer: %r", importer)
     try:
-        worker = Worker(dsn, importer, settings, lease=args.lease)
+        worker = Worker(dsn, importer, settings, state_dir=args.state_dir, lease=args.lease)
     except JournalError as exc:
         print(f"omero-dropbox: error: {exc}", file=sys.stderr)
         return 1

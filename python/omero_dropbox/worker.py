@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omero_dropbox.import_queue import ImportQueue
@@ -24,6 +25,7 @@ from omero_dropbox.leases import LeaseKeeper
 from omero_dropbox.pg_store import PgQueueStore
 from omero_dropbox.queue_store import UNCAPPED
 from omero_dropbox.shared_queue import NotingObjects
+from omero_dropbox.statelock import StateLock
 
 __all__ = ["Worker", "WorkerSettings", "default_worker_name"]
 
@@ -60,15 +62,20 @@ class Worker:
         importer: Callable[[ImportRequest], Any],
         settings: WorkerSettings,
         *,
+        state_dir: Path,
         lease: float = 60.0,
     ) -> None:
         self.name = settings.name or default_worker_name()
-        self.store = PgQueueStore(dsn, lease=lease)
+        # One process per state directory, as `run`: it owns the importers recorded there, so a
+        # worker restarted after kill -9 first ends the importers its last run left behind.
+        self._state_lock = StateLock(state_dir)
+        self._stores: list[PgQueueStore] = []
         try:
+            self.store = self._open(dsn, lease)
             # A connection of its own: a heartbeat never waits behind a claim or a held result.
-            self._lease_store = PgQueueStore(dsn, lease=lease)
+            self._lease_store = self._open(dsn, lease)
         except BaseException:
-            self.store.close()
+            self._close()
             raise
         self.queue = ImportQueue(
             self.store,
@@ -117,7 +124,16 @@ class Worker:
         self.queue.stop()
         # Heartbeats stop only now: a draining import keeps its claim until it is recorded.
         self.keeper.stop()
-        self.store.close()
-        self._lease_store.close()
+        self._close()
         log.info("Worker %s stopped", self.name)
         return finished
+
+    def _open(self, dsn: str, lease: float) -> PgQueueStore:
+        store = PgQueueStore(dsn, lease=lease)
+        self._stores.append(store)
+        return store
+
+    def _close(self) -> None:
+        for store in self._stores:
+            store.close()
+        self._state_lock.release()

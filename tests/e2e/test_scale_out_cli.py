@@ -252,3 +252,14 @@ def test_e_role_all_imports_itself_and_a_retry_on_the_node_queues_the_fileset_ag
     with PgQueueStore(pg_dsn) as store:
         assert store.ids_in(["imported"]) == {good_id: "imported", bad_id: "imported"}
     assert service.stop() == 0, service.tail()
+
+
+def test_a_second_worker_on_the_same_state_directory_is_refused(
+    shm_dir: Path, pg_dsn: str, processes: list[WorkerProcess | Service]
+) -> None:
+    first = WorkerProcess(shm_dir / "w1", pg_dsn, "w1").start()
+    processes.append(first)
+    out = run_cli("worker", "--queue", pg_dsn, "--state-dir", str(first.state), "--importer", "record")
+    assert out.returncode == 1, out
+    assert "is in use by another omero-dropbox service" in out.stderr, out.stderr
+    assert first.stop() == 0, first.tail()
