@@ -620,17 +620,28 @@ def _shared_queue(args: argparse.Namespace, config: DropBoxConfig) -> SharedQueu
                 f"--role {args.role} needs the shared queue: --queue postgresql://… or -D omero.fs.ng.queue=…"
             )
         return None
-    _check_psycopg()
+    _check_queue(dsn)
     return SharedQueue(dsn, role=args.role, lease=args.lease, max_running=args.max_running)
 
 
-def _check_psycopg() -> None:
+def _check_queue(dsn: str) -> None:
+    """psycopg is there and ``dsn`` parses; refused now, with the fix, rather than at connect."""
     try:
-        import psycopg  # noqa: F401
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
     except ImportError as exc:
         raise StartupRefused(
             f"--queue needs psycopg 3 in this Python ({sys.executable}): {exc}; install it with "
             "pip install 'omero-dropbox-ng[postgresql]'"
+        ) from None
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        from omero_dropbox.pg_store import redact_dsn
+
+        raise ConfigError(
+            f"--queue {redact_dsn(dsn)}: not a PostgreSQL connection string ({str(exc).strip()}); give "
+            "postgresql://USER@HOST:PORT/DATABASE or 'host=HOST dbname=DATABASE user=USER'"
         ) from None
 
 
@@ -645,7 +656,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "worker needs the shared queue: --queue postgresql://USER@HOST/DB (or -D omero.fs.ng.queue=…), "
             "the database the watcher nodes (`run --queue`) enqueue in"
         )
-    _check_psycopg()
+    _check_queue(dsn)
     drain_timeout = _drain_timeout()
     from omero_dropbox.journal import JournalError, private_dir
     from omero_dropbox.worker import Worker, WorkerSettings

@@ -263,3 +263,11 @@ def test_a_second_worker_on_the_same_state_directory_is_refused(
     assert out.returncode == 1, out
     assert "is in use by another omero-dropbox service" in out.stderr, out.stderr
     assert first.stop() == 0, first.tail()
+
+
+def test_d_a_malformed_queue_dsn_is_a_configuration_error(shm_dir: Path) -> None:
+    out = run_cli(
+        "worker", "--queue", "db password=s3cret", "--state-dir", str(shm_dir), "--importer", "record"
+    )
+    assert out.returncode == 2, out
+    assert "not a PostgreSQL connection string" in out.stderr and "s3cret" not in out.stderr, out.stderr
