@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # imported where used: `status`, `retry` and `config` start w
     from omero_dropbox.http_status import StatusServer
     from omero_dropbox.ice.sessions import PerUserOmeroImporter
     from omero_dropbox.importers import ImportFunction, ImportRequest
+    from omero_dropbox.queue_store import SharedQueue
 
 log = logging.getLogger("omero_dropbox.cli")
 
@@ -78,12 +79,84 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _state_arg(parser: argparse.ArgumentParser) -> None:
+def _state_arg(parser: argparse.ArgumentParser, what: str = "the journal lives") -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(os.environ.get("OMERO_DROPBOX_STATE_DIR", DEFAULT_STATE_DIR)),
-        help="where the journal lives (default: $OMERO_DROPBOX_STATE_DIR or %(default)s)",
+        help=f"where {what} (default: $OMERO_DROPBOX_STATE_DIR or %(default)s)",
+    )
+
+
+def _importer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--importer", choices=("auto", "omero", "command", "record"), default="auto")
+    parser.add_argument(
+        "--importer-command", metavar="'ARGV TEMPLATE'", help="run this for each fileset (no shell)"
+    )
+    parser.add_argument(
+        "--omero-admin", default="root", metavar="USER", help="OMERO admin that creates user sessions"
+    )
+    parser.add_argument(
+        "--omero-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file (mode 600) with that admin's password; or set OMERO_DROPBOX_ADMIN_PASSWORD",
+    )
+
+
+def _log_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-dir", type=Path, help="write DropBox.log here (rotated 5 MB x 9, upstream format)"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument(
+        "--external-logrotate",
+        action="store_true",
+        help="with --log-dir: let logrotate rotate DropBox.log (reopened when moved) instead of 5 MB x 9",
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 1 or more")
+    return value
+
+
+def _queue_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--queue",
+        metavar="postgresql://USER@HOST/DB",
+        help="the import queue shared by several hosts, in this PostgreSQL database (default: "
+        "omero.fs.ng.queue; none: the local journal). Keep the password in ~/.pgpass or PGPASSWORD",
+    )
+    parser.add_argument(
+        "--lease",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --queue: a claim not kept alive (heartbeats every lease/3) for this long is taken "
+        "back and imported elsewhere (default 60)",
+    )
+    parser.add_argument(
+        "--max-running",
+        type=_positive_int,
+        metavar="N",
+        help="with --queue: imports running at once on all hosts together (default: no global cap; "
+        "each process runs its own concurrency)",
     )
 
 
@@ -100,31 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(run)
     _state_arg(run)
-    run.add_argument("--importer", choices=("auto", "omero", "command", "record"), default="auto")
-    run.add_argument(
-        "--importer-command", metavar="'ARGV TEMPLATE'", help="run this for each fileset (no shell)"
-    )
+    _importer_args(run)
     run.add_argument(
         "--users", metavar="NAMES|@FILE", help="only these OMERO users exist (comma list or @file)"
     )
     run.add_argument("--dry-run", action="store_true", help="log what would be imported, as whom and when")
+    _log_args(run)
+    _queue_args(run)
     run.add_argument(
-        "--omero-admin", default="root", metavar="USER", help="OMERO admin that creates user sessions"
-    )
-    run.add_argument(
-        "--omero-password-file",
-        type=Path,
-        metavar="FILE",
-        help="file (mode 600) with that admin's password; or set OMERO_DROPBOX_ADMIN_PASSWORD",
-    )
-    run.add_argument(
-        "--log-dir", type=Path, help="write DropBox.log here (rotated 5 MB x 9, upstream format)"
-    )
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    run.add_argument(
-        "--external-logrotate",
-        action="store_true",
-        help="with --log-dir: let logrotate rotate DropBox.log (reopened when moved) instead of 5 MB x 9",
+        "--role",
+        choices=("all", "watcher"),
+        default="all",
+        help="with --queue: 'all' (default) watches and imports, 'watcher' only watches and enqueues "
+        "(`omero-dropbox worker` processes import)",
     )
     run.add_argument(
         "--http",
@@ -135,6 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--omero-web",
         metavar="URL",
         help="OMERO.web base URL (e.g. https://omero.example.org), to link imports on the status page",
+    )
+
+    wk = sub.add_parser(
+        "worker",
+        help="import filesets from the queue shared in PostgreSQL (SIGTERM/SIGINT: drain and exit 0)",
+        description="Claim filesets from the shared queue (--queue) that watcher nodes "
+        "(`run --queue`) fill, and import them. The files must be at the same paths here.",
+        epilog=_RUN_EPILOG.split("\nexamples:")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(wk)
+    _state_arg(wk, "the record importer's imports.jsonl and OMERO sessions live")
+    _importer_args(wk)
+    _log_args(wk)
+    _queue_args(wk)
+    wk.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="imports at the same time in this worker (default: omero.fs.ng.maxConcurrentImports)",
+    )
+    wk.add_argument(
+        "--worker-name", metavar="NAME", help="this worker's name in the queue (default: host:pid)"
     )
 
     fs = sub.add_parser("filesets", help="print the filesets found under PATH... as JSON lines")
@@ -485,6 +569,7 @@ def _run(
     from omero_dropbox.engine import DropBox
     from omero_dropbox.journal import JournalError
 
+    shared = None if args.dry_run else _shared_queue(args, config)
     try:
         dropbox = DropBox(
             config,
@@ -492,6 +577,7 @@ def _run(
             state_dir=state_dir,
             users=users,
             dry_run=args.dry_run,
+            shared=shared,
         )
     except JournalError as exc:
         print(f"omero-dropbox: error: {exc}", file=sys.stderr)
@@ -515,6 +601,91 @@ def _run(
     finally:
         if server is not None:
             server.close()
+    return 0
+
+
+def _queue_dsn(args: argparse.Namespace, config: DropBoxConfig) -> str | None:
+    dsn: str | None = args.queue or config.queue or None
+    return dsn
+
+
+def _shared_queue(args: argparse.Namespace, config: DropBoxConfig) -> SharedQueue | None:
+    """``run --queue``'s shared queue; None without one (the journal is the queue)."""
+    from omero_dropbox.queue_store import SharedQueue
+
+    dsn = _queue_dsn(args, config)
+    if dsn is None:
+        if args.role != "all":
+            raise ConfigError(
+                f"--role {args.role} needs the shared queue: --queue postgresql://… or -D omero.fs.ng.queue=…"
+            )
+        return None
+    _check_queue(dsn)
+    return SharedQueue(dsn, role=args.role, lease=args.lease, max_running=args.max_running)
+
+
+def _check_queue(dsn: str) -> None:
+    """psycopg is there and ``dsn`` parses; refused now, with the fix, rather than at connect."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:
+        raise StartupRefused(
+            f"--queue needs psycopg 3 in this Python ({sys.executable}): {exc}; install it with "
+            "pip install 'omero-dropbox-ng[postgresql]'"
+        ) from None
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        from omero_dropbox.pg_store import redact_dsn
+
+        raise ConfigError(
+            f"--queue {redact_dsn(dsn)}: not a PostgreSQL connection string ({str(exc).strip()}); give "
+            "postgresql://USER@HOST:PORT/DATABASE or 'host=HOST dbname=DATABASE user=USER'"
+        ) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``omero-dropbox worker``: import from the shared queue until SIGTERM/SIGINT/SIGHUP."""
+    args.admin_password = take_admin_password()  # first: before anything can start a child
+    config = load_config(templates=args.templates, toml_file=args.config, overrides=args.overrides)
+    setup_logging(args.log_level, args.log_dir or config.log_dir, args.external_logrotate)
+    dsn = _queue_dsn(args, config)
+    if dsn is None:
+        raise ConfigError(
+            "worker needs the shared queue: --queue postgresql://USER@HOST/DB (or -D omero.fs.ng.queue=…), "
+            "the database the watcher nodes (`run --queue`) enqueue in"
+        )
+    _check_queue(dsn)
+    drain_timeout = _drain_timeout()
+    from omero_dropbox.journal import JournalError, private_dir
+    from omero_dropbox.worker import Worker, WorkerSettings
+
+    private_dir(args.state_dir)  # the record importer's file, OMERO sessions
+    importer = make_importer(args, config)
+    settings = WorkerSettings(
+        concurrency=args.concurrency or config.max_concurrent_imports,
+        max_running=args.max_running,
+        throttle=min((u.throttle_import for u in config.users), default=0.0),
+        max_attempts=config.max_attempts,
+        backoff_initial=config.retry_backoff,
+        name=args.worker_name or "",
+    )
+    log.info("Importer: %r", importer)
+    try:
+        worker = Worker(dsn, importer, settings, state_dir=args.state_dir, lease=args.lease)
+    except JournalError as exc:
+        print(f"omero-dropbox: error: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("Received %s: claiming nothing more, finishing running imports", signal.Signals(signum).name)
+        worker.stop()
+
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+    worker.run(300.0 if drain_timeout is None else drain_timeout)
     return 0
 
 
@@ -691,7 +862,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "filesets": cmd_filesets, "status": cmd_status, "config": cmd_config}
-    handlers.update(retry=cmd_retry, forget=cmd_forget)
+    handlers.update(retry=cmd_retry, forget=cmd_forget, worker=cmd_worker)
     try:
         code = handlers[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit

@@ -227,6 +227,7 @@ class DropBoxConfig:
     folder_settings: bool
     folder_import_args: tuple[str, ...]
     log_dir: Path | None
+    queue: str
     # "omero.fs.host" or "omero.fs.watchDir[amy]" -> "default" | "templates.xml" |
     # "toml" | "-D" | "derived". Not part of equality: it is provenance, not config.
     sources: Mapping[str, str] = field(

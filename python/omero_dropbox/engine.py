@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omero_dropbox.admission import Admission
 from omero_dropbox.after_imports import AfterImports
@@ -39,7 +40,7 @@ from omero_dropbox.grouping import Fileset, FilesetGrouper, FolderNames, Groupin
 from omero_dropbox.grouping.oracle import UsedFilesOracle
 from omero_dropbox.identity import FileIdentity, fd_identity, fileset_id
 from omero_dropbox.import_queue import ImportQueue
-from omero_dropbox.importers import ImportRequest, ImportResult, as_importer
+from omero_dropbox.importers import Importer, ImportRequest, ImportResult, as_importer
 from omero_dropbox.journal import (
     FilesetRecord,
     Journal,
@@ -51,11 +52,15 @@ from omero_dropbox.journal import (
 from omero_dropbox.metrics import EngineMetrics, InstrumentedImporter
 from omero_dropbox.omero_objects import parse_omero_objects
 from omero_dropbox.ownership import AnyUser, Owner, Ownership, UserDirectory, UserList
+from omero_dropbox.queue_store import UNCAPPED, QueueStore, SharedQueue
 from omero_dropbox.skip_log import SkipLog
 from omero_dropbox.snapshot import LiveStatus, ServiceSnapshot
 from omero_dropbox.states import TERMINAL_FILE_STATES, FilesetState
 from omero_dropbox.user_reports import UserReports
 from omero_dropbox.watcher import ReadyEvent, Watcher
+
+if TYPE_CHECKING:
+    from omero_dropbox.shared_queue import SharedLink
 
 __all__ = ["MISSING_MEMBER_GRACE", "AnyUser", "DropBox", "UserDirectory", "UserList"]
 
@@ -219,6 +224,9 @@ class DropBox:
         dry_run: log what would be imported, as whom and when, and import nothing.
         watch: place our own watches (with a start-up scan). False when the events come
             from elsewhere through :meth:`feed` (the Ice DropBox service, fed by a MonitorServer).
+        shared: the import queue is in PostgreSQL, shared with other hosts (``run --queue``):
+            due filesets are journaled here and sent there (:mod:`~omero_dropbox.queue_sync`);
+            this node's workers (role ``all``) claim from it.
     """
 
     def __init__(
@@ -230,6 +238,7 @@ class DropBox:
         users: UserDirectory | None = None,
         dry_run: bool = False,
         watch: bool = True,
+        shared: SharedQueue | None = None,
     ) -> None:
         self.config = config
         self._watch = watch
@@ -267,15 +276,33 @@ class DropBox:
         self.http_url: str | None = None  # set by `run --http`, shown by `status`
         self._snapshot = ServiceSnapshot(state_dir)
         self._published = 0.0
+        self.shared = shared
+        self._shared_link: SharedLink | None = None
+        if shared is not None:
+            from omero_dropbox.shared_queue import SharedLink  # psycopg only with --queue
+
+            try:
+                self._shared_link = SharedLink(shared, self.journal, self._shared_imported)
+            except BaseException:
+                self.journal.close()  # and its state-directory lock: a retry may start at once
+                raise
+        store: QueueStore = self._shared_link.store if self._shared_link else self.journal
+        importer_run: Importer = InstrumentedImporter(self._checked_import, self.metrics)
+        if self._shared_link is not None:
+            importer_run = self._shared_link.noting(importer_run)
         self.queue = ImportQueue(
-            self.journal,
-            InstrumentedImporter(self._checked_import, self.metrics),
+            store,
+            importer_run,
             max_concurrent=config.max_concurrent_imports,
+            max_running=(shared.max_running or UNCAPPED) if shared else None,
             throttle=min((u.throttle_import for u in config.users), default=0.0),
             max_attempts=config.max_attempts,
             backoff_initial=config.retry_backoff,
-            on_done=self._import_done,
+            # Shared: the outcome is recorded here when the sync learns it from the queue.
+            on_done=self._shared_done if shared else self._import_done,
+            name=(shared.worker_name or None) if shared else None,
         )
+
         self.user_reports = UserReports(
             self.journal, self.ownership, self._waiting_of, enabled=config.user_report and not dry_run
         )
@@ -335,7 +362,10 @@ class DropBox:
                 target=self._pump, args=(watcher,), name=f"watch-{user_cfg.import_user}", daemon=True
             )
             self._threads.append(t)
-        resumed = self.queue.start(resume=True)
+        if self._shared_link is None:
+            resumed = self.queue.start(resume=True)
+        else:
+            resumed = self._shared_link.start(self.queue)
         self.after_imports.start()
         self.annotations.start()
         for t in self._threads:
@@ -384,6 +414,8 @@ class DropBox:
         if not finished:
             log.warning("Imports still running at shutdown; they will run again after restart")
         self.queue.stop()
+        if self._shared_link is not None:
+            self._shared_link.stop()
         self.after_imports.stop()
         self.annotations.stop()
         for oracle in self._oracles:
@@ -824,6 +856,8 @@ class DropBox:
                     fid,
                 )
             self.queue.wake()
+            if self._shared_link is not None:
+                self._shared_link.sync.wake()
         elif record.state == FilesetState.SKIPPED:
             log.info("Fileset %s was skipped before: %s", fid, record.last_error)
 
@@ -840,7 +874,12 @@ class DropBox:
         journaled; right after, the same check tells whether a member was swapped while
         the importer read it. What remains is the window between two checks in which a
         member is swapped and swapped back (RELIABILITY.md, "Threat model").
+
+        A fileset of another watcher node (claimed from the shared queue) is not in this
+        journal: it is imported unchecked, as by ``omero-dropbox worker``.
         """
+        if self.shared is not None and self.journal.fileset_by_id(request.fileset_id) is None:
+            return self._importer(request)
         before = self._members_changed(request)
         if before:
             reason = f"not imported: {before}; copy the files in again to import them"
@@ -886,6 +925,18 @@ class DropBox:
         self.journal.retry(fileset_id, actor)
         log.info("Retry of fileset %s requested by %s", fileset_id, actor)
         self.queue.wake()
+        if self._shared_link is not None:
+            self._shared_link.sync.wake()
+
+    def _shared_done(self, fid: str, result: ImportResult) -> None:
+        """A local worker's import from the shared queue ended: let the sync learn it now."""
+        if self._shared_link is not None:
+            self._shared_link.sync.wake()
+
+    def _shared_imported(self, fid: str, objects: Sequence[str]) -> None:
+        """The sync recorded ``fid`` imported here (by any worker): the single-host follow-ups,
+        with the OMERO objects its worker noted in the shared queue."""
+        self._import_done(fid, replace(ImportResult.success(returncode=None), objects=tuple(objects)))
 
     def _import_done(self, fid: str, result: ImportResult) -> None:
         if not result.ok:

@@ -53,6 +53,7 @@ from omero_dropbox.journal import (
     JournalError,
     JournalFullError,
     StaleClaimError,
+    StoreUnreachableError,
 )
 from omero_dropbox.queue_store import Claim, QueueStore
 from omero_dropbox.retry_policy import RetryPolicy
@@ -75,6 +76,9 @@ POLL = 1.0
 
 # At most one "Cannot start import" error per this many seconds (the rest go to debug).
 JOURNAL_ERROR_LOG_EVERY = 60.0
+#: Longest pause between two claims that failed because the shared store cannot be reached:
+#: the pause doubles from 1 s up to this.
+MAX_CLAIM_PAUSE = 30.0
 
 
 class ImportQueue:
@@ -102,6 +106,7 @@ class ImportQueue:
         backoff_factor: float = 2.0,
         backoff_max: float = 3600.0,
         on_done: OnDone | None = None,
+        name: str | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, not {max_concurrent!r}")
@@ -117,10 +122,13 @@ class ImportQueue:
         self.throttle = throttle
         self.on_done = on_done
         # Names this process's claims in the journal (claimed_by).
-        self._name = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
+        self._name = name or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
 
         self._cond = threading.Condition()
         self._running: dict[str, Claim] = {}
+        # Claims a shared store said are no longer ours (heartbeat refused): nothing more is
+        # started for them, and their result is refused by the store anyway.
+        self._lost: set[tuple[str, int]] = set()
         self._claiming = False  # one claim at a time here, so that the throttle holds
         self._wakes = 0  # counts submits and finished imports: an idle worker looks again
         self._idle_until = 0.0  # monotonic: nothing to claim before then, unless woken
@@ -140,6 +148,8 @@ class ImportQueue:
         # one message per JOURNAL_ERROR_LOG_EVERY, with a count of the ones not shown.
         self._journal_error_logged_at: float | None = None
         self._journal_errors_not_logged = 0
+        # Claims failed in a row (the store unreachable): the pause between tries doubles.
+        self._claim_failures = 0
 
     @property
     def max_attempts(self) -> int:
@@ -294,6 +304,18 @@ class ImportQueue:
         with self._cond:
             return frozenset(self._running)
 
+    def running_claims(self) -> list[Claim]:
+        """The claims this process's workers hold now (for heartbeats)."""
+        with self._cond:
+            return list(self._running.values())
+
+    def lose(self, claim: Claim) -> None:
+        """The store no longer knows ``claim`` as current (its lease ran out and it was taken
+        back): if its import has not started yet, it is not started."""
+        with self._cond:
+            if self._running.get(claim.id) is claim:
+                self._lost.add((claim.id, claim.token))
+
     def snapshot(self) -> dict[str, int]:
         """Counts for status pages: ready, delayed (retry back-off) and running (here)."""
         ready, delayed = self.store.queue_counts(time.time())
@@ -349,13 +371,28 @@ class ImportQueue:
         """The next fileset from the store, or None and how long nothing is due."""
         try:
             claim = self.store.claim_next(time.time(), worker=self._name, max_running=self.max_running)
-            if claim is not None:
-                return claim, 0.0
-            due = self.store.next_due_at()
+            if claim is None:
+                due = self.store.next_due_at()
         except JournalError as e:
+            with self._cond:
+                self._claim_failures += 1
+                failures = self._claim_failures
             delay = max(self.policy.backoff_initial, 1.0)
+            if isinstance(e, StoreUnreachableError):
+                # Each try may cost a connect timeout: back off, from 1 s so that a restarted
+                # server is used again soon.  A local journal (a full disk, another process's
+                # lock) is cheap to look at again every time.
+                delay = min(2.0 ** min(failures - 1, 16), MAX_CLAIM_PAUSE)
             self._log_journal_error(e, delay)
             return None, delay
+        with self._cond:
+            failures, self._claim_failures = self._claim_failures, 0
+            if failures:
+                self._journal_error_logged_at = None  # the next outage is said at once
+        if failures:
+            log.warning("The queue can be read again after %d failed tries; claiming again", failures)
+        if claim is not None:
+            return claim, 0.0
         now = time.time()
         if due is None or due <= now:
             # Nothing queued, or due but every slot taken: a finish here wakes us, another
@@ -375,6 +412,7 @@ class ImportQueue:
             finally:
                 with self._cond:
                     self._running.pop(claim.id, None)
+                    self._lost.discard((claim.id, claim.token))
                     self._wakes += 1  # a slot is free
                     self._cond.notify_all()
 
@@ -411,6 +449,17 @@ class ImportQueue:
             interrupted=rec.last_error == INTERRUPTED_REASON,
             plan=_journaled_plan(rec.plan),
         )
+        with self._cond:
+            lost = (fid, claim.token) in self._lost
+        if lost:
+            log.warning(
+                "Not importing %s (fileset=%s): claim %d was taken back before its import started "
+                "(its lease ran out); another worker imports it",
+                display(rec.key),
+                fid,
+                claim.token,
+            )
+            return
         try:
             if request.plan is None:
                 raise PermanentImportError(
@@ -471,7 +520,12 @@ class ImportQueue:
                     )
                 return True
             except StaleClaimError as e:
-                log.warning("Not recording the result of fileset %s: %s", fid, e)
+                log.warning(
+                    "Not recording the result of fileset %s: %s. Its claim was taken back (a lease "
+                    "that ran out, or a restart), so the fileset's current claim decides its outcome",
+                    fid,
+                    e,
+                )
                 return False
             except (JournalFullError, JournalBusyError) as e:
                 # The outcome is known but cannot be written: hold it (and this worker) until

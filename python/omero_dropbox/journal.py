@@ -129,6 +129,14 @@ class JournalBusyError(JournalError):
     """
 
 
+class StoreUnreachableError(JournalBusyError):
+    """A queue store on another host (PostgreSQL) cannot be reached: try again, backing off.
+
+    Defined here, not in ``pg_store``, so that the import queue can tell it apart without
+    importing psycopg.
+    """
+
+
 #: Seconds a journal write waits for another process's write lock (an ``sqlite3`` shell in
 #: a transaction, a backup) before :class:`JournalBusyError`; the environment variable
 #: ``OMERO_DROPBOX_JOURNAL_BUSY_TIMEOUT`` sets it.

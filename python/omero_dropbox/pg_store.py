@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,18 +40,27 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from omero_dropbox.journal import (
     INTERRUPTED_REASON,
+    OBJECTS_PREFIX,
     FilesetRecord,
     HistoryEntry,
     InvalidTransitionError,
     JournalBusyError,
     JournalError,
     StaleClaimError,
+    StoreUnreachableError,
 )
 from omero_dropbox.queue_store import Claim
 from omero_dropbox.states import FILESET_STATES, TERMINAL_STATES, TRANSITIONS, FilesetState, sql_list
 from omero_dropbox.stored_text import blob_path, column_text, path_blob, stored_reason
 
-__all__ = ["PG_SCHEMA", "PG_SCHEMA_VERSION", "PgQueueStore", "StoreUnavailableError", "redact_dsn"]
+__all__ = [
+    "PG_SCHEMA",
+    "PG_SCHEMA_VERSION",
+    "PgQueueStore",
+    "RemoteState",
+    "StoreUnavailableError",
+    "redact_dsn",
+]
 
 #: The PostgreSQL schema that holds every table: the database may be shared with others.
 PG_SCHEMA = "omero_dropbox"
@@ -81,7 +91,18 @@ _Cursor = psycopg.Cursor[tuple[Any, ...]]
 _Connection = psycopg.Connection[tuple[Any, ...]]
 
 
-class StoreUnavailableError(JournalBusyError):
+@dataclass(frozen=True)
+class RemoteState:
+    """A fileset's state in the shared queue, as :meth:`PgQueueStore.outcomes` reads it."""
+
+    state: FilesetState
+    last_error: str
+    next_attempt_at: float | None
+    claimed_by: str  # the worker of the last claim ("" if never claimed)
+    objects: tuple[str, ...] = ()  # of an imported fileset: what its worker noted (record_objects)
+
+
+class StoreUnavailableError(StoreUnreachableError):
     """The PostgreSQL server cannot be reached (down, restarting, network cut).
 
     A :class:`~omero_dropbox.journal.JournalBusyError`: nothing is lost, keep the work and try
@@ -823,6 +844,57 @@ class PgQueueStore:
 
         return self._run("reading the server's clock", body)
 
+    def record_objects(self, fileset_id: str, objects: Sequence[str]) -> None:
+        """Note the OMERO objects an import created (``"Image:12"``...) in the fileset's history,
+        as the journal does: the watcher node that owns the fileset reads them with its outcome
+        (:meth:`outcomes`) to attach its key-value pairs and tags."""
+        if not objects:
+            return
+
+        def body(cur: _Cursor) -> None:
+            cur.execute(f"SELECT state, key, owner FROM {PG_SCHEMA}.filesets WHERE id = %s", (fileset_id,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            self._history(
+                cur,
+                fileset_id,
+                row[0],
+                old_state=row[0],
+                key=row[1],
+                user=row[2],
+                reason=OBJECTS_PREFIX + ", ".join(objects),
+                at=time.time(),
+            )
+
+        self._run("noting an import's OMERO objects", body)
+
+    def outcomes(self, fileset_ids: Sequence[str]) -> dict[str, RemoteState]:
+        """Where each of ``fileset_ids`` is in the shared queue, in one query: what a watcher
+        node polls to mirror its own filesets in its journal.  Ids not in the store are absent."""
+        wanted = list(fileset_ids)
+
+        def body(cur: _Cursor) -> dict[str, RemoteState]:
+            cur.execute(
+                "SELECT f.id, f.state, f.last_error, f.next_attempt_at, f.claimed_by,"
+                " CASE WHEN f.state = %(imported)s THEN"
+                f" (SELECT h.reason FROM {PG_SCHEMA}.history h WHERE h.subject = f.id"
+                " AND left(h.reason, %(n)s) = %(prefix)s ORDER BY h.id DESC LIMIT 1) END"
+                f" FROM {PG_SCHEMA}.filesets f WHERE f.id = ANY(%(ids)s)",
+                {
+                    "imported": FilesetState.IMPORTED.value,
+                    "n": len(OBJECTS_PREFIX),
+                    "prefix": OBJECTS_PREFIX,
+                    "ids": wanted,
+                },
+            )
+            return {
+                r[0]: RemoteState(FilesetState(r[1]), r[2] or "", r[3], r[4] or "", _objects(r[5]))
+                for r in cur.fetchall()
+            }
+
+        return self._run("reading the filesets' states", body) if wanted else {}
+
     def ids_in(self, states: Iterable[str]) -> dict[str, str]:
         """``{fileset id: state}`` of the filesets in ``states``."""
         wanted = list(states)
@@ -832,6 +904,12 @@ class PgQueueStore:
             return {r[0]: r[1] for r in cur.fetchall()}
 
         return self._run("reading filesets", body)
+
+
+def _objects(note: str | None) -> tuple[str, ...]:
+    if not note:
+        return ()
+    return tuple(o.strip() for o in note[len(OBJECTS_PREFIX) :].split(",") if o.strip())
 
 
 def _first_line(e: BaseException) -> str:

@@ -147,6 +147,18 @@ class Text(Kind):
     """A plain string, stripped."""
 
 
+class Dsn(Text):
+    """A PostgreSQL connection string (URL or ``key=value``); shown with its password hidden."""
+
+    type_name = "PostgreSQL DSN"
+
+    def to_text(self, value: Any) -> str:
+        # `config show` prints every setting: never the database password.
+        text = "" if value is None else str(value)
+        text = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", text)
+        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
+
+
 class PathKind(Kind):
     """A filesystem path; with ``optional`` an empty value means "none"."""
 
@@ -875,6 +887,17 @@ PROPERTIES: tuple[Property, ...] = (
         "",
         "Import options (such as --skip,--checksum-algorithm) a dropbox.toml may add with "
         "import_args; any other option there is refused. Empty: none.",
+    ),
+    _ng(
+        "queue",
+        "queue",
+        Dsn(),
+        "",
+        "PostgreSQL database (postgresql://user@host/db) holding the import queue shared by several "
+        "hosts: watcher nodes enqueue there and `omero-dropbox worker` processes import from it "
+        '(README, "More than one host"). Empty: the queue stays in the local SQLite journal.',
+        note="`run --queue DSN` wins over it. A password is better kept in ~/.pgpass or PGPASSWORD "
+        "than here; `config show` hides it.",
     ),
     _ng(
         "logDir",

@@ -24,7 +24,29 @@ if TYPE_CHECKING:
     from omero_dropbox.journal import FilesetRecord
     from omero_dropbox.states import FilesetState
 
-__all__ = ["Claim", "QueueStore"]
+__all__ = ["ROLES", "UNCAPPED", "Claim", "QueueStore", "SharedQueue"]
+
+#: ``max_running`` on a shared queue when no global cap is asked for: each process's own
+#: concurrency bounds it.
+UNCAPPED = 1_000_000
+
+#: ``run --role``: ``all`` watches, journals and imports; ``watcher`` only watches and journals.
+ROLES = ("all", "watcher")
+
+
+@dataclass(frozen=True)
+class SharedQueue:
+    """``run --queue``: the import queue is in the PostgreSQL database ``dsn``, shared by hosts.
+
+    ``role``: one of :data:`ROLES`.  ``lease``: seconds a claim stays this node's workers'
+    without a heartbeat.  ``max_running``: global cap on running imports (None: none).
+    """
+
+    dsn: str
+    role: str = "all"
+    lease: float = 60.0
+    max_running: int | None = None
+    worker_name: str = ""
 
 
 @dataclass(frozen=True)
