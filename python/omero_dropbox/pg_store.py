@@ -355,7 +355,9 @@ class PgQueueStore:
         replaced and ``body`` run once more: the server rolled the failed attempt back.
         """
         with self._lock:
-            for attempt in (1, 2):
+            attempt = 0
+            while True:
+                attempt += 1
                 conn = self._connection()
                 committing = False
                 try:
@@ -389,7 +391,6 @@ class PgQueueStore:
                 except BaseException:
                     self._rollback(conn)
                     raise
-            raise AssertionError("unreachable")
 
     def _rollback(self, conn: _Connection) -> None:
         try:
