@@ -48,6 +48,7 @@ from omero_dropbox.importers import (
 )
 from omero_dropbox.journal import (
     INTERRUPTED_REASON,
+    RECLAIMED_REASON,
     FilesetRecord,
     JournalBusyError,
     JournalError,
@@ -446,7 +447,8 @@ class ImportQueue:
             fileset_id=fid,
             format=rec.format,
             attempt=attempt,
-            interrupted=rec.last_error == INTERRUPTED_REASON,
+            # (the OMERO importer then re-runs with --exclude=clientpath: nothing twice)
+            interrupted=rec.last_error in (INTERRUPTED_REASON, RECLAIMED_REASON),
             plan=_journaled_plan(rec.plan),
         )
         with self._cond:

@@ -109,6 +109,9 @@ SCHEMA_VERSION = 5
 APPLICATION_ID = 0x4F444258
 
 INTERRUPTED_REASON = "interrupted by crash/restart; will run again"
+# A shared queue's claim whose lease ran out (its worker died or lost the database): like an
+# interrupted import, the earlier attempt may have imported it.
+RECLAIMED_REASON = "lease expired (worker died or lost the database); will run again"
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from omero_dropbox.journal import (
     INTERRUPTED_REASON,
     OBJECTS_PREFIX,
+    RECLAIMED_REASON,
     FilesetRecord,
     HistoryEntry,
     InvalidTransitionError,
@@ -81,7 +82,6 @@ _CANDIDATES = 8
 # race on CREATE ("ODBX").
 _SETUP_LOCK = 0x4F444258
 
-RECLAIMED_REASON = "lease expired (worker died or lost the database); will run again"
 
 _Q = FilesetState.QUEUED.value
 _I = FilesetState.IMPORTING.value

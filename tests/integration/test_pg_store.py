@@ -28,11 +28,10 @@ except ImportError:
     pytest.skip("psycopg 3 is not installed (pip install 'psycopg[binary]')", allow_module_level=True)
 
 import omero_dropbox
-from omero_dropbox.journal import JournalBusyError, JournalError, StaleClaimError
+from omero_dropbox.journal import RECLAIMED_REASON, JournalBusyError, JournalError, StaleClaimError
 from omero_dropbox.pg_store import (
     PG_SCHEMA,
     PG_SCHEMA_VERSION,
-    RECLAIMED_REASON,
     PgQueueStore,
     StoreUnavailableError,
     redact_dsn,
@@ -512,6 +511,35 @@ def test_the_import_queue_runs_on_the_postgresql_store(store: PgQueueStore) -> N
     f003 = store.fileset_by_id("f003")
     assert f003 is not None and f003.state == FilesetState.IMPORTED and f003.attempts == 2
     assert len(store.filesets(FilesetState.IMPORTED)) == 19
+
+
+def test_a_fileset_taken_back_from_a_dead_worker_runs_again_as_an_interrupted_import(pg_dsn: str) -> None:
+    # The dead worker may have imported it already: the next attempt is told so, and the OMERO
+    # importer then passes --exclude=clientpath, so OMERO skips what is already in.
+    from omero_dropbox.import_queue import ImportQueue
+    from omero_dropbox.importers import ImportRequest, ImportResult
+
+    with PgQueueStore(pg_dsn, lease=1.0) as store:
+        (fid,) = add_many(store, 1)
+        dead = store.claim_next(time.time(), worker="dead", max_running=5)
+        assert dead is not None
+        _token, lease_until = store.claim_of(fid)
+        assert lease_until is not None
+        wait_for("the lease to run out", lambda: store.server_time() > lease_until)
+        assert store.reclaim_expired() == [fid]
+        requests: list[ImportRequest] = []
+
+        def importer(request: ImportRequest) -> ImportResult:
+            requests.append(request)
+            return ImportResult.success()
+
+        queue = ImportQueue(store, importer, max_concurrent=1)
+        queue.start()
+        try:
+            assert queue.wait_idle(60)
+        finally:
+            queue.drain(30)
+        assert [(r.fileset_id, r.attempt, r.interrupted) for r in requests] == [(fid, 2, True)]
 
 
 def test_a_session_stuck_holding_the_claim_lock_makes_claims_fail_not_hang(pg_dsn: str) -> None:
