@@ -111,8 +111,49 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
+class LoggedProcess:
+    """A CLI process started by a harness, its output in ``self.log``: stopping it and reading
+    what it said. Subclasses set ``proc``, ``log`` and ``label`` (who it is, in failure messages)."""
+
+    proc: subprocess.Popen[bytes] | None
+    log: Path
+    label: str
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 120) -> int:
+        """SIGTERM and wait; a process that does not stop in time is killed and the test fails."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(
+                f"{self.label} did not stop within {timeout} s of SIGTERM:\n{self.tail()}"
+            ) from None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def text(self) -> str:
+        """The log so far: while the process runs, only its finished lines."""
+        running = self.alive()  # asked before reading: a log read after the exit is final
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return (complete_part(data) if running else data).decode("utf-8", "backslashreplace")
+
+    def tail(self, n: int = 6000) -> str:
+        """The end of the log, a line still being written included (for failure messages)."""
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return data.decode("utf-8", "backslashreplace")[-n:]
+
+
 @dataclass
-class Service:
+class Service(LoggedProcess):
     """``omero-dropbox run`` as a real background process, logging to ``tmp/service.log``.
 
     ``props`` override ``defaults`` (both ``omero.fs.*`` names without the prefix); ``extra``
@@ -132,9 +173,10 @@ class Service:
     defaults: Mapping[str, str] = field(default_factory=lambda: dict(RECORDER_DEFAULTS))
 
     def __post_init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc = None
         self._starts = 0
         self.log = self.tmp / "service.log"
+        self.label = "the service"
         self.work = self.tmp / "importer"  # the script importer's records and allow-files
         self.record = (
             self.state / "imports.jsonl" if self.importer == "record" else self.tmp / "imports.jsonl"
@@ -209,27 +251,6 @@ class Service:
         assert wait_for(lambda: self.text().count(STARTED) > self._starts or not self.alive(), timeout)
         assert self.alive() and self.text().count(STARTED) > self._starts, self.tail()
 
-    def stop(self, timeout: float = 120) -> int:
-        """SIGTERM and wait; a service that does not stop in time is killed and the test fails."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            raise AssertionError(
-                f"the service did not stop within {timeout} s of SIGTERM:\n{self.tail()}"
-            ) from None
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def __enter__(self) -> Service:
         return self.start()
 
@@ -237,17 +258,6 @@ class Service:
         self.stop()
 
     # ------------------------------------------------------------------ what it said
-
-    def text(self) -> str:
-        """The log so far: while the service runs, only its finished lines."""
-        running = self.alive()  # asked before reading: a log read after the exit is final
-        data = self.log.read_bytes() if self.log.exists() else b""
-        return (complete_part(data) if running else data).decode("utf-8", "backslashreplace")
-
-    def tail(self, n: int = 6000) -> str:
-        """The end of the log, a line still being written included (for failure messages)."""
-        data = self.log.read_bytes() if self.log.exists() else b""
-        return data.decode("utf-8", "backslashreplace")[-n:]
 
     @property
     def url(self) -> str:

@@ -7,7 +7,6 @@ Each worker has its own state directory (the ``record`` importer writes its
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.appended import complete_part
 from tests.support.records import Record, read_records
-from tests.support.service import CLI, RECORDER
+from tests.support.service import CLI, RECORDER, LoggedProcess
 from tests.support.waiting import wait_for
 
 STARTED = "claiming from the queue"
@@ -45,7 +43,7 @@ WORKER_DEFAULTS: Mapping[str, str] = {"ng.retryBackoff": "0.2", "throttleImport"
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """One ``omero-dropbox worker --queue DSN`` process, logging to ``base/worker.log``."""
 
     base: Path
@@ -60,7 +58,8 @@ class WorkerProcess:
         self.base.mkdir(parents=True, exist_ok=True)
         self.state = self.base / "state"
         self.log = self.base / "worker.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.label = f"worker {self.name}"
+        self.proc = None
 
     def argv(self) -> list[str]:
         argv = [*CLI, "worker", "--queue", self.dsn, "--state-dir", str(self.state)]
@@ -79,34 +78,8 @@ class WorkerProcess:
         assert self.alive(), self.tail()
         return self
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 120) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            raise AssertionError(
-                f"worker {self.name} did not stop within {timeout} s:\n{self.tail()}"
-            ) from None
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def text(self) -> str:
-        running = self.alive()
-        data = self.log.read_bytes() if self.log.exists() else b""
-        return (complete_part(data) if running else data).decode("utf-8", "backslashreplace")
-
     def tail(self, n: int = 6000) -> str:
-        data = self.log.read_bytes() if self.log.exists() else b""
-        return f"--- worker {self.name}:\n" + data.decode("utf-8", "backslashreplace")[-n:]
+        return f"--- worker {self.name}:\n" + super().tail(n)
 
     def records(self) -> list[Record]:
         """What this worker's importer recorded: the ``record`` importer's file, or the
