@@ -438,6 +438,37 @@ CREATE INDEX annotations_state ON annotations(state)
 """
 
 
+def transition_sets(
+    old_state: FilesetState,
+    new_state: FilesetState,
+    reason: str,
+    next_attempt_at: float | None,
+    now: float,
+    mark: str,
+) -> tuple[list[str], list[object]]:
+    """The column assignments of a fileset's move from ``old_state`` to ``new_state`` and their
+    values (``mark``: the driver's placeholder): one rule for the journal and the shared queue
+    (pg_store). Entering ``queued`` sets its place (``due_at``: its back-off time, else now);
+    a start counts an attempt; a failure, a skip or a retry keeps its reason."""
+    queued = new_state == FilesetState.QUEUED
+    sets = [f"state = {mark}", f"updated = {mark}", f"next_attempt_at = {mark}", f"due_at = {mark}"]
+    due_at = (now if next_attempt_at is None else next_attempt_at) if queued else None
+    args: list[object] = [str(new_state), now, next_attempt_at, due_at]
+    if new_state == FilesetState.IMPORTING:
+        sets += ["attempts = attempts + 1", f"started = {mark}", "finished = NULL"]
+        args.append(now)
+    if new_state in TERMINAL_STATES:
+        sets.append(f"finished = {mark}")
+        args.append(now)
+    if reason and (
+        new_state in (FilesetState.FAILED, FilesetState.SKIPPED)
+        or (old_state == FilesetState.IMPORTING and queued)
+    ):
+        sets.append(f"last_error = {mark}")
+        args.append(stored_reason(reason))
+    return sets, args
+
+
 # --- the journal ------------------------------------------------------------------------
 
 
@@ -1261,21 +1292,7 @@ class Journal:
         if new_state not in TRANSITIONS[old_state]:
             raise InvalidTransitionError(f"fileset {fileset_id}: cannot go from {old_state} to {new_state}")
         queued = new_state == FilesetState.QUEUED
-        sets = ["state = ?", "updated = ?", "next_attempt_at = ?", "due_at = ?"]
-        due_at = (now if next_attempt_at is None else next_attempt_at) if queued else None
-        args: list[object] = [str(new_state), now, next_attempt_at, due_at]
-        if new_state == FilesetState.IMPORTING:
-            sets += ["attempts = attempts + 1", "started = ?", "finished = NULL"]
-            args.append(now)
-        if new_state in TERMINAL_STATES:
-            sets.append("finished = ?")
-            args.append(now)
-        if reason and (
-            new_state in (FilesetState.FAILED, FilesetState.SKIPPED)
-            or (old_state == FilesetState.IMPORTING and queued)
-        ):
-            sets.append("last_error = ?")
-            args.append(stored_reason(reason))
+        sets, args = transition_sets(old_state, new_state, reason, next_attempt_at, now, "?")
         args.append(fileset_id)
         c.execute(f"UPDATE filesets SET {', '.join(sets)} WHERE id = ?", args)
         if queued:

@@ -49,9 +49,10 @@ from omero_dropbox.journal import (
     JournalError,
     StaleClaimError,
     StoreUnreachableError,
+    transition_sets,
 )
 from omero_dropbox.queue_store import Claim
-from omero_dropbox.states import FILESET_STATES, TERMINAL_STATES, TRANSITIONS, FilesetState, sql_list
+from omero_dropbox.states import FILESET_STATES, TRANSITIONS, FilesetState, sql_list
 from omero_dropbox.stored_text import blob_path, column_text, path_blob, stored_reason
 
 __all__ = [
@@ -452,23 +453,9 @@ class PgQueueStore:
         if new_state not in TRANSITIONS[old_state]:
             raise InvalidTransitionError(f"fileset {fid}: cannot go from {old_state} to {new_state}")
         queued = new_state == FilesetState.QUEUED
-        sets = ["state = %s", "updated = %s", "next_attempt_at = %s", "due_at = %s"]
-        due_at = (now if next_attempt_at is None else next_attempt_at) if queued else None
-        args: list[object] = [new_state.value, now, next_attempt_at, due_at]
-        if new_state == FilesetState.IMPORTING:
-            sets += ["attempts = attempts + 1", "started = %s", "finished = NULL"]
-            args.append(now)
-        else:
+        sets, args = transition_sets(old_state, new_state, reason, next_attempt_at, now, "%s")
+        if new_state != FilesetState.IMPORTING:
             sets.append("lease_until = NULL")  # only a running claim has a lease
-        if new_state in TERMINAL_STATES:
-            sets.append("finished = %s")
-            args.append(now)
-        if reason and (
-            new_state in (FilesetState.FAILED, FilesetState.SKIPPED)
-            or (old_state == FilesetState.IMPORTING and queued)
-        ):
-            sets.append("last_error = %s")
-            args.append(stored_reason(reason))
         args.append(fid)
         cur.execute(f"UPDATE {PG_SCHEMA}.filesets SET {', '.join(sets)} WHERE id = %s", args)
         if queued:
